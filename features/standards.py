@@ -1,0 +1,793 @@
+"""Data standards: the named, documented rules every ingested row must meet.
+
+Each rule is a pandera check that marks the rows of one table that break it. ``validate_table`` parses a
+source frame into the canonical types (values that do not parse break ``type_mismatch``), runs the table's
+pandera schema lazily, and splits the frame into valid rows and quarantined rows, each quarantined row with
+the names of every rule it broke. Rules that look at other tables (foreign keys, stage history against the
+opportunity, line quantities against the order status) read them through a ``RuleContext`` that the
+ingestion pipeline fills with the parents' valid rows.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+import pycountry
+
+from features.model import TABLES, Column, Table
+from features.stages import CLOSED_STAGES, OUTCOME_OF_STAGE, STAGES, classify_transitions
+
+STRING = pd.StringDtype("pyarrow")
+PANDAS_DTYPES = {
+    "string": STRING,
+    "int": "Int64",
+    "float": "float64",
+    "bool": "boolean",
+    "date": "datetime64[ns]",
+    "timestamp": "datetime64[ns]",
+}
+_TRUE = {"true", "t", "yes", "y", "1"}
+_FALSE = {"false", "f", "no", "n", "0"}
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+Check = Callable[[pd.DataFrame, "RuleContext"], pd.Series]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named data standard on one table.
+
+    Attributes:
+        name: rule name; quarantined rows carry it and reports count by it.
+        table: the table it applies to.
+        description: what a valid row looks like, in one sentence.
+        columns: the columns the rule reads (shown in the quarantine detail).
+        check: returns, for a frame of parsed rows, a boolean series that is True where the row passes.
+            ``None`` for ``type_mismatch``, which parsing applies.
+    """
+
+    name: str
+    table: str
+    description: str
+    columns: tuple[str, ...] = ()
+    check: Check | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class RuleContext:
+    """What rules may know beyond the rows they check.
+
+    Attributes:
+        as_of: the load's as-of date; no timestamp may be later than the end of that day.
+        parents: returns a parent table's valid rows (stored or from this load, minus those quarantined in
+            this load), indexed by the parent's key, with its lookup columns.
+        stored_rows: returns the stored rows of a table whose ``column`` is among ``values`` (used to check
+            stage history that arrives in several loads).
+        duplicate_keys: keys (as tuples) that occur more than once in the whole load of the table being
+            checked, when it is validated in chunks.
+    """
+
+    as_of: pd.Timestamp
+    parents: Callable[[str], pd.DataFrame] = lambda table: _empty_parent(table)
+    stored_rows: Callable[[str, str, Sequence], pd.DataFrame] = lambda table, column, values: pd.DataFrame()
+    duplicate_keys: set | None = None
+
+    @property
+    def as_of_end(self) -> pd.Timestamp:
+        """The first instant after the as-of day."""
+        return self.as_of.normalize() + pd.Timedelta(days=1)
+
+
+@dataclass
+class Validation:
+    """The outcome of validating one frame.
+
+    Attributes:
+        valid: the parsed rows that broke no rule.
+        quarantined: one row per invalid source row, indexed like the source, with columns ``rules`` (sorted
+            rule names, comma separated), ``detail`` (what was wrong) and ``record`` (the raw row as JSON).
+    """
+
+    valid: pd.DataFrame
+    quarantined: pd.DataFrame
+
+
+def _empty_parent(table: str) -> pd.DataFrame:
+    spec = TABLES[table]
+    frame = pd.DataFrame({c: pd.Series(dtype=PANDAS_DTYPES[spec.column(c).dtype]) for c in spec.lookup_columns})
+    frame.index = pd.Index([], dtype=STRING, name=spec.primary_key[0])
+    return frame
+
+
+# --------------------------------------------------------------------------------------------------------
+# parsing
+
+
+def parse_column(values: pd.Series, column: Column) -> tuple[pd.Series, pd.Series]:
+    """Parse one source column into its canonical type.
+
+    Args:
+        values: the raw values (strings from CSV, or typed values from Parquet).
+        column: the canonical column.
+
+    Returns:
+        The parsed series and a boolean series that is True where a present value did not parse.
+    """
+    present = values.notna()
+    if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
+        as_text = values.astype("string")
+        present = present & (as_text.str.len() > 0)
+        values = as_text.where(present)
+    kind = column.dtype
+    if kind == "string":
+        if pd.api.types.is_float_dtype(values.dtype):
+            # An id read as float by a Parquet writer (e.g. 17850.0) keeps its integer spelling.
+            whole = values.dropna()
+            if (whole == np.floor(whole)).all():
+                values = values.astype("Int64")
+        parsed = values.astype("string").astype(STRING).where(present)
+        return parsed, pd.Series(False, index=values.index)
+    if kind in ("int", "float"):
+        if pd.api.types.is_bool_dtype(values.dtype):
+            parsed = pd.Series(np.nan, index=values.index)
+        else:
+            parsed = pd.to_numeric(values, errors="coerce").astype("float64")
+        finite = np.isfinite(parsed.to_numpy(dtype="float64", na_value=np.nan))
+        bad = present & ~pd.Series(finite, index=values.index)
+        if kind == "int":
+            good = parsed.where(present & ~bad, 0)
+            whole = good == np.floor(good)
+            bad = bad | (present & ~whole)
+            parsed = parsed.where(~bad).round().astype("Int64")
+        else:
+            parsed = parsed.where(~bad)
+        return parsed, bad
+    if kind == "bool":
+        if pd.api.types.is_bool_dtype(values.dtype):
+            return values.astype("boolean"), pd.Series(False, index=values.index)
+        text = values.astype("string").str.strip().str.lower()
+        parsed = pd.Series(pd.NA, index=values.index, dtype="boolean")
+        parsed[text.isin(list(_TRUE)).fillna(False).to_numpy(dtype=bool)] = True
+        parsed[text.isin(list(_FALSE)).fillna(False).to_numpy(dtype=bool)] = False
+        return parsed, present & parsed.isna()
+    # date / timestamp
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        parsed = values
+        if getattr(parsed.dt, "tz", None) is not None:
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+        parsed = parsed.astype("datetime64[ns]")
+    else:
+        parsed = pd.to_datetime(values.astype("string"), errors="coerce", format="ISO8601", utc=True)
+        parsed = parsed.dt.tz_localize(None).astype("datetime64[ns]")
+    if kind == "date":
+        parsed = parsed.dt.normalize()
+    return parsed, present & parsed.isna()
+
+
+def parse_frame(frame: pd.DataFrame, table: Table) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse a source frame into the canonical types of ``table``.
+
+    Columns the frame lacks are added empty (the caller has already refused files that lack a required
+    column).
+
+    Returns:
+        The parsed frame (canonical column order) and a frame of ``detail`` strings for rows in which some
+        value did not parse, indexed like the source.
+    """
+    parsed: dict[str, pd.Series] = {}
+    problems: list[pd.Series] = []
+    for column in table.columns:
+        if column.name in frame.columns:
+            raw = frame[column.name]
+        else:
+            raw = pd.Series(pd.NA, index=frame.index, dtype="object")
+        values, bad = parse_column(raw, column)
+        parsed[column.name] = values
+        if bad.any():
+            shown = raw[bad].astype(str).str.slice(0, 60)
+            problems.append(f"{column.name}=" + shown.map(repr) + f" is not {column.dtype}")
+    details = pd.DataFrame({"detail": pd.Series(dtype=object)})
+    if problems:
+        details = pd.concat(problems).groupby(level=0).agg("; ".join).to_frame("detail")
+    return pd.DataFrame(parsed, index=frame.index), details
+
+
+# --------------------------------------------------------------------------------------------------------
+# check helpers (True = row passes; missing values pass unless the rule is about presence)
+
+
+def _ok(mask: pd.Series) -> pd.Series:
+    return mask.fillna(True).astype(bool)
+
+
+def _holds(left: pd.Series, right: pd.Series | object, op: Callable) -> pd.Series:
+    """``op(left, right)``, counted as holding where either side is missing (NaN and NaT included)."""
+    result = pd.Series(op(left, right), index=left.index).fillna(False).astype(bool)
+    missing = left.isna() | (right.isna() if isinstance(right, pd.Series) else pd.isna(right))
+    return result | missing.astype(bool)
+
+
+def _between(column: str, low: float | None, high: float | None, *, low_open: bool = False) -> Check:
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        values = df[column].astype("float64")
+        ok = pd.Series(True, index=df.index)
+        if low is not None:
+            ok &= (values > low) if low_open else (values >= low)
+        if high is not None:
+            ok &= values <= high
+        return ok | values.isna()
+
+    return check
+
+
+def _not_after(first: str, second: str, *, slack: pd.Timedelta = pd.Timedelta(0)) -> Check:
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        return _holds(df[first], df[second] + slack, operator.le)
+
+    return check
+
+
+def _in(column: str, allowed: Sequence) -> Check:
+    allowed_set = list(allowed)
+
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        values = df[column]
+        return values.isna() | values.isin(allowed_set).fillna(False).astype(bool)
+
+    return check
+
+
+@cache
+def _country_codes() -> frozenset[str]:
+    return frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+@cache
+def _currency_codes() -> frozenset[str]:
+    return frozenset(c.alpha_3 for c in pycountry.currencies)
+
+
+def _key_tuples(df: pd.DataFrame, key: Sequence[str]) -> pd.Series:
+    if len(key) == 1:
+        return df[key[0]].astype("object")
+    return pd.Series(list(zip(*(df[k].astype("object") for k in key), strict=True)), index=df.index)
+
+
+# --------------------------------------------------------------------------------------------------------
+# generic rules, derived from the data model
+
+
+def _required(table: Table) -> Rule:
+    cols = table.required_columns
+
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for c in cols:
+            present = df[c].notna()
+            if table.column(c).dtype == "string":
+                present &= df[c].str.strip().str.len().fillna(0) > 0
+            ok &= present.astype(bool)
+        return ok
+
+    return Rule("required_field", table.name, f"Required columns hold a value: {', '.join(cols)}.", tuple(cols),
+                check)
+
+
+def _unique(table: Table) -> Rule:
+    key = list(table.primary_key)
+
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        if ctx.duplicate_keys is not None:
+            repeated = ctx.duplicate_keys
+            return ~_key_tuples(df, key).map(repeated.__contains__).astype(bool)
+        return ~df.duplicated(key, keep=False)
+
+    return Rule("unique_key", table.name,
+                f"The key ({', '.join(key)}) occurs once in a load; every row sharing a repeated key is held.",
+                tuple(key), check)
+
+
+def _orphan(table: Table) -> Rule:
+    fks = table.foreign_keys
+
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for fk in fks:
+            keys = ctx.parents(fk.parent).index
+            if fk.parent == table.name:
+                keys = keys.union(pd.Index(df[table.primary_key[0]].dropna()))
+            ok &= df[fk.column].isna() | df[fk.column].isin(keys).fillna(False).astype(bool)
+        return ok
+
+    refs = ", ".join(f"{fk.column} -> {fk.parent}" for fk in fks)
+    return Rule("orphan", table.name,
+                f"Every reference resolves to a valid row, stored or in this load ({refs}); rows whose parent "
+                "is missing or quarantined are held.", tuple(fk.column for fk in fks), check)
+
+
+def _no_future(table: Table) -> Rule | None:
+    cols = [c.name for c in table.columns if c.dtype in ("date", "timestamp")]
+    if not cols:
+        return None
+
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for c in cols:
+            ok &= _holds(df[c], ctx.as_of_end, operator.lt)
+        return ok
+
+    return Rule("no_future_timestamp", table.name,
+                f"No date or time is after the load's as-of date ({', '.join(cols)}).", tuple(cols), check)
+
+
+def _bounded_text(table: Table) -> Rule | None:
+    cols = [(c.name, c.max_chars) for c in table.columns if c.max_chars]
+    if not cols:
+        return None
+
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for c, n in cols:
+            ok &= _ok(df[c].str.len() <= n)
+        return ok
+
+    limits = ", ".join(f"{c} <= {n}" for c, n in cols)
+    return Rule("bounded_text", table.name, f"Text fits its limit in characters ({limits}).",
+                tuple(c for c, _ in cols), check)
+
+
+def _vocabularies(table: Table) -> list[Rule]:
+    rules: list[Rule] = []
+    generic = []
+    for c in table.columns:
+        if c.allowed is None:
+            continue
+        if c.name in ("stage", "from_stage", "to_stage"):
+            continue
+        if c.name == "activity_type":
+            rules.append(Rule("valid_activity_type", table.name,
+                              f"activity_type is one of {', '.join(c.allowed)}.", (c.name,),
+                              _in(c.name, c.allowed)))
+        else:
+            generic.append(c)
+    stage_cols = [c.name for c in table.columns if c.name in ("stage", "from_stage", "to_stage")]
+    if stage_cols:
+        def stage_check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+            ok = pd.Series(True, index=df.index)
+            for c in stage_cols:
+                ok &= _in(c, STAGES)(df, ctx)
+            return ok
+
+        rules.append(Rule("valid_stage", table.name,
+                          f"{', '.join(stage_cols)} name a stage of the stage machine ({', '.join(STAGES)}).",
+                          tuple(stage_cols), stage_check))
+    if generic:
+        def vocab_check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+            ok = pd.Series(True, index=df.index)
+            for c in generic:
+                ok &= _in(c.name, c.allowed)(df, ctx)
+            return ok
+
+        names = "; ".join(f"{c.name} in {{{', '.join(map(str, c.allowed))}}}" for c in generic)
+        rules.append(Rule("allowed_value", table.name, f"Coded columns use their vocabulary: {names}.",
+                          tuple(c.name for c in generic), vocab_check))
+    return rules
+
+
+def _codes(table: Table) -> list[Rule]:
+    rules = []
+    if "country" in table.column_index:
+        rules.append(Rule("valid_country_code", table.name, "country is an ISO 3166-1 alpha-2 code.",
+                          ("country",), lambda df, ctx: _in("country", sorted(_country_codes()))(df, ctx)))
+    if "currency" in table.column_index:
+        rules.append(Rule("valid_currency_code", table.name, "currency is an ISO 4217 code.", ("currency",),
+                          lambda df, ctx: _in("currency", sorted(_currency_codes()))(df, ctx)))
+    if "email" in table.column_index:
+        rules.append(Rule("valid_email", table.name, "email looks like name@domain.tld.", ("email",),
+                          lambda df, ctx: _ok(df["email"].str.match(_EMAIL.pattern))))
+    return rules
+
+
+def generic_rules(table: Table) -> list[Rule]:
+    """The rules every table gets from its definition in the data model.
+
+    Args:
+        table: a canonical table or a task table.
+
+    Returns:
+        ``type_mismatch``, ``required_field``, ``unique_key``, and where the table has what they check:
+        ``orphan``, ``no_future_timestamp``, ``bounded_text``, vocabulary and code rules.
+    """
+    typed = [c.name for c in table.columns if c.dtype != "string"]
+    rules = [
+        Rule("type_mismatch", table.name,
+             f"Values parse as their column's type ({', '.join(f'{c.name}: {c.dtype}' for c in table.columns if c.dtype != 'string')}); "
+             "numbers are finite, dates ISO 8601.", tuple(typed)),
+        _required(table),
+        _unique(table),
+    ]
+    if table.foreign_keys:
+        rules.append(_orphan(table))
+    rules += [r for r in (_no_future(table), _bounded_text(table)) if r is not None]
+    rules += _vocabularies(table)
+    rules += _codes(table)
+    return rules
+
+
+# --------------------------------------------------------------------------------------------------------
+# table-specific rules
+
+
+def _manager_is_manager(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    people = ctx.parents("sales_reps")["role"]
+    stored = people[~people.index.isin(df["rep_id"])]
+    own = df.set_index("rep_id")["role"]
+    people = pd.concat([stored.astype("object"), own.astype("object")]) if len(stored) else own
+    people = people[~people.index.duplicated(keep="last")]
+    role = df["manager_id"].map(people)
+    return df["manager_id"].isna() | role.isna() | role.isin(["manager", "director"]).fillna(False).astype(bool)
+
+
+def _parent_not_self(key: str, parent: str) -> Check:
+    return lambda df, ctx: _ok(df[key] != df[parent])
+
+
+def _customer_since_after_founded(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    return _holds(df["customer_since"].dt.year, df["founded_year"].astype("float64"), operator.ge)
+
+
+def _founded_year(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    year = df["founded_year"]
+    return _ok((year >= 1800) & (year <= ctx.as_of.year))
+
+
+def _outcome_matches_stage(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    expected = df["stage"].astype("object").map(OUTCOME_OF_STAGE)
+    outcome = df["outcome"].astype("object")
+    return (expected.isna() & outcome.isna()) | (expected == outcome).fillna(False)
+
+
+def _closed_at_matches_stage(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    closed = df["stage"].isin(CLOSED_STAGES).fillna(False).astype(bool)
+    return (closed == df["closed_at"].notna()) | df["stage"].isna()
+
+
+def _history_sequence(df: pd.DataFrame, ctx: RuleContext) -> pd.DataFrame:
+    """This load's history rows plus stored rows of the same deals, in time order per deal."""
+    own = df.assign(_new=True, _row=df.index)
+    stored = ctx.stored_rows("opportunity_stage_history", "opportunity_id",
+                             df["opportunity_id"].dropna().unique().tolist())
+    if len(stored):
+        stored = stored[~stored["history_id"].isin(df["history_id"])]
+        own = pd.concat([own, stored.assign(_new=False, _row=-1)], ignore_index=True)
+    return own.sort_values(["opportunity_id", "changed_at"], kind="stable")
+
+
+def _history_continuous(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    seq = _history_sequence(df, ctx)
+    same = seq["opportunity_id"].eq(seq["opportunity_id"].shift())
+    prev_to = seq["to_stage"].shift()
+    broken = same & seq["from_stage"].ne(prev_to).fillna(True)
+    broken &= seq["_new"]
+    bad_rows = seq.loc[broken, "_row"]
+    return ~df.index.isin(bad_rows)
+
+
+def _history_ends_at_current_stage(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    seq = _history_sequence(df, ctx)
+    last = seq.drop_duplicates("opportunity_id", keep="last")
+    current = last["opportunity_id"].map(ctx.parents("opportunities")["stage"])
+    broken = last["_new"] & current.notna() & (last["to_stage"] != current).fillna(False)
+    return ~df.index.isin(last.loc[broken, "_row"])
+
+
+def _legal_transition(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    kind = classify_transitions(df["from_stage"], df["to_stage"])
+    return kind.notna() | df["to_stage"].isna()
+
+
+def _change_within_life(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    opps = ctx.parents("opportunities")
+    created = df["opportunity_id"].map(opps["created_at"])
+    closed = df["opportunity_id"].map(opps["closed_at"])
+    at = df["changed_at"]
+    return _holds(at, created.dt.floor("D"), operator.ge) & _holds(at, closed, operator.le)
+
+
+def _links_same_account(links: Sequence[tuple[str, str]]) -> Check:
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for column, parent in links:
+            owner = df[column].map(ctx.parents(parent)["account_id"])
+            ok &= _holds(owner.astype("object"), df["account_id"].astype("object"), operator.eq)
+        return ok
+
+    return check
+
+
+def _quantity_sign(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    status = df["order_id"].map(ctx.parents("orders")["status"]).astype("object")
+    negative = df["quantity"].astype("float64") < 0
+    return _holds(negative, status.eq("cancelled").where(status.notna()), operator.eq) | df["quantity"].isna()
+
+
+def _quantity_in_range(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    qty = df["quantity"].abs()
+    return _ok((qty >= 1) & (qty <= 1_000_000))
+
+
+def _price_bounds(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    le = operator.le
+    return (_holds(df["price_floor"], df["list_price"], le) & _holds(df["list_price"], df["price_ceiling"], le)
+            & _holds(df["price_floor"], df["price_ceiling"], le))
+
+
+def _positive_prices(columns: Sequence[str], *, cost: str | None = None) -> Check:
+    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+        ok = pd.Series(True, index=df.index)
+        for c in columns:
+            ok &= _between(c, 0, 10_000_000, low_open=True)(df, ctx)
+        if cost:
+            ok &= _between(cost, 0, 10_000_000)(df, ctx)
+        return ok
+
+    return check
+
+
+def _non_blank(column: str) -> Check:
+    return lambda df, ctx: _ok(df[column].str.strip().str.len() > 0)
+
+
+def _news_subject(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    about_account = df["subject_type"] == "account"
+    about_competitor = df["subject_type"] == "competitor"
+    ok = ~about_account.fillna(False) | df["account_id"].notna()
+    ok &= ~about_competitor.fillna(False) | (df["competitor"].notna() & df["account_id"].isna())
+    return ok.astype(bool)
+
+
+def _sales_in_range(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+    return (_between("units", 0, 1e12)(df, ctx) & _between("revenue", 0, 1e13)(df, ctx)
+            & _between("avg_price", 0, 1e7, low_open=True)(df, ctx))
+
+
+def _specific_rules() -> list[Rule]:
+    R = Rule
+    return [
+        R("manager_is_manager", "sales_reps", "A person's manager has role manager or director.", ("manager_id",),
+          _manager_is_manager),
+        R("parent_not_self", "sales_reps", "Nobody is their own manager.", ("rep_id", "manager_id"),
+          _parent_not_self("rep_id", "manager_id")),
+        R("parent_not_self", "accounts", "An account is not its own parent.", ("account_id", "parent_account_id"),
+          _parent_not_self("account_id", "parent_account_id")),
+        R("founded_year_in_range", "accounts", "founded_year is between 1800 and the as-of year.",
+          ("founded_year",), _founded_year),
+        R("customer_since_after_founded", "accounts", "An account became a customer no earlier than founded.",
+          ("customer_since", "founded_year"), _customer_since_after_founded),
+        R("annual_revenue_in_range", "accounts", "annual_revenue is between 0 and 10^13.", ("annual_revenue",),
+          _between("annual_revenue", 0, 1e13)),
+        R("contact_left_after_started", "contacts", "A contact leaves no earlier than they started.",
+          ("started_at", "left_at"), _not_after("started_at", "left_at")),
+        R("amount_in_range", "opportunities", "amount is above 0 and at most 10^9.", ("amount",),
+          _between("amount", 0, 1e9, low_open=True)),
+        R("discount_in_range", "opportunities", "discount is a fraction between 0 and 0.9.", ("discount",),
+          _between("discount", 0, 0.9)),
+        R("closed_after_created", "opportunities", "closed_at is not before created_at.",
+          ("created_at", "closed_at"), _not_after("created_at", "closed_at")),
+        R("expected_close_after_created", "opportunities", "expected_close is not before the creation day.",
+          ("created_at", "expected_close"), lambda df, ctx: _holds(df["expected_close"], df["created_at"].dt.floor("D"), operator.ge)),
+        R("outcome_matches_stage", "opportunities",
+          "outcome is won for closed_won, lost for closed_lost, and empty for open stages.", ("stage", "outcome"),
+          _outcome_matches_stage),
+        R("closed_at_matches_stage", "opportunities", "closed_at is set exactly when the stage is closed.",
+          ("stage", "closed_at"), _closed_at_matches_stage),
+        R("legal_stage_transition", "opportunity_stage_history",
+          "from_stage -> to_stage is allowed by the stage machine (see `salesml data stages`).",
+          ("from_stage", "to_stage"), _legal_transition),
+        R("stage_history_continuous", "opportunity_stage_history",
+          "Each change starts from the stage the previous change of the deal ended in.",
+          ("opportunity_id", "from_stage", "changed_at"), _history_continuous),
+        R("stage_change_within_opportunity_life", "opportunity_stage_history",
+          "A change happens between the deal's creation day and its close.", ("opportunity_id", "changed_at"),
+          _change_within_life),
+        R("history_ends_at_current_stage", "opportunity_stage_history",
+          "A deal's latest change ends in the deal's current stage.", ("opportunity_id", "to_stage"),
+          _history_ends_at_current_stage),
+        R("links_same_account", "activities",
+          "The activity's opportunity and contact belong to the activity's account.",
+          ("account_id", "opportunity_id", "contact_id"),
+          _links_same_account([("opportunity_id", "opportunities"), ("contact_id", "contacts")])),
+        R("links_same_account", "support_tickets", "The ticket's contact belongs to the ticket's account.",
+          ("account_id", "contact_id"), _links_same_account([("contact_id", "contacts")])),
+        R("price_in_range", "products", "Prices are above 0 and at most 10^7; unit_cost is 0 or more.",
+          ("unit_cost", "list_price", "price_floor", "price_ceiling"),
+          _positive_prices(["list_price", "price_floor", "price_ceiling"], cost="unit_cost")),
+        R("price_bounds_ordered", "products", "price_floor <= list_price <= price_ceiling.",
+          ("price_floor", "list_price", "price_ceiling"), _price_bounds),
+        R("price_in_range", "price_changes", "list_price is above 0 and at most 10^7.", ("list_price",),
+          _positive_prices(["list_price"])),
+        R("discount_in_range", "promotions", "discount_pct is a fraction between 0 and 0.9.", ("discount_pct",),
+          _between("discount_pct", 0, 0.9)),
+        R("promotion_period_ordered", "promotions", "end_date is not before start_date.",
+          ("start_date", "end_date"), _not_after("start_date", "end_date")),
+        R("inventory_in_range", "inventory", "on_hand and on_order are between 0 and 10^9.",
+          ("on_hand", "on_order"),
+          lambda df, ctx: _between("on_hand", 0, 1e9)(df, ctx) & _between("on_order", 0, 1e9)(df, ctx)),
+        R("price_in_range", "competitor_prices", "price is above 0 and at most 10^7.", ("price",),
+          _positive_prices(["price"])),
+        R("quantity_in_range", "order_lines", "quantity is a whole number of units, 1 to 10^6 in size.",
+          ("quantity",), _quantity_in_range),
+        R("quantity_sign_matches_status", "order_lines",
+          "quantity is negative exactly on cancelled orders (returns) and positive otherwise.",
+          ("order_id", "quantity"), _quantity_sign),
+        R("unit_price_in_range", "order_lines", "unit_price is above 0 and at most 10^7.", ("unit_price",),
+          _between("unit_price", 0, 1e7, low_open=True)),
+        R("discount_in_range", "order_lines", "discount is a fraction between 0 and 0.9.", ("discount",),
+          _between("discount", 0, 0.9)),
+        R("csat_in_range", "support_tickets", "csat is between 1 and 5.", ("csat",), _between("csat", 1, 5)),
+        R("resolved_after_created", "support_tickets", "resolved_at is not before created_at.",
+          ("created_at", "resolved_at"), _not_after("created_at", "resolved_at")),
+        R("non_blank_text", "support_tickets", "text is not only white space.", ("text",), _non_blank("text")),
+        R("budget_change_in_range", "budget_signals", "budget_change_pct is between -100 and 500.",
+          ("budget_change_pct",), _between("budget_change_pct", -100, 500)),
+        R("news_subject_consistent", "news_signals",
+          "News about an account names the account; news about a competitor names the competitor and no account.",
+          ("subject_type", "account_id", "competitor"), _news_subject),
+        R("non_blank_text", "news_signals", "text is not only white space.", ("text",), _non_blank("text")),
+        R("sales_in_range", "sales_periods", "units and revenue are 0 or more; avg_price is above 0.",
+          ("units", "revenue", "avg_price"), _sales_in_range),
+    ]
+
+
+@cache
+def canonical_rules() -> tuple[Rule, ...]:
+    """Every rule on the canonical tables, generic ones first, table by table."""
+    specific = _specific_rules()
+    rules: list[Rule] = []
+    for table in TABLES.values():
+        rules += generic_rules(table)
+        rules += [r for r in specific if r.table == table.name]
+    return tuple(rules)
+
+
+def rules_for(table: Table, extra: Sequence[Rule] = ()) -> list[Rule]:
+    """The rules that apply to ``table`` (a canonical table, or a task table with its ``extra`` rules)."""
+    if table.name in TABLES:
+        return [r for r in canonical_rules() if r.table == table.name]
+    return generic_rules(table) + list(extra)
+
+
+# --------------------------------------------------------------------------------------------------------
+# validation
+
+
+def build_schema(table: Table, rules: Sequence[Rule], ctx: RuleContext) -> pa.DataFrameSchema:
+    """The pandera schema of ``table``: canonical dtypes, and one named check per rule.
+
+    Args:
+        table: the table.
+        rules: its rules (``type_mismatch`` is applied by parsing, not here).
+        ctx: what cross-table rules may read.
+
+    Returns:
+        A ``DataFrameSchema`` whose failure cases are named after the rules.
+    """
+    columns = {c.name: pa.Column(PANDAS_DTYPES[c.dtype], nullable=True) for c in table.columns}
+    checks = [
+        pa.Check(lambda df, _rule=rule: _rule.check(df, ctx), name=rule.name, ignore_na=False)
+        for rule in rules
+        if rule.check is not None
+    ]
+    return pa.DataFrameSchema(columns, checks=checks, strict=True, name=table.name)
+
+
+def _describe(rule: Rule, rows: pd.DataFrame) -> pd.Series:
+    if not rule.columns:
+        return pd.Series(rule.name, index=rows.index)
+    parts = [f"{c}=" + rows[c].astype("object").map(lambda v: "empty" if pd.isna(v) else repr(str(v)[:60]))
+             for c in rule.columns if c in rows.columns]
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined + ", " + part
+    return f"{rule.name}: " + joined
+
+
+def validate_table(frame: pd.DataFrame, table: Table, ctx: RuleContext, rules: Sequence[Rule] | None = None
+                   ) -> Validation:
+    """Validate the rows of one source frame against the data standards of ``table``.
+
+    Args:
+        frame: raw rows, indexed by their position in the source (used for source lines).
+        table: the canonical (or task) table the rows are for.
+        ctx: the load's as-of date and the parents cross-table rules read.
+        rules: the rules to apply; default: every rule of the table.
+
+    Returns:
+        The valid rows, parsed, and the quarantined rows with the rules they broke.
+    """
+    rules = list(rules) if rules is not None else rules_for(table)
+    parsed, type_problems = parse_frame(frame, table)
+    broken: dict[str, list[pd.Index]] = {}
+    if len(type_problems):
+        broken.setdefault("type_mismatch", []).append(type_problems.index)
+    candidates = parsed.drop(index=type_problems.index)
+    if len(candidates):
+        schema = build_schema(table, rules, ctx)
+        try:
+            schema.validate(candidates, lazy=True, inplace=True)
+        except pa.errors.SchemaErrors as errors:
+            cases = errors.failure_cases
+            unexpected = cases[~cases["check"].isin([r.name for r in rules])]
+            if len(unexpected):
+                raise RuntimeError(f"schema of {table.name} failed outside its rules:\n{unexpected}") from None
+            cases = cases.dropna(subset=["index"]).drop_duplicates(["check", "index"])
+            for name, group in cases.groupby("check"):
+                broken.setdefault(str(name), []).append(pd.Index(group["index"]))
+    _hold_children_of_held(frame, parsed, table, broken)
+    by_row: dict[object, list[str]] = {}
+    details: dict[object, list[str]] = {}
+    rule_by_name: dict[str, list[Rule]] = {}
+    for r in rules:
+        rule_by_name.setdefault(r.name, []).append(r)
+    for name, indexes in broken.items():
+        index = indexes[0].append(indexes[1:]) if len(indexes) > 1 else indexes[0]
+        index = index.unique()
+        if name == "type_mismatch":
+            texts = type_problems.loc[index, "detail"]
+        else:
+            texts = _describe(rule_by_name[name][0], parsed.loc[index])
+        for i, text in zip(index, texts, strict=True):
+            by_row.setdefault(i, []).append(name)
+            details.setdefault(i, []).append(text)
+    bad_index = pd.Index(list(by_row), dtype=frame.index.dtype)
+    quarantined = pd.DataFrame(
+        {
+            "rules": [",".join(sorted(set(by_row[i]))) for i in bad_index],
+            "detail": ["; ".join(details[i]) for i in bad_index],
+        },
+        index=bad_index,
+    )
+    if len(bad_index):
+        quarantined["record"] = frame.loc[bad_index].astype("object").where(frame.loc[bad_index].notna(), None
+                                                                           ).apply(_row_json, axis=1)
+    else:
+        quarantined["record"] = pd.Series(dtype=object)
+    return Validation(valid=parsed.drop(index=bad_index), quarantined=quarantined.sort_index())
+
+
+def _hold_children_of_held(frame: pd.DataFrame, parsed: pd.DataFrame, table: Table,
+                           broken: dict[str, list[pd.Index]]) -> None:
+    """Add ``orphan`` for rows whose parent in the same table (a manager, a parent account) is held."""
+    self_refs = [fk.column for fk in table.foreign_keys if fk.parent == table.name]
+    if not self_refs:
+        return
+    key = table.primary_key[0]
+    held = pd.Index([]).append([i for idx in broken.values() for i in idx]).unique()
+    while True:
+        held_keys = frame.loc[held, key].dropna().astype(str)
+        ok_rows = parsed.index.difference(held)
+        newly = pd.Index([])
+        for column in self_refs:
+            refs = parsed.loc[ok_rows, column]
+            newly = newly.append(refs.index[refs.isin(held_keys).fillna(False).astype(bool)])
+        if not len(newly):
+            return
+        broken.setdefault("orphan", []).append(newly)
+        held = held.append(newly).unique()
+
+
+def _row_json(row: pd.Series) -> str:
+    return json.dumps({k: (None if v is None else str(v)) for k, v in row.items()}, ensure_ascii=False)
+
+
+def describe_rules() -> list[dict[str, str]]:
+    """Every canonical rule as ``{"name", "table", "description"}``, for ``salesml data standards``."""
+    return [{"name": r.name, "table": r.table, "description": r.description} for r in canonical_rules()]

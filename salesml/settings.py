@@ -1,0 +1,103 @@
+"""The one settings object of salesml.
+
+Every environment difference (where state lives, which engines to use, limits) is a field here, read from
+environment variables with the prefix ``SALESML_`` (for example ``SALESML_HOME``). Nothing else in salesml
+reads environment variables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Environment variables that switch off telemetry of the libraries we run. The CLI applies them before it
+#: imports those libraries: a sales platform must not phone home.
+TELEMETRY_OFF = {
+    "BENTOML_DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "1",
+    "SCARF_NO_ANALYTICS": "true",
+    "EVIDENTLY_DISABLE_TELEMETRY": "1",
+}
+
+
+class Settings(BaseSettings):
+    """Where salesml keeps its state, which engines it talks to, and its limits.
+
+    Every path defaults to a location under ``home``; point a field elsewhere to use an existing engine
+    (for example ``SALESML_TRACKING_URI=postgresql://...`` for an MLflow server's backend store).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SALESML_", extra="ignore")
+
+    home: Path = Field(Path(".salesml"), description="Root of all local state (SALESML_HOME).")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI; default sqlite under home.")
+    artifact_location: str | None = Field(None, description="MLflow artifact root; default home/artifacts.")
+    optuna_storage: str | None = Field(None, description="Optuna RDB storage URL; default sqlite under home.")
+    feature_store: Path | None = Field(None, description="DuckDB feature store file; default home/features.duckdb.")
+    feature_backend: Literal["duckdb", "spark"] = Field("duckdb", description="Engine for feature views.")
+    shared_data: Path = Field(Path("../shared/data"), description="Folder of the public reference datasets.")
+    require_shared_data: bool = Field(
+        False, description="Tests that need shared_data fail instead of skipping when it is absent (CI)."
+    )
+    token: SecretStr | None = Field(None, description="Bearer token identifying the caller (SALESML_TOKEN).")
+    threads: int = Field(2, ge=1, description="Threads a model or engine may use; the machine has 2 cores.")
+    max_batch_rows: int = Field(1000, ge=1, description="Most records one scoring request may carry.")
+    max_text_chars: int = Field(5000, ge=1, description="Longest free text (ticket, news) accepted.")
+    ingest_chunk_rows: int = Field(1_000_000, ge=1000, description="Rows validated at once during ingestion.")
+    log_level: str = Field("INFO", description="Logging level of the CLI.")
+
+    @property
+    def tracking_uri_resolved(self) -> str:
+        """The MLflow tracking URI, defaulting to a SQLite store under ``home``."""
+        return self.tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_location_resolved(self) -> str:
+        """The MLflow artifact root, defaulting to ``home/artifacts``."""
+        return self.artifact_location or (self.home / "artifacts").resolve().as_uri()
+
+    @property
+    def optuna_storage_resolved(self) -> str:
+        """The Optuna storage URL, defaulting to a SQLite file under ``home``."""
+        return self.optuna_storage or f"sqlite:///{(self.home / 'optuna.db').resolve()}"
+
+    @property
+    def feature_store_path(self) -> Path:
+        """The DuckDB feature store file."""
+        return self.feature_store or self.home / "features.duckdb"
+
+    @property
+    def bentoml_home(self) -> Path:
+        """BENTOML_HOME for the served models."""
+        return self.home / "bentoml"
+
+    @property
+    def logs_dir(self) -> Path:
+        """Inference logs (Parquet)."""
+        return self.home / "logs"
+
+    @property
+    def access_file(self) -> Path:
+        """Principals with hashed tokens."""
+        return self.home / "access.yaml"
+
+    @property
+    def audit_log(self) -> Path:
+        """Append-only log of promotion decisions."""
+        return self.home / "audit.log"
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment, with optional explicit overrides.
+
+    Args:
+        **overrides: field values that take precedence over the environment.
+
+    Returns:
+        A fresh ``Settings`` object.
+    """
+    return Settings(**overrides)
