@@ -39,9 +39,20 @@ log = logging.getLogger(__name__)
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 Progress = Callable[[str, int, int], None]
 
+def _order_of(df: pd.DataFrame, ctx: RuleContext, column: str) -> pd.Series:
+    return df["order_id"].map(ctx.parents("orders")[column])
+
+
 #: Conditions that are valid but worth counting in the report (the rows are stored).
-FLAGS: dict[str, dict[str, Callable[[pd.DataFrame], pd.Series]]] = {
-    "orders": {"guest_checkout": lambda df: df["account_id"].isna()},
+FLAGS: dict[str, dict[str, Callable[[pd.DataFrame, RuleContext], pd.Series]]] = {
+    "orders": {
+        "guest_checkout": lambda df, ctx: df["account_id"].isna(),
+        "cancellation": lambda df, ctx: df["status"] == "cancelled",
+    },
+    "order_lines": {
+        "guest_checkout": lambda df, ctx: _order_of(df, ctx, "account_id").isna(),
+        "cancellation": lambda df, ctx: _order_of(df, ctx, "status") == "cancelled",
+    },
 }
 
 
@@ -150,8 +161,8 @@ def discover_sources(directory: Path) -> list[Source]:
     return [Source(TABLES[name], found[name]) for name in TABLES if name in found]
 
 
-def _read_csv(path: Path, **kwargs) -> pd.DataFrame | Iterator[pd.DataFrame]:
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8", **kwargs)
+def _read_csv(path: Path, encoding: str = "utf-8", **kwargs) -> pd.DataFrame | Iterator[pd.DataFrame]:
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding, **kwargs)
 
 
 def source_columns(source: Source) -> list[str]:
@@ -207,7 +218,7 @@ def _key_frame(source: Source) -> pd.DataFrame:
     """Only the key columns of the whole source: cheap, and it proves a CSV parses to the end."""
     key = list(source.table.primary_key)
     if source.frame is not None:
-        return source.frame[key]
+        return source.frame.reindex(columns=key)
     try:
         if _suffix(source.path) == ".parquet":
             return pq.read_table(source.path, columns=key).to_pandas()
@@ -232,12 +243,12 @@ def _iter_chunks(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
     yield from _read_csv(source.path, chunksize=chunk_rows)
 
 
-def _csv_record_lines(path: Path) -> np.ndarray:
+def _csv_record_lines(path: Path, delimiter: str = ",", encoding: str = "utf-8") -> np.ndarray:
     """First physical line of every CSV record (quoted fields may span lines)."""
     opener = gzip.open if _suffix(path) == ".csv.gz" else open
     starts = []
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
+    with opener(path, "rt", encoding=encoding, newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter)
         next(reader, None)
         line = reader.line_num + 1
         for _ in reader:
@@ -377,7 +388,7 @@ def ingest(
                 for rule_list in q["rules"]:
                     entry.by_rule.update(rule_list.split(","))
             for flag, condition in FLAGS.get(table.name, {}).items():
-                entry.flagged[flag] += int(condition(result.valid).sum())
+                entry.flagged[flag] += int(condition(result.valid, ctx).fillna(False).sum())
             entry.read += len(frame)
             entry.stored += written
             entry.quarantined += len(q)
@@ -397,14 +408,32 @@ def empty_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame({c.name: pd.Series(dtype=PANDAS_DTYPES[c.dtype]) for c in table.columns})
 
 
-def read_table_file(path: Path) -> pd.DataFrame:
-    """Read a CSV or Parquet file as raw values (CSV cells stay strings)."""
+def read_table_file(path: Path, delimiter: str = ",", encoding: str = "utf-8") -> pd.DataFrame:
+    """Read a CSV or Parquet file as raw values (CSV cells stay strings; empty cells are missing).
+
+    Raises:
+        IngestionError: when the file is neither readable CSV nor Parquet.
+    """
     suffix = _suffix(path)
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".csv.gz"):
-        return _read_csv(path)
-    raise IngestionError(f"{path}: not a CSV or Parquet file")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".csv.gz"):
+            return _read_csv(path, sep=delimiter, encoding=encoding)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
+        raise IngestionError(f"{path}: cannot be read as {suffix.lstrip('.')}: {exc}") from exc
+    raise IngestionError(f"{path}: not a CSV or Parquet file (.csv, .csv.gz or .parquet)")
+
+
+def source_lines(path: Path, rows: int, delimiter: str = ",", encoding: str = "utf-8") -> np.ndarray:
+    """The source line of each of a file's ``rows`` rows: the CSV line a record starts on, or the Parquet row
+    number (from 1)."""
+    if _suffix(path) == ".parquet":
+        return np.arange(1, rows + 1)
+    lines = _csv_record_lines(path, delimiter, encoding)
+    if len(lines) != rows:
+        return np.arange(2, rows + 2)
+    return lines
 
 
 __all__ = [
@@ -418,4 +447,5 @@ __all__ = [
     "empty_frame",
     "ingest",
     "read_table_file",
+    "source_lines",
 ]

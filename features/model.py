@@ -329,7 +329,7 @@ ORDERS = Table(
     ),
     primary_key=("order_id",),
     foreign_keys=(ForeignKey("account_id", "accounts"),),
-    lookup_columns=("status",),
+    lookup_columns=("status", "account_id"),
 )
 
 ORDER_LINES = Table(

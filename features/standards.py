@@ -122,11 +122,14 @@ def parse_column(values: pd.Series, column: Column) -> tuple[pd.Series, pd.Serie
         The parsed series and a boolean series that is True where a present value did not parse.
     """
     present = values.notna()
+    kind = column.dtype
     if values.dtype == object or isinstance(values.dtype, pd.StringDtype):
         as_text = values.astype("string")
-        present = present & (as_text.str.len() > 0)
+        if kind != "string":
+            # Blank cells in typed columns (e.g. Telco's " " TotalCharges) are missing values, not bad ones.
+            as_text = as_text.str.strip()
+        present = present & (as_text.str.len() > 0).fillna(False).astype(bool)
         values = as_text.where(present)
-    kind = column.dtype
     if kind == "string":
         if pd.api.types.is_float_dtype(values.dtype):
             # An id read as float by a Parquet writer (e.g. 17850.0) keeps its integer spelling.

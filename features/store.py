@@ -150,7 +150,8 @@ class FeatureStore:
         match = " AND ".join(f"s.{_quote(k)} IS NOT DISTINCT FROM {name}.{_quote(k)}" for k in table.primary_key)
         self.con.raw_sql("BEGIN TRANSACTION")
         try:
-            stage = self.con.create_table("_salesml_stage", staged, temp=True, overwrite=True)
+            stage = self.con.create_table("_salesml_stage", ibis.memtable(staged, schema=table_schema(table)),
+                                          temp=True, overwrite=True)
             self.con.raw_sql(f"DELETE FROM {name} WHERE EXISTS (SELECT 1 FROM _salesml_stage s WHERE {match})")
             self.con.insert(table.name, stage)
             self.con.raw_sql("COMMIT")

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     max_batch_rows: int = Field(1000, ge=1, description="Most records one scoring request may carry.")
     max_text_chars: int = Field(5000, ge=1, description="Longest free text (ticket, news) accepted.")
     ingest_chunk_rows: int = Field(1_000_000, ge=1000, description="Rows validated at once during ingestion.")
-    log_level: str = Field("INFO", description="Logging level of the CLI.")
+    log_level: str = Field("WARNING", description="Logging level of the CLI.")
 
     @property
     def tracking_uri_resolved(self) -> str:

@@ -1,0 +1,412 @@
+"""The ``salesml`` command: composes each stage's commands.
+
+Stages are imported inside the command functions, so ``salesml --help`` stays fast and importing this module
+has no side effects. Every command that reports results accepts ``--json`` and then prints one JSON object as
+the last line of stdout; progress and messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from salesml.settings import TELEMETRY_OFF, Settings, get_settings
+
+app = typer.Typer(
+    name="salesml",
+    help="salesml: ML research and MLOps for sales teams - data, features, models, audits and serving.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect the canonical data model, data standards, stage machine and quarantine.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one clear line (or a JSON error object), exit code 2."""
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages to stderr.")] = False,
+) -> None:
+    """salesml: ML research and MLOps for sales teams - data, features, models, audits and serving."""
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    settings = get_settings()
+    level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("urllib3", "alembic", "numba", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def emit(result: dict, as_json: bool, render: Callable[[dict], None] | None = None) -> None:
+    """Print a command's result: one JSON line with ``--json``, else the human rendering."""
+    if as_json:
+        print(json.dumps(result, default=_json_default))
+    elif render is not None:
+        render(result)
+    else:
+        stdout.print_json(json.dumps(result, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+@contextmanager
+def failures(as_json: bool) -> Iterator[None]:
+    """Turn expected errors into one clear message and exit code 2 (a JSON error object with ``--json``)."""
+    from features.ingest import IngestionError
+    from features.sources.mapping import MappingError
+
+    try:
+        yield
+    except (CommandError, IngestionError, MappingError, ValueError, FileNotFoundError) as exc:
+        message = str(exc)
+        stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+        if as_json:
+            print(json.dumps({"error": str(message)}))
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress display on stderr; yields a ``(task, done, total)`` callback."""
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=stderr, transient=False, disable=not stderr.is_terminal) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"{description} {name}", total=total if total > 0 else None)
+            progress.update(tasks[name], completed=done, total=total if total > 0 else None)
+
+        yield update
+
+
+def open_store(settings: Settings, read_only: bool = False):
+    """The feature store named by the settings."""
+    from features.store import FeatureStore
+
+    path = settings.feature_store_path
+    if read_only and not path.exists():
+        raise CommandError(f"no feature store at {path}; run `salesml ingest` or `salesml demo` first")
+    return FeatureStore(path, threads=settings.threads, read_only=read_only)
+
+
+def render_ingest(result: dict) -> None:
+    """Print an ingestion report as a table."""
+    table = RichTable(title=f"Ingestion report (load {result['load_id']}, as of {result['as_of']})")
+    for col in ("table", "read", "stored", "quarantined", "by rule"):
+        table.add_column(col, justify="right" if col in ("read", "stored", "quarantined") else "left")
+    for name, t in result["tables"].items():
+        rules = ", ".join(f"{k}: {v}" for k, v in t["by_rule"].items())
+        flags = ", ".join(f"{k}: {v} (stored)" for k, v in t.get("flagged", {}).items() if v)
+        table.add_row(name, f"{t['read']:,}", f"{t['stored']:,}", f"{t['quarantined']:,}",
+                      "; ".join(x for x in (rules, flags) if x))
+    stdout.print(table)
+    if "source" in result:
+        stdout.print(f"source: {result['source']}")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the canonical tables to.")],
+    accounts: Annotated[int, typer.Option(help="Number of accounts.")] = 2000,
+    months: Annotated[int, typer.Option(help="Months of history.")] = 24,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical data.")] = 7,
+    start: Annotated[str, typer.Option(help="First day of the window (YYYY-MM-DD).")] = "2024-01-01",
+    scenario: Annotated[list[str] | None, typer.Option(
+        "--scenario", help="competitor_entry@YYYY-MM:REGION, biased_history or price_shock@YYYY-MM (repeatable).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate a B2B sales organisation: every canonical table, plus ground truth in OUT/ground_truth."""
+    from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
+
+    with failures(as_json):
+        if fmt not in ("parquet", "csv"):
+            raise CommandError(f"--format must be parquet or csv, not {fmt!r}")
+        config = SimulationConfig(accounts=accounts, months=months, seed=seed, start=date.fromisoformat(start),
+                                  scenarios=scenario or [])
+        with stderr.status(f"simulating {accounts:,} accounts over {months} months"):
+            org = simulate_organisation(config)
+        with stderr.status(f"writing tables to {out}"):
+            result = write_organisation(org, out, fmt)  # type: ignore[arg-type]
+        result.pop("ground_truth")
+
+    def render(r: dict) -> None:
+        table = RichTable(title=f"Simulated organisation in {r['out']}")
+        table.add_column("table")
+        table.add_column("rows", justify="right")
+        for name, rows in r["tables"].items():
+            table.add_row(name, f"{rows:,}")
+        stdout.print(table)
+        stdout.print(f"ground truth (never read by features): {Path(r['out']) / 'ground_truth'}")
+
+    emit(result, as_json, render)
+
+
+@app.command()
+def ingest(
+    directory: Annotated[Path, typer.Argument(help="Folder of canonical tables (<table>.csv or .parquet).")],
+    as_of: Annotated[str | None, typer.Option("--as-of", help="The load's as-of date (default: today).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate every row against the data standards; store valid rows, quarantine the rest with reasons."""
+    from features.ingest import discover_sources
+    from features.ingest import ingest as run_ingest
+
+    settings = get_settings()
+    with failures(as_json):
+        sources = discover_sources(directory)
+        with open_store(settings) as store, progress_bar("validating") as progress:
+            report = run_ingest(sources, store, as_of=_date(as_of), chunk_rows=settings.ingest_chunk_rows,
+                                progress=progress)
+    emit(report.to_dict(), as_json, render_ingest)
+
+
+@app.command("import")
+def import_data(
+    dataset: Annotated[str | None, typer.Argument(
+        help="A known dataset: telco_churn, ibm_sales_win_loss, uci_online_retail, cdnow, walmart_weekly_sales, "
+             "retail_price_optimization. Omit it with --mapping.")] = None,
+    source: Annotated[Path | None, typer.Option("--from", help="The dataset's folder or file.")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="Mapping YAML for any CSV/Parquet file (see README).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="The load's as-of date (default: today).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a public dataset, or any CSV/Parquet file through a mapping, with the same standards."""
+    from features.ingest import ingest as run_ingest
+    from features.sources.datasets import DATASETS, load_dataset
+    from features.sources.mapping import load_mapping, sources_from_mapping
+
+    settings = get_settings()
+    with failures(as_json):
+        if source is None:
+            raise CommandError("--from PATH is required: the dataset's folder or file")
+        if mapping is not None:
+            if dataset is not None:
+                raise CommandError("give either a DATASET name or --mapping, not both")
+            imported = sources_from_mapping(load_mapping(mapping), source)
+        elif dataset is None:
+            raise CommandError(f"name a DATASET ({', '.join(DATASETS)}) or give --mapping MAPPING.yaml")
+        else:
+            with stderr.status(f"reading {dataset} from {source}"):
+                imported = load_dataset(dataset, source)
+        with open_store(settings) as store, progress_bar("validating") as progress:
+            for task in imported.tasks:
+                store.register_task(task["name"], task)
+            report = run_ingest(imported.sources, store, as_of=_date(as_of), chunk_rows=settings.ingest_chunk_rows,
+                                progress=progress)
+        result = report.to_dict()
+        result["source"] = imported.description
+    emit(result, as_json, render_ingest)
+
+
+def _date(text: str | None) -> date | None:
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"--as-of must be a date YYYY-MM-DD, not {text!r}") from None
+
+
+@data_app.command("standards")
+def data_standards(as_json: JsonOpt = False) -> None:
+    """List the data standards: every named rule, the table it applies to, and what it requires."""
+    from features.standards import describe_rules
+
+    result = {"rules": describe_rules()}
+
+    def render(r: dict) -> None:
+        table = RichTable(title=f"Data standards ({len({x['name'] for x in r['rules']})} rules, "
+                                f"{len(r['rules'])} rule-table pairs)")
+        for col in ("name", "table", "description"):
+            table.add_column(col)
+        for rule in r["rules"]:
+            table.add_row(rule["name"], rule["table"], rule["description"])
+        stdout.print(table)
+
+    emit(result, as_json, render)
+
+
+@data_app.command("tables")
+def data_tables(
+    table: Annotated[str | None, typer.Argument(help="Show one table's columns.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe the canonical data model: tables, keys, references and columns."""
+    from features.model import TABLES, get_table
+
+    with failures(as_json):
+        try:
+            names = [get_table(table).name] if table else list(TABLES)
+        except KeyError as exc:
+            raise CommandError(exc.args[0]) from None
+    result = {"tables": [
+        {
+            "name": t.name,
+            "description": t.description,
+            "primary_key": list(t.primary_key),
+            "foreign_keys": [{"column": fk.column, "parent": fk.parent} for fk in t.foreign_keys],
+            "columns": [{"name": c.name, "type": c.dtype, "required": c.required, "description": c.description,
+                         **({"allowed": list(c.allowed)} if c.allowed else {})} for c in t.columns],
+        }
+        for t in (TABLES[n] for n in names)
+    ]}
+
+    def render(r: dict) -> None:
+        for t in r["tables"]:
+            rich = RichTable(title=f"{t['name']}: {t['description']}", title_justify="left")
+            for col in ("column", "type", "required", "description"):
+                rich.add_column(col)
+            for c in t["columns"]:
+                extra = f" One of: {', '.join(map(str, c['allowed']))}." if "allowed" in c else ""
+                rich.add_row(c["name"], c["type"], "yes" if c["required"] else "", c["description"] + extra)
+            stdout.print(rich)
+
+    emit(result, as_json, render)
+
+
+@data_app.command("stages")
+def data_stages(as_json: JsonOpt = False) -> None:
+    """Show the opportunity stage machine: every legal transition and its kind."""
+    from features.stages import STAGES, legal_transitions
+
+    result = {"stages": list(STAGES), "transitions": legal_transitions()}
+
+    def render(r: dict) -> None:
+        rich = RichTable(title="Opportunity stage machine")
+        for col in ("from", "to", "kind"):
+            rich.add_column(col)
+        for t in r["transitions"]:
+            rich.add_row(t["from"] or "(created)", t["to"], t["kind"])
+        stdout.print(rich)
+
+    emit(result, as_json, render)
+
+
+@data_app.command("quarantine")
+def data_quarantine(
+    table: Annotated[str | None, typer.Option(help="Only rows of this table.")] = None,
+    rule: Annotated[str | None, typer.Option(help="Only rows that broke this rule.")] = None,
+    limit: Annotated[int, typer.Option(help="Most rows to show.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show quarantined rows: the rules they broke, what was wrong, and their source file and line."""
+    settings = get_settings()
+    with failures(as_json), open_store(settings, read_only=True) as store:
+        frame = store.quarantine(table, rule, limit)
+    rows = [{k: (None if v is None else str(v)) for k, v in r.items()} for r in frame.to_dict("records")]
+    result = {"rows": rows, "shown": len(rows)}
+
+    def render(r: dict) -> None:
+        rich = RichTable(title=f"Quarantined rows (first {limit})")
+        for col in ("table", "file:line", "rules", "detail"):
+            rich.add_column(col, overflow="fold")
+        for row in r["rows"]:
+            rich.add_row(row["table_name"], f"{row['source_file']}:{row['source_line']}", row["rules"], row["detail"])
+        stdout.print(rich)
+
+    emit(result, as_json, render)
+
+
+@data_app.command("loads")
+def data_loads(as_json: JsonOpt = False) -> None:
+    """List past loads into the feature store, newest first, with their row accounting."""
+    settings = get_settings()
+    with failures(as_json), open_store(settings, read_only=True) as store:
+        frame = store.loads()
+    loads = []
+    for row in frame.to_dict("records"):
+        report = json.loads(row["report"])
+        loads.append({"load_id": row["load_id"], "as_of": str(row["as_of"]), "finished_at": str(row["finished_at"]),
+                      "tables": {k: {x: v[x] for x in ("read", "stored", "quarantined")}
+                                 for k, v in report["tables"].items()}})
+    result = {"loads": loads}
+
+    def render(r: dict) -> None:
+        rich = RichTable(title="Loads")
+        for col in ("load", "as of", "finished", "read", "stored", "quarantined"):
+            rich.add_column(col)
+        for load in r["loads"]:
+            t = load["tables"].values()
+            rich.add_row(load["load_id"], load["as_of"], load["finished_at"][:19], str(sum(x["read"] for x in t)),
+                         str(sum(x["stored"] for x in t)), str(sum(x["quarantined"] for x in t)))
+        stdout.print(rich)
+
+    emit(result, as_json, render)
+
+
+# ------------------------------------------------------------------------------------------------ demo
+
+
+@app.command()
+def demo(
+    accounts: Annotated[int, typer.Option(help="Number of simulated accounts.")] = 2000,
+    months: Annotated[int, typer.Option(help="Months of simulated history.")] = 24,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the main job on the embedded defaults: simulate an organisation, then ingest it with quarantine."""
+    from features.ingest import discover_sources
+    from features.ingest import ingest as run_ingest
+    from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
+
+    settings = get_settings()
+    out = settings.home / "demo_data"
+    with failures(as_json):
+        stderr.print(f"[bold]1/2[/] simulating {accounts:,} accounts over {months} months into {out}")
+        with stderr.status("simulating"):
+            org = simulate_organisation(SimulationConfig(accounts=accounts, months=months, seed=seed))
+            written = write_organisation(org, out)
+        stderr.print(f"[bold]2/2[/] ingesting into the feature store {settings.feature_store_path}")
+        with open_store(settings) as store, progress_bar("validating") as progress:
+            report = run_ingest(discover_sources(out), store, chunk_rows=settings.ingest_chunk_rows,
+                                progress=progress)
+    result = {"simulated": written["tables"], "ingest": report.to_dict(), "home": str(settings.home)}
+
+    def render(r: dict) -> None:
+        render_ingest(r["ingest"])
+        stdout.print(f"state lives in {r['home']} (set SALESML_HOME to move it)")
+
+    emit(result, as_json, render)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
