@@ -28,7 +28,7 @@ from features.standards import (
     PANDAS_DTYPES,
     Rule,
     RuleContext,
-    _key_tuples,
+    duplicate_keys,
     rules_for,
     validate_table,
 )
@@ -362,8 +362,7 @@ def ingest(
         if not table.row_local:
             chunk = max(len(key_frame), 1)
         else:
-            tuples = _key_tuples(key_frame, list(table.primary_key))
-            duplicates = set(tuples[tuples.duplicated(keep=False)])
+            duplicates = duplicate_keys(key_frame, table)
         ctx = RuleContext(as_of=as_of, parents=parents.get, stored_rows=store.rows_where, duplicate_keys=duplicates)
         entry = report.tables.setdefault(table.name, TableReport())
         entry.files.append(str(source.path))

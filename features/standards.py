@@ -14,7 +14,7 @@ import json
 import operator
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 import numpy as np
@@ -258,6 +258,20 @@ def _currency_codes() -> frozenset[str]:
     return frozenset(c.alpha_3 for c in pycountry.currencies)
 
 
+def duplicate_keys(frame: pd.DataFrame, table: Table) -> set:
+    """The primary-key values (tuples for composite keys) that occur more than once in ``frame``.
+
+    Keys are parsed into their canonical types first, so ``2024-01-01`` and ``2024-01-01T00:00:00`` are the
+    same date.
+    """
+    key = list(table.primary_key)
+    parsed = pd.DataFrame({k: parse_column(frame[k] if k in frame.columns else
+                                           pd.Series(pd.NA, index=frame.index, dtype="object"),
+                                           table.column(k))[0] for k in key}, index=frame.index)
+    tuples = _key_tuples(parsed, key)
+    return set(tuples[tuples.duplicated(keep=False)])
+
+
 def _key_tuples(df: pd.DataFrame, key: Sequence[str]) -> pd.Series:
     if len(key) == 1:
         return df[key[0]].astype("object")
@@ -288,10 +302,8 @@ def _unique(table: Table) -> Rule:
     key = list(table.primary_key)
 
     def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-        if ctx.duplicate_keys is not None:
-            repeated = ctx.duplicate_keys
-            return ~_key_tuples(df, key).map(repeated.__contains__).astype(bool)
-        return ~df.duplicated(key, keep=False)
+        repeated = ctx.duplicate_keys or set()
+        return ~_key_tuples(df, key).map(repeated.__contains__).astype(bool)
 
     return Rule("unique_key", table.name,
                 f"The key ({', '.join(key)}) occurs once in a load; every row sharing a repeated key is held.",
@@ -470,7 +482,9 @@ def _history_sequence(df: pd.DataFrame, ctx: RuleContext) -> pd.DataFrame:
                              df["opportunity_id"].dropna().unique().tolist())
     if len(stored):
         stored = stored[~stored["history_id"].isin(df["history_id"])]
-        own = pd.concat([own, stored.assign(_new=False, _row=-1)], ignore_index=True)
+        if len(stored):
+            stored = stored[list(df.columns)].astype(df.dtypes.to_dict()).assign(_new=False, _row=-1)
+            own = pd.concat([own, stored], ignore_index=True)
     return own.sort_values(["opportunity_id", "changed_at"], kind="stable")
 
 
@@ -481,7 +495,7 @@ def _history_continuous(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
     broken = same & seq["from_stage"].ne(prev_to).fillna(True)
     broken &= seq["_new"]
     bad_rows = seq.loc[broken, "_row"]
-    return ~df.index.isin(bad_rows)
+    return pd.Series(~df.index.isin(bad_rows), index=df.index)
 
 
 def _history_ends_at_current_stage(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
@@ -489,7 +503,7 @@ def _history_ends_at_current_stage(df: pd.DataFrame, ctx: RuleContext) -> pd.Ser
     last = seq.drop_duplicates("opportunity_id", keep="last")
     current = last["opportunity_id"].map(ctx.parents("opportunities")["stage"])
     broken = last["_new"] & current.notna() & (last["to_stage"] != current).fillna(False)
-    return ~df.index.isin(last.loc[broken, "_row"])
+    return pd.Series(~df.index.isin(last.loc[broken, "_row"]), index=df.index)
 
 
 def _legal_transition(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
@@ -717,11 +731,21 @@ def validate_table(frame: pd.DataFrame, table: Table, ctx: RuleContext, rules: S
         The valid rows, parsed, and the quarantined rows with the rules they broke.
     """
     rules = list(rules) if rules is not None else rules_for(table)
+    if ctx.duplicate_keys is None:
+        ctx = replace(ctx, duplicate_keys=duplicate_keys(frame, table))
     parsed, type_problems = parse_frame(frame, table)
     broken: dict[str, list[pd.Index]] = {}
     if len(type_problems):
         broken.setdefault("type_mismatch", []).append(type_problems.index)
     candidates = parsed.drop(index=type_problems.index)
+    if len(type_problems):
+        # Rows held for a bad value still count as sharing a repeated key.
+        unique = next((r for r in rules if r.name == "unique_key"), None)
+        if unique is not None and unique.check is not None:
+            held = parsed.loc[type_problems.index]
+            repeated = held.index[~unique.check(held, ctx).to_numpy()]
+            if len(repeated):
+                broken.setdefault("unique_key", []).append(repeated)
     if len(candidates):
         schema = build_schema(table, rules, ctx)
         try:
@@ -773,14 +797,16 @@ def _hold_children_of_held(frame: pd.DataFrame, parsed: pd.DataFrame, table: Tab
     if not self_refs:
         return
     key = table.primary_key[0]
-    held = pd.Index([]).append([i for idx in broken.values() for i in idx]).unique()
+    parts = [idx for indexes in broken.values() for idx in indexes if len(idx)]
+    held = parts[0].append(parts[1:]).unique() if parts else pd.Index([], dtype=frame.index.dtype)
     while True:
         held_keys = frame.loc[held, key].dropna().astype(str)
         ok_rows = parsed.index.difference(held)
-        newly = pd.Index([])
+        found = []
         for column in self_refs:
             refs = parsed.loc[ok_rows, column]
-            newly = newly.append(refs.index[refs.isin(held_keys).fillna(False).astype(bool)])
+            found.append(refs.index[refs.isin(held_keys).fillna(False).astype(bool)])
+        newly = found[0].append(found[1:]).unique()
         if not len(newly):
             return
         broken.setdefault("orphan", []).append(newly)

@@ -238,7 +238,7 @@ def load_walmart(path: Path) -> ImportedData:
     file = _locate(path, "Walmart.csv")
     raw = read_table_file(file)
     lines = _lines(file, raw)
-    week = pd.to_datetime(raw["Date"], dayfirst=True, errors="coerce").dt.strftime("%Y-%m-%d")
+    week = pd.to_datetime(raw["Date"], format="%d/%m/%y", errors="coerce").dt.strftime("%Y-%m-%d")
     series = "store-" + raw["Store"]
     periods = pd.DataFrame({
         "series_id": series, "period_start": week, "period_length": "week", "store_id": raw["Store"],

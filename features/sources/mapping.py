@@ -169,8 +169,8 @@ def build_task_table(name: str, id_column: str, label: LabelMapping, features: d
     if timestamp:
         columns.append(Column("event_time", "timestamp", False, f"Row time (from {timestamp})."))
     columns += [
-        Column("label", "int", True, f"1 when {label.column} is {label.positive!r}, else 0."),
-        Column("label_value", "string", False, f"The original value of {label.column}."),
+        Column("label", "int", False, f"1 when {label.column} is {label.positive!r}, 0 for a negative value."),
+        Column("label_value", "string", True, f"The original value of {label.column}."),
     ]
     seen = set()
     for col, t in {**features, **sensitive}.items():

@@ -276,6 +276,10 @@ class _Calendar:
         month_end_week = np.minimum(((month_ends - start).days // 7).to_numpy(), weeks - 1)
         return cls(start, end, weeks, week_start, week_start.asi8.copy(), month_ends, month_end_week)
 
+    def first_week_from(self, day: date) -> int:
+        """The first week that starts on or after ``day`` (scenarios start on a week boundary)."""
+        return max(0, -(-(pd.Timestamp(day) - self.start).days // 7))
+
     def week_of(self, ts_ns: np.ndarray) -> np.ndarray:
         return ((ts_ns - self.week_ns[0]) // (7 * 86400 * 1_000_000_000)).astype(np.int64)
 
@@ -488,7 +492,7 @@ def _simulate_news_and_budgets(rng: np.random.Generator, config: SimulationConfi
     rate = np.full((len(REGIONS), weeks), 0.3)
     neg_share = np.full((len(REGIONS), weeks), 0.5)
     for s in entry:
-        w0 = max(0, (pd.Timestamp(s.month) - cal.start).days // 7)
+        w0 = cal.first_week_from(s.month)
         r = REGIONS.index(s.region)
         rate[r, w0:] *= 3.0
         neg_share[r, w0:] = 0.8
@@ -500,7 +504,7 @@ def _simulate_news_and_budgets(rng: np.random.Generator, config: SimulationConfi
     comp_sent = np.where(u < ns, "negative", np.where(u < ns + 0.3, "neutral", "positive"))
     comp_name = _pick(rng, COMPETITORS, len(reg))
     for s in entry:
-        w0 = max(0, (pd.Timestamp(s.month) - cal.start).days // 7)
+        w0 = cal.first_week_from(s.month)
         hit = (reg == REGIONS.index(s.region)) & (wk >= w0) & (rng.random(len(reg)) < 0.5)
         comp_name[hit] = ENTRANT
     comp_when = _week_times(rng, cal.week_ns, wk)
@@ -608,7 +612,7 @@ def _simulate_opportunities(rng: np.random.Generator, config: SimulationConfig, 
     entry_week = np.full(len(REGIONS), 10**6)
     for s in config.scenarios:
         if s.kind == "competitor_entry":
-            entry_week[REGIONS.index(s.region)] = max(0, (pd.Timestamp(s.month) - cal.start).days // 7)
+            entry_week[REGIONS.index(s.region)] = cal.first_week_from(s.month)
     region_idx = latent["region_idx"][acc]
     discount = np.clip(rng.beta(2.0, 14.0, n) + np.where(latent["segment"][acc] == 1, 0.08, 0.0)
                        + np.where(cw >= entry_week[region_idx], 0.08, 0.0), 0, 0.6).round(3)
@@ -632,7 +636,6 @@ def _simulate_opportunities(rng: np.random.Generator, config: SimulationConfig, 
         active = np.flatnonzero((st.stage >= 0) & ~st.closed)
         if not len(active):
             continue
-        a = st.account[active]
         drivers = _loss_drivers(st, active, w, dm_left, signals, stall_limit, entry_week)
         eta = _loss_eta(mech, st, active, drivers)
         while month_iter < len(cal.month_ends) and cal.month_end_week[month_iter] == w:
@@ -912,7 +915,7 @@ def _simulate_products(rng: np.random.Generator, config: SimulationConfig, cal: 
             changes.append((np.array([p]), np.array([wk]), np.array([list_price[p, wk]])))
     for s in config.scenarios:
         if s.kind == "price_shock":
-            wk = max(0, (pd.Timestamp(s.month) - cal.start).days // 7)
+            wk = cal.first_week_from(s.month)
             if wk < weeks:
                 list_price[:, wk:] = np.round(list_price[:, wk:] * (1 + config.mechanisms.price_shock), 2)
                 changes.append((np.arange(n), np.full(n, wk), list_price[:, wk]))
@@ -940,7 +943,7 @@ def _simulate_products(rng: np.random.Generator, config: SimulationConfig, cal: 
         comp_price[p] = np.mean(walks, axis=0)
     for s in config.scenarios:
         if s.kind == "competitor_entry":
-            w0 = max(0, (pd.Timestamp(s.month) - cal.start).days // 7)
+            w0 = cal.first_week_from(s.month)
             span = np.arange(w0, weeks)
             for p in range(n):
                 if len(span):

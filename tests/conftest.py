@@ -1,0 +1,68 @@
+"""Shared fixtures: small simulated organisations, a fresh SALESML_HOME, and the public datasets."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.sources.simulator import SimulatedOrganisation, SimulationConfig, simulate_organisation
+from salesml.settings import get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def small_org() -> SimulatedOrganisation:
+    """A small organisation (every table non-empty), for rule and ingestion tests."""
+    return simulate_organisation(SimulationConfig(accounts=120, months=8, seed=11))
+
+
+@pytest.fixture(scope="session")
+def demo_org() -> SimulatedOrganisation:
+    """The demo-sized organisation (2,000 accounts, 24 months), for mechanism tests."""
+    return simulate_organisation(SimulationConfig(accounts=2000, months=24, seed=7))
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh SALESML_HOME for the test."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("SALESML_HOME", str(path))
+    return path
+
+
+def _shared_data_dir() -> Path:
+    path = get_settings().shared_data
+    return path if path.is_absolute() else (REPO / path).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The public datasets folder, with every file checked against SHA256SUMS.
+
+    Skips with the reason when the folder is absent, unless SALESML_REQUIRE_SHARED_DATA is set (CI), in which
+    case the test fails instead.
+    """
+    path = _shared_data_dir()
+    sums = path / "SHA256SUMS"
+    if not sums.is_file():
+        message = f"shared datasets not found at {path} (set SALESML_SHARED_DATA)"
+        if get_settings().require_shared_data:
+            pytest.fail(message + "; SALESML_REQUIRE_SHARED_DATA is set, so this must not be skipped")
+        pytest.skip(message)
+    for line in sums.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        file = path / name.strip()
+        assert file.is_file(), f"shared dataset file {file} is missing"
+        actual = hashlib.sha256(file.read_bytes()).hexdigest()
+        assert actual == digest, f"shared dataset file {file} was altered (sha256 {actual}, expected {digest})"
+    return path
+
+
+def frame_hash(frame: pd.DataFrame) -> str:
+    """A stable hash of a frame's content (row by row, column names included)."""
+    rows = pd.util.hash_pandas_object(frame.astype("string"), index=False).to_numpy()
+    return hashlib.sha256(rows.tobytes() + ",".join(frame.columns).encode()).hexdigest()

@@ -1,0 +1,117 @@
+"""The CLI as a user runs it: a real `salesml` process on a fresh SALESML_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from salesml.cli import app
+
+
+def run(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SALESML_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-m", "salesml.cli", *args], capture_output=True, text=True, env=env,
+                            timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def last_json(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, command in group.commands.items():
+        out.append((*prefix, name))
+        if isinstance(command, click.Group):
+            out += _commands(command, (*prefix, name))
+    return out
+
+
+COMMANDS = _commands(typer.main.get_command(app))
+
+
+def test_help_lists_every_command_group_with_one_line(home):
+    result = run("--help", home=home)
+    for group in ("simulate", "ingest", "import", "data", "demo"):
+        assert group in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_simulate_ingest_and_inspect(home, tmp_path):
+    out = tmp_path / "org"
+    sim = last_json(run("simulate", "--accounts", "100", "--months", "6", "--seed", "3", "--out", str(out),
+                        "--format", "csv", "--scenario", "biased_history", "--json", home=home))
+    assert sim["out"] == str(out) and sim["tables"]["accounts"] == 100
+    assert (out / "accounts.csv").is_file() and (out / "ground_truth").is_dir()
+    report = last_json(run("ingest", str(out), "--as-of", "2026-01-01", "--json", home=home))
+    for name, rows in sim["tables"].items():
+        t = report["tables"][name]
+        assert t["read"] == rows == t["stored"] + t["quarantined"]
+    loads = last_json(run("data", "loads", "--json", home=home))
+    assert loads["loads"][0]["load_id"] == report["load_id"]
+    standards = last_json(run("data", "standards", "--json", home=home))
+    assert len({r["name"] for r in standards["rules"]}) >= 30
+    assert set(standards["rules"][0]) == {"name", "table", "description"}
+
+
+def test_bad_input_gets_a_clear_error_and_stores_nothing(home, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "accounts.csv").write_text("account_id,colour\nA1,red\n")
+    result = run("ingest", str(folder), "--json", home=home, check=False)
+    assert result.returncode == 2
+    assert "accounts.csv" in result.stderr and "account_name" in result.stderr and "colour" in result.stderr
+    assert "error" in last_json(result)
+    assert "Traceback" not in result.stderr
+    bad_date = run("ingest", str(folder), "--as-of", "yesterday", home=home, check=False)
+    assert bad_date.returncode == 2 and "--as-of" in bad_date.stderr
+
+
+def test_quarantined_rows_are_shown_with_reasons(home, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "sales_reps.csv").write_text(
+        "rep_id,name,role,region,email\nR1,Ana,director,EMEA,ana@x.example\nR2,Ben,rep,MARS,not-an-email\n")
+    report = last_json(run("ingest", str(folder), "--json", home=home))
+    assert report["tables"]["sales_reps"] == {"read": 2, "stored": 1, "quarantined": 1,
+                                              "by_rule": {"allowed_value": 1, "valid_email": 1},
+                                              "files": [str(folder / "sales_reps.csv")]}
+    shown = last_json(run("data", "quarantine", "--table", "sales_reps", "--json", home=home))
+    row = shown["rows"][0]
+    assert row["rules"] == "allowed_value,valid_email" and row["source_line"] == "3"
+    assert "region='MARS'" in row["detail"]
+
+
+def test_import_with_a_mapping(home, tmp_path):
+    csv = tmp_path / "leads.csv"
+    csv.write_text("id,won,amount,segment\n1,Y,10,a\n2,N,20,b\n3,N,,b\n")
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("kind: task\nname: leads\nid: id\nlabel: {column: won, positive: Y}\n"
+                       "features: {amount: float}\nsensitive: [segment]\n")
+    report = last_json(run("import", "--from", str(csv), "--mapping", str(mapping), "--json", home=home))
+    assert report["tables"]["task_leads"]["stored"] == 3
+    missing = run("import", "--from", str(csv), "--json", home=home, check=False)
+    assert missing.returncode == 2 and "DATASET" in missing.stderr
+
+
+def test_demo_simulates_and_ingests(home):
+    result = last_json(run("demo", "--accounts", "100", "--months", "6", "--json", home=home))
+    assert result["ingest"]["tables"]["activities"]["read"] == result["simulated"]["activities"]
+    assert (home / "features.duckdb").is_file()
