@@ -34,6 +34,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect the canonical data model, data standards, stage machine and quarantine.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
+features_app = typer.Typer(help="Build, describe and list point-in-time feature views; train the text sentiment model.",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
@@ -86,11 +89,12 @@ def _json_default(value: Any) -> Any:
 def failures(as_json: bool) -> Iterator[None]:
     """Turn expected errors into one clear message and exit code 2 (a JSON error object with ``--json``)."""
     from features.ingest import IngestionError
+    from features.pipeline import FeatureError
     from features.sources.mapping import MappingError
 
     try:
         yield
-    except (CommandError, IngestionError, MappingError, ValueError, FileNotFoundError) as exc:
+    except (CommandError, IngestionError, MappingError, FeatureError, ValueError, FileNotFoundError) as exc:
         message = str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False)
         if as_json:
@@ -237,13 +241,13 @@ def import_data(
     emit(result, as_json, render_ingest)
 
 
-def _date(text: str | None) -> date | None:
+def _date(text: str | None, option: str = "--as-of") -> date | None:
     if text is None:
         return None
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise CommandError(f"--as-of must be a date YYYY-MM-DD, not {text!r}") from None
+        raise CommandError(f"{option} must be a date YYYY-MM-DD, not {text!r}") from None
 
 
 @data_app.command("standards")
@@ -373,6 +377,124 @@ def data_loads(as_json: JsonOpt = False) -> None:
     emit(result, as_json, render)
 
 
+# ------------------------------------------------------------------------------------------------ features
+
+
+@features_app.command("describe")
+def features_describe(
+    view: Annotated[str, typer.Argument(help="opportunity, customer or product_week.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Document a view's columns: name, meaning, window and role (key, feature, sensitive, label)."""
+    from features.pipeline import _categories
+    from features.views import ViewConfig, get_view
+
+    settings = get_settings()
+    with failures(as_json):
+        spec = get_view(view)
+        config = ViewConfig()
+        categories = ["<category>"]
+        if view == "customer" and settings.feature_store_path.exists():
+            with open_store(settings, read_only=True) as store:
+                categories = _categories(store) or categories
+        columns = spec.columns(config, categories) if view == "customer" else spec.columns(config)
+    result = {"view": spec.name, "entity": spec.entity, "description": spec.description, "tables": list(spec.tables),
+              "columns": [{"name": c.name, "meaning": c.meaning, "window": c.window, "role": c.role}
+                          for c in columns]}
+
+    def render(r: dict) -> None:
+        stdout.print(f"[bold]{r['view']}[/]: one row per {r['entity']}.\n{r['description']}")
+        rich = RichTable()
+        for col in ("column", "role", "window", "meaning"):
+            rich.add_column(col, overflow="fold")
+        for c in r["columns"]:
+            rich.add_row(c["name"], c["role"], c["window"], c["meaning"])
+        stdout.print(rich)
+
+    emit(result, as_json, render)
+
+
+@features_app.command("build")
+def features_build(
+    view: Annotated[str, typer.Argument(help="opportunity, customer or product_week.")],
+    as_of: Annotated[str, typer.Option("--as-of", help="The data's as-of date; no feature or label looks past it.")],
+    out: Annotated[Path, typer.Option("--out", help="Parquet file to write (lineage in its metadata).")],
+    cutoffs: Annotated[str | None, typer.Option(
+        help="monthly: one cutoff per month end from --from to --to (default: the as-of date alone).")] = None,
+    start: Annotated[str | None, typer.Option("--from", help="First day of the cutoff (or week) range.")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Last day of the range (default: the as-of date).")] = None,
+    backend: Annotated[str, typer.Option(help="duckdb, or spark (pip install '.[spark]').")] = "duckdb",
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a point-in-time feature view, materialise it in the feature store with a version, write Parquet."""
+    from features.pipeline import build_view, materialize, resolve_cutoffs
+
+    settings = get_settings()
+    with failures(as_json):
+        as_of_day = _date(as_of, "--as-of") or date.today()
+        first, last = _date(start, "--from"), _date(end, "--to")
+        if view == "product_week":
+            if cutoffs:
+                raise CommandError("product_week rows are weeks: use --from/--to to bound them, not --cutoffs")
+            days = None
+        else:
+            days = resolve_cutoffs(as_of_day, cutoffs, first, last)
+        with open_store(settings) as store, stderr.status(f"building {view} on {backend}"):
+            built = build_view(store, view, as_of_day, days, start=first, end=last, backend=backend,
+                               threads=settings.threads)
+            result = materialize(store, built, out)
+        for warning in built.warnings:
+            stderr.print(f"[yellow]warning:[/] {warning}")
+
+    def render(r: dict) -> None:
+        stdout.print(f"{r['view']}: {r['rows']:,} rows x {len(r['columns'])} columns, version {r['version']}, "
+                     f"written to {r['out']}; labels: {', '.join(r['label_columns'])}")
+
+    emit(result, as_json, render)
+
+
+@features_app.command("list")
+def features_list(as_json: JsonOpt = False) -> None:
+    """List materialised feature-view versions, newest first."""
+    from features.pipeline import feature_versions
+
+    settings = get_settings()
+    with failures(as_json), open_store(settings, read_only=True) as store:
+        frame = feature_versions(store)
+    rows = [{k: (None if v is None or v != v else str(v)) for k, v in r.items()} for r in frame.to_dict("records")]
+    result = {"versions": rows}
+
+    def render(r: dict) -> None:
+        rich = RichTable(title="Feature view versions")
+        for col in ("view", "version", "as_of", "rows", "backend", "built_at"):
+            rich.add_column(col)
+        for v in r["versions"]:
+            rich.add_row(v["view"], v["version"], v["as_of"], v["rows"], v["backend"], (v["built_at"] or "")[:19])
+        stdout.print(rich)
+
+    emit(result, as_json, render)
+
+
+@features_app.command("sentiment")
+def features_sentiment(
+    labels: Annotated[Path | None, typer.Option(
+        help="CSV/Parquet of labelled texts (columns text, sentiment: negative|neutral|positive). "
+             "Default: a corpus generated from the simulator's text templates.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the text sentiment model (stored as JSON, no download) and score ticket and news texts."""
+    from features.ingest import read_table_file
+    from features.pipeline import train_text_model
+
+    settings = get_settings()
+    with failures(as_json):
+        corpus = read_table_file(labels) if labels else None
+        with open_store(settings) as store, stderr.status("training the sentiment model"):
+            result = train_text_model(store, corpus, source=str(labels) if labels else "templates")
+    emit(result, as_json, lambda r: stdout.print(
+        f"sentiment model {r['model_version']} trained on {r['trained_on']:,} texts; scored {r['scored']}"))
+
+
 # ------------------------------------------------------------------------------------------------ demo
 
 
@@ -383,29 +505,57 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the main job on the embedded defaults: simulate an organisation, then ingest it with quarantine."""
+    """Run the main job on the embedded defaults: simulate, ingest with quarantine, build the feature views."""
     from features.ingest import discover_sources
     from features.ingest import ingest as run_ingest
+    from features.pipeline import build_view, materialize, resolve_cutoffs, train_text_model
     from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
 
     settings = get_settings()
     out = settings.home / "demo_data"
+    steps = 4
     with failures(as_json):
-        stderr.print(f"[bold]1/2[/] simulating {accounts:,} accounts over {months} months into {out}")
+        config = SimulationConfig(accounts=accounts, months=months, seed=seed)
+        stderr.print(f"[bold]1/{steps}[/] simulating {accounts:,} accounts over {months} months into {out}")
         with stderr.status("simulating"):
-            org = simulate_organisation(SimulationConfig(accounts=accounts, months=months, seed=seed))
+            org = simulate_organisation(config)
             written = write_organisation(org, out)
-        stderr.print(f"[bold]2/2[/] ingesting into the feature store {settings.feature_store_path}")
-        with open_store(settings) as store, progress_bar("validating") as progress:
-            report = run_ingest(discover_sources(out), store, chunk_rows=settings.ingest_chunk_rows,
-                                progress=progress)
-    result = {"simulated": written["tables"], "ingest": report.to_dict(), "home": str(settings.home)}
+        stderr.print(f"[bold]2/{steps}[/] ingesting into the feature store {settings.feature_store_path}")
+        with open_store(settings) as store:
+            with progress_bar("validating") as progress:
+                report = run_ingest(discover_sources(out), store, chunk_rows=settings.ingest_chunk_rows,
+                                    progress=progress)
+            stderr.print(f"[bold]3/{steps}[/] training the text sentiment model and scoring tickets and news")
+            sentiment = train_text_model(store)
+            as_of = (config.end - pd_timedelta(days=1)).date()
+            cutoffs = resolve_cutoffs(as_of, "monthly", config.start, as_of)
+            built_views = {}
+            for view in ("opportunity", "customer", "product_week"):
+                stderr.print(f"[bold]4/{steps}[/] building the {view} view as of {as_of}")
+                built = build_view(store, view, as_of, None if view == "product_week" else cutoffs,
+                                   threads=settings.threads)
+                built_views[view] = materialize(store, built, settings.home / "features" / f"{view}.parquet")
+    result = {"simulated": written["tables"], "ingest": report.to_dict(), "sentiment": sentiment,
+              "features": built_views, "home": str(settings.home)}
 
     def render(r: dict) -> None:
         render_ingest(r["ingest"])
+        rich = RichTable(title="Feature views")
+        for col in ("view", "rows", "columns", "version", "file"):
+            rich.add_column(col)
+        for v in r["features"].values():
+            rich.add_row(v["view"], f"{v['rows']:,}", str(len(v["columns"])), v["version"], v["out"])
+        stdout.print(rich)
         stdout.print(f"state lives in {r['home']} (set SALESML_HOME to move it)")
 
     emit(result, as_json, render)
+
+
+def pd_timedelta(**kwargs: int):
+    """A pandas Timedelta (pandas is imported only when a command runs)."""
+    import pandas as pd
+
+    return pd.Timedelta(**kwargs)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,339 @@
+"""Feature pipelines: build a view on DuckDB or Spark, version it, and materialise it in the feature store.
+
+The version of a materialised view is a hash of its definition (the view code, its config and category list)
+plus the data snapshot (the loads in the store and the sentiment model that scored the texts). Training logs it
+to MLflow as the dataset's lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import ibis
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features import views as views_module
+from features.store import FeatureStore
+from features.text import SentimentModel, template_corpus, train_sentiment_model
+from features.views import (
+    VIEWS,
+    ViewConfig,
+    add_association_affinity,
+    basket_items,
+    build_customer_view,
+    build_opportunity_view,
+    build_product_week_view,
+    cutoff_table,
+    get_view,
+    monthly_cutoffs,
+    week_table,
+)
+
+log = logging.getLogger(__name__)
+
+TEXT_MODELS = "text_models"
+TEXT_SENTIMENT = "text_sentiment"
+FEATURE_VERSIONS = "feature_versions"
+
+
+class FeatureError(ValueError):
+    """A feature build that cannot run on the data at hand (missing tables, empty range)."""
+
+
+@dataclass
+class BuiltView:
+    """A computed view with its lineage."""
+
+    view: str
+    frame: pd.DataFrame
+    version: str
+    definition_hash: str
+    snapshot: str
+    as_of: date
+    cutoffs: list[date]
+    backend: str
+    label_columns: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------ sentiment
+
+
+def train_text_model(store: FeatureStore, corpus: pd.DataFrame | None = None, source: str = "templates") -> dict:
+    """Train the sentiment model, store it, and score every ticket and news text in the store.
+
+    Args:
+        store: the feature store.
+        corpus: labelled texts (``text``, ``sentiment``); default: the simulator's template corpus.
+        source: where the corpus came from, for the record.
+
+    Returns:
+        ``{"model_version", "trained_on", "scored": {table: rows}}``.
+    """
+    corpus = template_corpus() if corpus is None else corpus
+    model = train_sentiment_model(corpus)
+    store.ensure_system_tables()
+    frame = pd.DataFrame({"version": [model.version], "model": [model.to_json()], "source": [source],
+                          "trained_on": [len(corpus)], "trained_at": [datetime.now(UTC).replace(tzinfo=None)]})
+    store.con.create_table(TEXT_MODELS, frame, overwrite=True)
+    scored = score_texts(store, model)
+    return {"model_version": model.version, "trained_on": len(corpus), "source": source, "scored": scored}
+
+
+def load_text_model(store: FeatureStore) -> SentimentModel | None:
+    """The stored sentiment model, if one was trained."""
+    if not store.has_table(TEXT_MODELS):
+        return None
+    rows = store.table(TEXT_MODELS).execute()
+    return SentimentModel.from_json(rows["model"].iloc[0]) if len(rows) else None
+
+
+def score_texts(store: FeatureStore, model: SentimentModel) -> dict[str, int]:
+    """Score ticket and news texts with ``model`` into the ``text_sentiment`` table (replacing it)."""
+    parts = []
+    for table, key in (("support_tickets", "ticket_id"), ("news_signals", "news_id")):
+        if not store.has_table(table):
+            continue
+        texts = store.table(table).select(key, "text").execute()
+        scored = model.score(texts["text"])
+        parts.append(pd.DataFrame({"source_table": table, "id": texts[key].astype(str), "label": scored["label"],
+                                   "score": scored["score"].astype(float), "model_version": model.version}))
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        {"source_table": [], "id": [], "label": [], "score": [], "model_version": []})
+    schema = ibis.schema({"source_table": "string", "id": "string", "label": "string", "score": "float64",
+                          "model_version": "string"})
+    store.con.create_table(TEXT_SENTIMENT, ibis.memtable(frame, schema=schema), overwrite=True)
+    return frame.groupby("source_table").size().to_dict() if len(frame) else {}
+
+
+# ------------------------------------------------------------------------------------------------ lineage
+
+
+def definition_hash(view: str, config: ViewConfig, categories: list[str]) -> str:
+    """Hash of a view's definition: the view code, its config and its category columns."""
+    source = inspect.getsource(views_module)
+    payload = json.dumps({"view": view, "config": config.model_dump(), "categories": categories,
+                          "code": hashlib.sha256(source.encode()).hexdigest()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def snapshot_hash(store: FeatureStore) -> str:
+    """Hash of the data snapshot: every load in the store, and the sentiment model that scored its texts."""
+    loads = store.loads()["load_id"].astype(str).sort_values().tolist()
+    model = load_text_model(store)
+    payload = json.dumps({"loads": loads, "text_model": model.version if model else None})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+def _categories(store: FeatureStore) -> list[str]:
+    if not store.has_table("products"):
+        return []
+    products = store.table("products")
+    values = products.select("category").distinct().execute()["category"].dropna()
+    return sorted(values.astype(str).tolist())
+
+
+def _weeks(store: FeatureStore, as_of: date, start: date | None, end: date | None) -> list[date]:
+    orders = store.table("orders")
+    span = orders.aggregate(first=orders.order_date.min(), last=orders.order_date.max()).execute()
+    if span["first"].isna().iloc[0]:
+        raise FeatureError("no orders in the store: the product-week view needs orders")
+    first = pd.Timestamp(start or span["first"].iloc[0]).to_period("W-SUN").start_time
+    last_complete = pd.Timestamp(as_of) + pd.Timedelta(days=1) - pd.Timedelta(days=7)
+    final = min(pd.Timestamp(end) if end else last_complete, last_complete)
+    weeks = pd.date_range(first, final, freq="W-MON")
+    return [w.date() for w in weeks]
+
+
+def resolve_cutoffs(as_of: date, cutoffs: str | None, start: date | None, end: date | None) -> list[date]:
+    """The cutoff days: the as-of date alone, or month ends from ``start`` to ``end`` (default: the as-of date).
+
+    Raises:
+        FeatureError: for an unknown cutoff rule, a missing ``--from``, or cutoffs after the as-of date.
+    """
+    if cutoffs is None:
+        if start or end:
+            raise FeatureError("--from/--to need --cutoffs monthly")
+        return [as_of]
+    if cutoffs != "monthly":
+        raise FeatureError(f"--cutoffs must be monthly, not {cutoffs!r}")
+    if start is None:
+        raise FeatureError("--cutoffs monthly needs --from DATE")
+    end = end or as_of
+    if end > as_of:
+        raise FeatureError(f"--to {end} is after --as-of {as_of}: a cutoff cannot see past the data's as-of date")
+    days = monthly_cutoffs(start, end)
+    if not days:
+        raise FeatureError(f"no month ends between {start} and {end}")
+    return days
+
+
+def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] | None = None,
+               start: date | None = None, end: date | None = None, backend: str = "duckdb",
+               config: ViewConfig | None = None, threads: int = 2) -> BuiltView:
+    """Compute a feature view for the given cutoffs (or weeks, for ``product_week``).
+
+    Args:
+        store: the feature store holding the canonical tables.
+        view: ``opportunity``, ``customer`` or ``product_week``.
+        as_of: the data's as-of date; labels never look past it.
+        cutoffs: cutoff days (opportunity and customer views).
+        start: first week (product_week) to include.
+        end: last week (product_week) to include.
+        backend: ``duckdb`` or ``spark``.
+        config: windows and horizon.
+        threads: Spark local threads.
+
+    Returns:
+        The frame, its version and lineage.
+
+    Raises:
+        FeatureError: when a table the view needs is not in the store.
+    """
+    spec = get_view(view)
+    config = config or ViewConfig()
+    missing = [t for t in spec.tables if not store.has_table(t)]
+    if missing:
+        raise FeatureError(f"the {view} view needs tables the store does not hold: {', '.join(missing)}; "
+                           "ingest or import them first")
+    warnings: list[str] = []
+    names = list(spec.tables)
+    if store.has_table(TEXT_SENTIMENT):
+        names.append(TEXT_SENTIMENT)
+    elif view in ("opportunity", "customer"):
+        warnings.append("no sentiment scores in the store (run `salesml features sentiment`): sentiment "
+                        "features are empty")
+    categories = _categories(store) if view == "customer" else []
+    if view == "product_week":
+        days = _weeks(store, as_of, start, end)
+        if not days:
+            raise FeatureError("no complete week before the as-of date")
+    else:
+        days = sorted(cutoffs or [as_of])
+        late = [d for d in days if d > as_of]
+        if late:
+            raise FeatureError(f"cutoffs after the as-of date {as_of}: {late[:3]}")
+
+    spark = None
+    if backend == "spark":
+        from features.spark import SparkTables
+
+        spark = SparkTables(store, names, threads)
+        tables, execute = spark.tables, spark.con.execute
+    elif backend == "duckdb":
+        tables = {name: store.table(name) for name in names}
+        execute = store.con.execute
+    else:
+        raise FeatureError(f"--backend must be duckdb or spark, not {backend!r}")
+    try:
+        if view == "opportunity":
+            frame = execute(build_opportunity_view(tables, cutoff_table(days, as_of, config.horizon_days), config))
+        elif view == "customer":
+            cut = cutoff_table(days, as_of, config.horizon_days)
+            frame = execute(build_customer_view(tables, cut, config, categories))
+            items = execute(basket_items(tables, cut, config))
+            frame = add_association_affinity(frame, items, config)
+        else:
+            frame = execute(build_product_week_view(tables, week_table(days), config))
+    finally:
+        if spark is not None:
+            spark.close()
+    frame = normalise_frame(frame, view, config, categories)
+    definition = definition_hash(view, config, categories)
+    snapshot = snapshot_hash(store)
+    version = hashlib.sha256(f"{definition}:{snapshot}:{as_of}".encode()).hexdigest()[:16]
+    labels = [c.name for c in spec.columns(config, *([categories] if view == "customer" else [])) if c.role == "label"]
+    return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings)
+
+
+def normalise_frame(frame: pd.DataFrame, view: str, config: ViewConfig, categories: list[str]) -> pd.DataFrame:
+    """Give a view's frame the same dtypes and row order whichever backend computed it."""
+    spec = VIEWS[view]
+    columns = spec.columns(config, categories) if view == "customer" else spec.columns(config)
+    frame = frame[[c.name for c in columns]].copy()
+    for name in frame.columns:
+        values = frame[name]
+        if name in ("cutoff", "week_start"):
+            frame[name] = pd.to_datetime(values).dt.normalize()
+        elif pd.api.types.is_bool_dtype(values.dtype) or values.dtype == object and values.dropna().map(
+                lambda v: isinstance(v, bool)).all() and len(values.dropna()):
+            frame[name] = values.astype("boolean")
+        elif pd.api.types.is_numeric_dtype(values.dtype):
+            frame[name] = values.astype("float64")
+        else:
+            frame[name] = values.astype("string")
+    keys = [c.name for c in columns if c.role == "key"][:2]
+    order = ["cutoff", keys[0]] if "cutoff" in frame.columns else ["week_start", "product_id"]
+    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ materialise
+
+
+def materialize(store: FeatureStore, built: BuiltView, out: Path | None = None) -> dict:
+    """Store a built view in the feature store (table ``fv_<view>_<version>``), register its version, and
+    optionally write it to Parquet with the lineage in the file's metadata.
+
+    Returns:
+        ``{"view", "rows", "columns", "label_columns", "version", "out"}`` (and ``"warnings"`` when any).
+    """
+    table_name = f"fv_{built.view}_{built.version}"
+    store.con.create_table(table_name, built.frame, overwrite=True)
+    store.ensure_system_tables()
+    if not store.has_table(FEATURE_VERSIONS):
+        store.con.create_table(FEATURE_VERSIONS, schema=ibis.schema({
+            "view": "string", "version": "string", "table_name": "string", "definition_hash": "string",
+            "snapshot": "string", "as_of": "date", "cutoffs": "string", "rows": "int64", "backend": "string",
+            "built_at": "timestamp"}))
+    store.con.con.execute(f"DELETE FROM {FEATURE_VERSIONS} WHERE version = ?", [built.version])
+    store.con.insert(FEATURE_VERSIONS, pd.DataFrame({
+        "view": [built.view], "version": [built.version], "table_name": [table_name],
+        "definition_hash": [built.definition_hash], "snapshot": [built.snapshot], "as_of": [built.as_of],
+        "cutoffs": [json.dumps([str(d) for d in built.cutoffs])], "rows": [len(built.frame)],
+        "backend": [built.backend], "built_at": [datetime.now(UTC).replace(tzinfo=None)]}))
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.Table.from_pandas(built.frame, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta.update({b"salesml.view": built.view.encode(), b"salesml.version": built.version.encode(),
+                     b"salesml.definition_hash": built.definition_hash.encode(),
+                     b"salesml.snapshot": built.snapshot.encode(), b"salesml.as_of": str(built.as_of).encode(),
+                     b"salesml.label_columns": json.dumps(built.label_columns).encode()})
+        pq.write_table(table.replace_schema_metadata(meta), out)
+    result = {
+        "view": built.view,
+        "rows": len(built.frame),
+        "columns": list(built.frame.columns),
+        "label_columns": built.label_columns,
+        "version": built.version,
+        "out": str(out) if out else None,
+    }
+    if built.warnings:
+        result["warnings"] = built.warnings
+    return result
+
+
+def read_lineage(path: Path) -> dict[str, str]:
+    """The lineage a materialised Parquet file carries (view, version, definition hash, snapshot, as-of)."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode()[len("salesml."):]: v.decode() for k, v in meta.items() if k.startswith(b"salesml.")}
+
+
+def feature_versions(store: FeatureStore) -> pd.DataFrame:
+    """Materialised view versions, newest first."""
+    if not store.has_table(FEATURE_VERSIONS):
+        return pd.DataFrame(columns=["view", "version", "table_name", "as_of", "rows", "backend", "built_at"])
+    t = store.table(FEATURE_VERSIONS)
+    return t.order_by(ibis.desc(t.built_at)).execute()
