@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test lint install install-dev clean
+.PHONY: demo test lint install install-dev java clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,spark]'
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
@@ -26,7 +26,11 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/salesml demo
 
-test: install-dev
+# Tests marked spark need a Java runtime; install it from Debian when the machine has none.
+java:
+	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
+
+test: install-dev java
 	$(BIN)/python -m pytest
 
 lint: install-dev
