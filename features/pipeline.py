@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 TEXT_MODELS = "text_models"
 TEXT_SENTIMENT = "text_sentiment"
 FEATURE_VERSIONS = "feature_versions"
+BOOLEAN_COLUMNS = ("is_customer", "marketing_opt_in")
 
 
 class FeatureError(ValueError):
@@ -233,7 +234,9 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
         tables, execute = spark.tables, spark.con.execute
     elif backend == "duckdb":
         tables = {name: store.table(name) for name in names}
-        execute = store.con.execute
+
+        def execute(expr: ibis.Table) -> pd.DataFrame:
+            return store.con.to_pyarrow(expr).to_pandas()
     else:
         raise FeatureError(f"--backend must be duckdb or spark, not {backend!r}")
     try:
@@ -258,18 +261,21 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
 
 
 def normalise_frame(frame: pd.DataFrame, view: str, config: ViewConfig, categories: list[str]) -> pd.DataFrame:
-    """Give a view's frame the same dtypes and row order whichever backend computed it."""
+    """Give a view's frame the same dtypes and row order whichever backend computed it.
+
+    Keys and categorical columns become strings, flags booleans, every other column float64, dates
+    datetime64[ns].
+    """
     spec = VIEWS[view]
     columns = spec.columns(config, categories) if view == "customer" else spec.columns(config)
     frame = frame[[c.name for c in columns]].copy()
     for name in frame.columns:
         values = frame[name]
         if name in ("cutoff", "week_start"):
-            frame[name] = pd.to_datetime(values).dt.normalize()
-        elif pd.api.types.is_bool_dtype(values.dtype) or values.dtype == object and values.dropna().map(
-                lambda v: isinstance(v, bool)).all() and len(values.dropna()):
+            frame[name] = pd.to_datetime(values).dt.normalize().astype("datetime64[ns]")
+        elif name in BOOLEAN_COLUMNS:
             frame[name] = values.astype("boolean")
-        elif pd.api.types.is_numeric_dtype(values.dtype):
+        elif pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
             frame[name] = values.astype("float64")
         else:
             frame[name] = values.astype("string")

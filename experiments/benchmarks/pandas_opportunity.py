@@ -12,7 +12,14 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from features.views import ACCOUNT_PROFILE, ACTIVITY_KINDS, DAY, OPEN_STAGE_ORDER, ViewConfig, opportunity_columns
+from features.views import (
+    ACCOUNT_PROFILE,
+    ACTIVITY_KINDS,
+    DAY,
+    OPEN_STAGE_ORDER,
+    ViewConfig,
+    opportunity_columns,
+)
 
 
 def _seconds(values: pd.Series) -> pd.Series:
@@ -83,9 +90,10 @@ def pandas_opportunity_view(t: dict[str, pd.DataFrame], cutoffs: Sequence[date],
             hits = comp[(comp["region"] == r) | comp["region"].isna()]
             stats[r] = (len(hits), int((hits["label"] == "negative").sum()),
                         hits["score"].mean() if hits["score"].notna().any() else np.nan)
-        p["competitor_news"] = region.map(lambda r: stats.get(r, (0, 0, np.nan))[0])
-        p["competitor_news_negative"] = region.map(lambda r: stats.get(r, (0, 0, np.nan))[1])
-        p["competitor_news_sentiment"] = region.map(lambda r: stats.get(r, (0, 0, np.nan))[2])
+        by_region = pd.DataFrame.from_dict(stats, orient="index", columns=["n", "negative", "sentiment"])
+        p["competitor_news"] = region.map(by_region["n"]).fillna(0)
+        p["competitor_news_negative"] = region.map(by_region["negative"]).fillna(0)
+        p["competitor_news_sentiment"] = region.map(by_region["sentiment"])
         own = recent[recent["subject_type"] == "account"].groupby("account_id")
         p["account_news"] = p["account_id"].map(own.size()).fillna(0)
         p["account_news_sentiment"] = p["account_id"].map(own["score"].mean())
