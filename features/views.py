@@ -144,6 +144,8 @@ def opportunity_columns(config: ViewConfig) -> list[ViewColumn]:
     cols += [
         c("days_since_last_activity", "Days from the deal's last activity to the cutoff (empty: none yet).",
           "since creation"),
+        c("days_since_last_inbound", "Days from the deal's last inbound e-mail or meeting to the cutoff (empty: none yet).",
+          "since creation"),
         c("contacts_engaged_90d", "Distinct contacts involved in the deal's activities.", "last 90 days"),
         c("dm_departures", "Decision makers of the account who left.", f"last {config.signal_days} days"),
         c("budget_change_pct", "Sum of the account's budget changes, in percent.", f"last {config.signal_days} days"),
@@ -221,6 +223,7 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
         aggs[f"_{label}_last"] = _count(is_kind & (age < trend))
         aggs[f"{label}_prev_{config.trend_days}d"] = _count(is_kind & (age >= trend) & (age < 2 * trend))
     aggs["_last_activity_s"] = j.occ_s.max()
+    aggs["_last_inbound_s"] = j.occ_s.max(where=j.activity_type.isin(["email_in", "meeting"]))
     aggs["contacts_engaged_90d"] = j.contact_id.nunique(where=age < 90 * DAY)
     activity = j.group_by(opp_keys).aggregate(**aggs)
     for _kind, label in ACTIVITY_KINDS:
@@ -268,7 +271,7 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
     profile = accounts.select("account_id", *ACCOUNT_PROFILE, _since_s=epoch(accounts.customer_since))
 
     out = _attach(pairs, activity, opp_keys,
-                  fill={c: 0 for c in activity.columns if c not in (*opp_keys, "_last_activity_s")})
+                  fill={c: 0 for c in activity.columns if c not in (*opp_keys, "_last_activity_s", "_last_inbound_s")})
     out = _attach(out, stage, opp_keys, fill={"stage_changes": 0, "stage_regressions": 0})
     out = _attach(out, signals, ["account_id", "cutoff"])
     out = _attach(out, median, ["account_id", "cutoff"])
@@ -278,6 +281,7 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
     lost = ((out.closed_s < out.cutoff_s + horizon) & (out.outcome == "lost")).fill_null(False).cast("int64")
     out = out.mutate(
         days_since_last_activity=(out.cutoff_s - out._last_activity_s) / DAY,
+        days_since_last_inbound=(out.cutoff_s - out._last_inbound_s) / DAY,
         stage=out.stage.fill_null("unknown"),
         days_in_stage=(out.cutoff_s - ibis.coalesce(out._last_change_s, out.created_s)) / DAY,
         age_days=(out.cutoff_s - out.created_s) / DAY,

@@ -72,6 +72,8 @@ def pandas_opportunity_view(t: dict[str, pd.DataFrame], cutoffs: Sequence[date],
             g[f"{label}_trend_{config.trend_days}d"] = last.reindex(g.index).fillna(0) - prev.reindex(g.index).fillna(0)
         g = g.fillna(0)
         g["days_since_last_activity"] = (cs - a.groupby("opportunity_id")["occ_s"].max()) / DAY
+        inbound = a[a["activity_type"].isin(["email_in", "meeting"])]
+        g["days_since_last_inbound"] = (cs - inbound.groupby("opportunity_id")["occ_s"].max()) / DAY
         g["contacts_engaged_90d"] = a[a["age"] < 90 * DAY].groupby("opportunity_id")["contact_id"].nunique()
         g["contacts_engaged_90d"] = g["contacts_engaged_90d"].fillna(0)
         p = p.merge(g, left_on="opportunity_id", right_index=True, how="left")

@@ -159,11 +159,11 @@ class Mechanisms(BaseModel):
     loss_competitor_news: float = 0.7
     loss_stall: float = 0.9
     loss_high_discount: float = 1.0
-    loss_quality: float = -0.6
+    loss_quality: float = -0.4
     loss_competitor_entry: float = 0.8
-    loss_close_delay_weeks: int = 5
-    loss_close_delay_extra: float = 1.5
-    loss_close_delay_max: int = 9
+    loss_close_delay_weeks: int = 10
+    loss_close_delay_extra: float = 1.0
+    loss_close_delay_max: int = 12
     stale_weeks: int = 40
     biased_history_flip: float = 0.35
     churn_negative_ticket: float = 1.0
@@ -643,10 +643,10 @@ def _simulate_opportunities(rng: np.random.Generator, config: SimulationConfig, 
             month_iter += 1
         # Engagement: occasional shocks (a champion goes cold), slow recovery; decided deals go dark.
         e = st.engagement[active]
-        shock = rng.random(len(active)) < 0.03
+        shock = rng.random(len(active)) < 0.015
         e = np.where(shock, e * rng.uniform(0.15, 0.45, len(active)), e + 0.15 * (st.engagement0[active] - e))
         st.engagement[active] = e
-        dark = np.where(st.decided[active], 0.15, 1.0)
+        dark = np.where(st.decided[active], 0.06, 1.0)
         stage_boost = 1.0 + 0.3 * (st.stage[active] >= 2)
         lam = np.stack([rates[0] * e * dark, rates[1] * (0.6 + 0.4 * e) * np.where(dark < 1, 0.5, 1.0),
                         rates[2] * e * stage_boost * dark, rates[3] * e * dark], axis=1)
