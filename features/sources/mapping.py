@@ -23,7 +23,7 @@ from features.standards import Rule, generic_rules, parse_column
 
 MappedType = Literal["string", "category", "int", "float", "bool", "date", "timestamp"]
 TASK_PREFIX = "task_"
-RESERVED = ("row_id", "event_time", "label", "label_value")
+RESERVED = ("row_id", "source_row", "event_time", "label", "label_value")
 
 
 class MappingError(ValueError):
@@ -165,7 +165,8 @@ def build_task_table(name: str, id_column: str, label: LabelMapping, features: d
     clash = [c for c in (*features, *sensitive) if c in RESERVED]
     if clash:
         raise MappingError(f"columns named {', '.join(clash)} are reserved in task tables; rename them")
-    columns = [Column("row_id", "string", True, f"Row id (from {id_column}).")]
+    columns = [Column("row_id", "string", True, f"Row id (from {id_column})."),
+               Column("source_row", "int", False, "Position of the row in its source file (from 1).")]
     if timestamp:
         columns.append(Column("event_time", "timestamp", False, f"Row time (from {timestamp})."))
     columns += [
@@ -234,7 +235,7 @@ def task_source(frame: pd.DataFrame, path: Path, mapping: TaskMapping, lines: pd
     _require_columns(frame, needed, path)
     table, spec, rules = build_task_table(mapping.name, mapping.id, mapping.label, dict(mapping.features),
                                           sensitive, mapping.timestamp, source or str(path))
-    out = pd.DataFrame({"row_id": frame[mapping.id]}, index=frame.index)
+    out = pd.DataFrame({"row_id": frame[mapping.id], "source_row": range(1, len(frame) + 1)}, index=frame.index)
     if mapping.timestamp:
         out["event_time"] = frame[mapping.timestamp]
     out = out.join(label_frame(frame[mapping.label.column], mapping.label))

@@ -1,0 +1,216 @@
+"""The churn and deal-loss trainer: split, tune, fit, calibrate, evaluate. Pure of MLflow.
+
+``train_churn_model`` takes a task's rows and a config and returns a ``TrainingResult``: the calibrated model,
+the Optuna study, metrics on validation and test, the scored test rows and the early-warning figures. The
+experiments layer tracks it in MLflow and registers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import optuna
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from training.calibration import choose_calibrator
+from training.evaluate import classification_metrics, early_warning, threshold_at_precision
+from training.models import ChurnModel, fit_estimator, make_estimator, native_booster
+from training.preprocess import TabularPreprocessor
+from training.search import (
+    SearchData,
+    SearchSettings,
+    fit_trial_model,
+    make_objective,
+    open_study,
+    params_from_trial,
+    run_study,
+)
+from training.tasks import ChurnConfig, TaskData
+
+log = logging.getLogger(__name__)
+
+
+class InsufficientData(ValueError):
+    """Too few labelled examples to train this task (with what to do instead)."""
+
+
+@dataclass
+class Split:
+    """Row indexes of the train, validation and test sets (validation empty for cross-validated data)."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    description: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainingResult:
+    """Everything a training produced."""
+
+    model: ChurnModel
+    study: optuna.Study
+    metrics: dict[str, float | None]
+    params: dict
+    split: Split
+    test_rows: pd.DataFrame
+    trials_run: int
+    calibration_briers: dict[str, float]
+
+
+def split_rows(data: TaskData, config: ChurnConfig) -> Split:
+    """Time-based split for timed data, the fixed stratified split otherwise.
+
+    Timed data: the last ``test_cutoffs`` labelled cutoffs are the test set, the ``validation_cutoffs`` before them
+    validate, and training uses the cutoffs before that, minus an embargo as long as the label horizon so that no
+    training label looks into the validation window. Never shuffled across time.
+
+    Raises:
+        InsufficientData: when there are too few cutoffs for the windows.
+    """
+    frame, spec = data.frame, data.spec
+    if spec.timed:
+        times = pd.to_datetime(frame[spec.time_column]).dt.to_period("M")
+        periods = sorted(times.unique())
+        embargo = config.embargo_cutoffs if config.embargo_cutoffs is not None else math.ceil(config.horizon_days / 30)
+        needed = config.test_cutoffs + config.validation_cutoffs + embargo + 2
+        if len(periods) < needed:
+            raise InsufficientData(f"{len(periods)} labelled months; the time split needs at least {needed} "
+                                   f"({config.test_cutoffs} test, {config.validation_cutoffs} validation, "
+                                   f"{embargo} embargo, 2 training)")
+        test_p = periods[-config.test_cutoffs:]
+        valid_p = periods[-(config.test_cutoffs + config.validation_cutoffs):-config.test_cutoffs]
+        train_p = periods[: len(periods) - config.test_cutoffs - config.validation_cutoffs - embargo]
+        index = np.arange(len(frame))
+        split = Split(index[times.isin(train_p).to_numpy()], index[times.isin(valid_p).to_numpy()],
+                      index[times.isin(test_p).to_numpy()])
+        split.description = {"kind": "time", "train": f"{train_p[0]}..{train_p[-1]}",
+                             "validation": f"{valid_p[0]}..{valid_p[-1]}", "test": f"{test_p[0]}..{test_p[-1]}",
+                             "embargo_months": embargo}
+        return split
+    y = frame[spec.label].astype(int).to_numpy()
+    index = np.arange(len(frame))
+    train, test = train_test_split(index, test_size=config.test_size, stratify=y, random_state=config.split_seed)
+    return Split(np.sort(train), np.array([], dtype=int), np.sort(test),
+                 {"kind": "stratified", "test_size": config.test_size, "random_state": config.split_seed,
+                  "tuning": f"{config.cv_folds}-fold cross-validation inside the training part"})
+
+
+def check_class_counts(data: TaskData, config: ChurnConfig) -> None:
+    """Refuse an opportunity model with fewer than 200 won and 200 lost deals.
+
+    Raises:
+        InsufficientData: saying so and offering the stage-based baseline.
+    """
+    if data.spec.name != "opportunity_loss" or data.outcomes is None:
+        return
+    counts = data.outcomes["outcome"].value_counts()
+    won, lost = int(counts.get("won", 0)), int(counts.get("lost", 0))
+    if won < config.min_deals_per_outcome or lost < config.min_deals_per_outcome:
+        raise InsufficientData(
+            f"opportunity scoring needs at least {config.min_deals_per_outcome} won and "
+            f"{config.min_deals_per_outcome} lost deals (Salesforce's documented minimum); the store has {won} won "
+            f"and {lost} lost. Train the stage-based win-rate baseline instead: "
+            "salesml train churn --task opportunity_loss --baseline")
+
+
+def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, study_name: str,
+                      progress: Callable[[int, float], None] | None = None) -> TrainingResult:
+    """Tune, fit, calibrate and evaluate a churn or deal-loss model.
+
+    Args:
+        data: the task's labelled rows.
+        config: the training config.
+        storage_url: Optuna RDB storage.
+        study_name: the study (one per task and data snapshot; an existing one is resumed).
+        progress: called with (finished trials, best value) after each trial.
+
+    Returns:
+        The trained model and its evaluation.
+    """
+    check_class_counts(data, config)
+    spec, frame = data.spec, data.frame
+    split = split_rows(data, config)
+    y = frame[spec.label].astype(int).to_numpy()
+    for name, idx in (("training", split.train), ("test", split.test)):
+        if len(np.unique(y[idx])) < 2:
+            raise InsufficientData(f"the {name} set has a single class; more labelled history is needed")
+    pre = TabularPreprocessor(spec.numeric, spec.categorical).fit(frame.iloc[split.train])
+    x = pre.transform(frame)
+    settings = SearchSettings(list(config.families), config.max_estimators, config.early_stopping_rounds,
+                              config.threads, config.seed, config.pruning)
+    if spec.timed:
+        search = SearchData(x.iloc[split.train], y[split.train], spec.categorical, x.iloc[split.valid], y[split.valid])
+    else:
+        search = SearchData.cross_validated(x.iloc[split.train], y[split.train], spec.categorical, config.cv_folds,
+                                            config.seed)
+    study = open_study(study_name, storage_url, config.seed, config.pruning, config.heartbeat_seconds)
+
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if progress:
+            done = sum(t.state.is_finished() for t in study.trials)
+            try:
+                best = study.best_value
+            except ValueError:
+                best = float("nan")
+            progress(done, best)
+
+    trials_run = run_study(study, make_objective(search, settings), settings.families, config.trials,
+                           config.timeout, report)
+    best = study.best_trial
+    family, params = params_from_trial(best.params, float(np.mean(search.y_train)))
+
+    if spec.timed:
+        estimator, _, rounds = fit_trial_model(family, params, search, settings)
+        valid_scores = estimator.predict_proba(search.x_valid)[:, 1]
+        valid_y = search.y_valid
+    else:
+        valid_scores = np.zeros(len(search.y_train))
+        rounds_seen = []
+        for train_idx, valid_idx in search.folds:
+            fold_model, _, r = fit_trial_model(family, params, search, settings, train_idx, valid_idx)
+            valid_scores[valid_idx] = fold_model.predict_proba(search.x_train.iloc[valid_idx])[:, 1]
+            rounds_seen.append(r)
+        rounds = max(10, int(np.mean(rounds_seen) * 1.1))
+        estimator = make_estimator(family, params, threads=config.threads, seed=config.seed, n_estimators=rounds)
+        estimator = fit_estimator(estimator, family, search.x_train, search.y_train, None, spec.categorical,
+                                  config.early_stopping_rounds)
+        valid_y = search.y_train
+    calibrator, briers = choose_calibrator(valid_scores, valid_y, config.seed)
+    metadata = {
+        "task": spec.name, "label": spec.label, "id_column": spec.id_column, "time_column": spec.time_column,
+        "keys": spec.keys, "sensitive": spec.sensitive, "family": family, "params": params, "rounds": rounds,
+        "calibration": calibrator.method, "positive_rate": float(np.mean(y[split.train])),
+    }
+    model = ChurnModel(family, native_booster(estimator, family), pre, calibrator, metadata)
+
+    metrics: dict[str, float | None] = {"cv_or_validation_roc_auc": float(best.value)}
+    calibrated_valid = calibrator.predict(valid_scores)
+    metrics.update(classification_metrics(valid_y, calibrated_valid, "validation_"))
+    test_frame = frame.iloc[split.test]
+    p_test = model.predict_proba(test_frame)
+    metrics.update(classification_metrics(y[split.test], p_test, "test_"))
+    keep = [c for c in (*spec.keys, spec.id_column, spec.time_column, spec.label) if c and c in frame.columns]
+    test_rows = test_frame[list(dict.fromkeys(keep))].assign(probability=p_test)
+    metrics["oracle_roc_auc"] = None
+    if data.oracle is not None:
+        id_col = spec.id_column
+        joined = test_rows.merge(data.oracle, on=[id_col, spec.time_column], how="left")
+        if joined["oracle"].notna().all():
+            from sklearn.metrics import roc_auc_score
+
+            metrics["oracle_roc_auc"] = float(roc_auc_score(joined[spec.label].astype(int), joined["oracle"]))
+    if spec.name == "opportunity_loss" and data.outcomes is not None:
+        threshold = threshold_at_precision(valid_y, calibrated_valid, config.early_warning_precision)
+        model.metadata["alert_threshold"] = threshold
+        metrics.update(early_warning(test_rows, data.outcomes, threshold, config.early_warning_days, spec.label))
+    else:
+        model.metadata["alert_threshold"] = threshold_at_precision(valid_y, calibrated_valid, 0.5)
+    model.metadata["metrics"] = {k: v for k, v in metrics.items() if k.startswith("test_")}
+    return TrainingResult(model, study, metrics, {"family": family, **params, "rounds": rounds}, split, test_rows,
+                          trials_run, briers)

@@ -1,0 +1,80 @@
+"""Evaluation metrics, including the ones that matter to sales: lift in the top decile and early warning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, precision_recall_curve, roc_auc_score
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """ROC AUC, PR AUC, Brier, log loss, and lift and precision in the top decile of scores."""
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    order = np.argsort(-p, kind="stable")
+    top = order[: max(1, int(np.ceil(0.1 * len(p))))]
+    base = y.mean() if len(y) else np.nan
+    precision_top = float(y[top].mean()) if len(top) else float("nan")
+    out = {
+        "roc_auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan"),
+        "pr_auc": float(average_precision_score(y, p)) if y.sum() else float("nan"),
+        "brier": float(brier_score_loss(y, p)),
+        "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "precision_top_decile": precision_top,
+        "lift_top_decile": float(precision_top / base) if base else float("nan"),
+        "positive_rate": float(base),
+        "rows": float(len(y)),
+    }
+    return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def threshold_at_precision(y: np.ndarray, p: np.ndarray, precision: float) -> float:
+    """The lowest score threshold whose precision reaches ``precision`` (so recall is highest).
+
+    Falls back to the threshold with the best precision when none reaches it.
+    """
+    prec, _, thresholds = precision_recall_curve(np.asarray(y, dtype=int), np.asarray(p, dtype=float))
+    prec = prec[:-1]
+    ok = np.flatnonzero(prec >= precision)
+    if len(ok):
+        return float(thresholds[ok[0]])
+    return float(thresholds[int(np.argmax(prec))])
+
+
+def early_warning(rows: pd.DataFrame, outcomes: pd.DataFrame, threshold: float, lead_days: int = 30,
+                  label: str = "label_lost_90d") -> dict[str, float]:
+    """How early deals that were eventually lost are flagged.
+
+    Args:
+        rows: scored rows with ``opportunity_id``, ``cutoff``, ``probability`` and the label column.
+        outcomes: every deal's ``closed_at`` and ``outcome``.
+        threshold: the alert threshold.
+        lead_days: how early a flag must come to count.
+        label: the row-level label, for the precision of the alerts.
+
+    Returns:
+        ``early_warning_recall_{lead}d`` (of the lost deals that could be flagged that early in these rows, the
+        share flagged at or above the threshold at least ``lead_days`` before close), ``early_warning_precision``
+        (row-level precision at the threshold), lead-time quantiles in days, and counts.
+    """
+    lost = outcomes[outcomes["outcome"] == "lost"][["opportunity_id", "closed_at"]]
+    scored = rows.merge(lost, on="opportunity_id", how="inner")
+    days_before = (pd.to_datetime(scored["closed_at"]) - (pd.to_datetime(scored["cutoff"]) + pd.Timedelta(days=1))
+                   ).dt.total_seconds() / 86400
+    scored = scored.assign(days_before=days_before, flagged=scored["probability"] >= threshold)
+    early = scored[scored["days_before"] >= lead_days]
+    eligible = early["opportunity_id"].nunique()
+    flagged_early = early.loc[early["flagged"], "opportunity_id"].nunique()
+    first_flag = scored[scored["flagged"]].groupby("opportunity_id")["days_before"].max()
+    alerts = rows["probability"] >= threshold
+    precision = float(rows.loc[alerts, label].mean()) if alerts.any() else float("nan")
+    quantiles = first_flag.quantile([0.1, 0.25, 0.5, 0.75, 0.9]) if len(first_flag) else pd.Series(dtype=float)
+    out = {
+        f"early_warning_recall_{lead_days}d": float(flagged_early / eligible) if eligible else float("nan"),
+        "early_warning_precision": precision,
+        "early_warning_threshold": float(threshold),
+        "early_warning_eligible_deals": float(eligible),
+        "early_warning_flagged_deals": float(flagged_early),
+    }
+    for q, value in quantiles.items():
+        out[f"lead_time_days_p{int(q * 100)}"] = float(value)
+    return out

@@ -1,0 +1,200 @@
+"""The one estimator factory, and the churn model artifact in native formats.
+
+``make_estimator`` builds the LightGBM or XGBoost classifier used both inside the Optuna objective and for the
+final model. ``ChurnModel`` is the single object that serving loads: the preprocessing, the booster in its native
+format (LightGBM text, XGBoost JSON) and the calibrator, saved as plain files; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from training.calibration import Calibrator
+from training.preprocess import TabularPreprocessor
+
+FAMILIES = ("lightgbm", "xgboost")
+BOOSTER_FILE = {"lightgbm": "booster.txt", "xgboost": "booster.json"}
+MODEL_FILE = "model.json"
+
+
+def make_estimator(family: str, params: dict, *, threads: int, seed: int, n_estimators: int,
+                   early_stopping_rounds: int | None = None, callbacks: list | None = None):
+    """Build a classifier of ``family`` with ``params`` (the tuned hyperparameters).
+
+    Args:
+        family: ``lightgbm`` or ``xgboost``.
+        params: family-specific hyperparameters.
+        threads: threads the booster may use (the machine has 2 cores).
+        seed: random seed.
+        n_estimators: most boosting rounds.
+        early_stopping_rounds: XGBoost early stopping on the first eval set (LightGBM uses a callback in fit).
+        callbacks: XGBoost callbacks (e.g. Optuna's pruning callback).
+
+    Returns:
+        An unfitted scikit-learn-API classifier.
+    """
+    if family == "lightgbm":
+        return lgb.LGBMClassifier(n_estimators=n_estimators, n_jobs=threads, random_state=seed, verbose=-1,
+                                  **params)
+    if family == "xgboost":
+        return xgb.XGBClassifier(n_estimators=n_estimators, nthread=threads, random_state=seed, tree_method="hist",
+                                 eval_metric="auc", early_stopping_rounds=early_stopping_rounds,
+                                 callbacks=callbacks, **params)
+    raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def fit_estimator(estimator, family: str, x_train: pd.DataFrame, y_train: np.ndarray,
+                  eval_set: tuple[pd.DataFrame, np.ndarray] | None, categorical: list[str],
+                  early_stopping_rounds: int, callbacks: list | None = None):
+    """Fit an estimator from ``make_estimator``, with early stopping when an eval set is given.
+
+    Returns:
+        The fitted estimator.
+    """
+    if family == "lightgbm":
+        fit_callbacks = list(callbacks or [])
+        kwargs = {}
+        if eval_set is not None:
+            fit_callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
+            kwargs = {"eval_set": [eval_set], "eval_metric": "auc"}
+        return estimator.fit(x_train, y_train, categorical_feature=categorical or "auto", callbacks=fit_callbacks,
+                             **kwargs)
+    kwargs = {"verbose": False}
+    if eval_set is not None:
+        kwargs["eval_set"] = [eval_set]
+    return estimator.fit(x_train, y_train, **kwargs)
+
+
+def best_iteration(estimator, family: str) -> int | None:
+    """The boosting round early stopping kept (``None`` without early stopping)."""
+    if family == "lightgbm":
+        return int(estimator.best_iteration_) if getattr(estimator, "best_iteration_", 0) else None
+    best = getattr(estimator, "best_iteration", None)
+    return int(best) + 1 if best is not None else None
+
+
+def native_booster(estimator, family: str):
+    """The fitted native booster (``lightgbm.Booster`` or ``xgboost.Booster``)."""
+    return estimator.booster_ if family == "lightgbm" else estimator.get_booster()
+
+
+def booster_predict(booster, family: str, matrix: pd.DataFrame, contributions: bool = False) -> np.ndarray:
+    """Raw probabilities, or per-feature log-odds contributions plus bias (last column), from a native booster."""
+    if family == "lightgbm":
+        return np.asarray(booster.predict(matrix, pred_contrib=contributions, num_threads=1))
+    dmatrix = xgb.DMatrix(matrix, nthread=1)
+    return np.asarray(booster.predict(dmatrix, pred_contribs=contributions))
+
+
+class ChurnModel:
+    """Preprocessing, native booster and calibrator: the one artifact a churn or deal-loss model is.
+
+    Args:
+        family: booster family.
+        booster: fitted native booster.
+        preprocessor: fitted preprocessing.
+        calibrator: fitted calibrator.
+        metadata: task, label, thresholds, reason templates and anything serving needs.
+    """
+
+    def __init__(self, family: str, booster, preprocessor: TabularPreprocessor, calibrator: Calibrator,
+                 metadata: dict):
+        self.family = family
+        self.booster = booster
+        self.preprocessor = preprocessor
+        self.calibrator = calibrator
+        self.metadata = metadata
+
+    @property
+    def features(self) -> list[str]:
+        """Raw feature columns the model reads."""
+        return self.preprocessor.feature_names_
+
+    def raw_scores(self, frame: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated probabilities."""
+        return booster_predict(self.booster, self.family, self.preprocessor.transform(frame))
+
+    def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Calibrated probabilities of the positive class (loss or churn)."""
+        return self.calibrator.predict(self.raw_scores(frame))
+
+    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Per-feature contributions to the log-odds of the raw score (the booster's own SHAP values)."""
+        values = booster_predict(self.booster, self.family, self.preprocessor.transform(frame), contributions=True)
+        return pd.DataFrame(values[:, :-1], columns=self.features, index=frame.index)
+
+    def save(self, folder: Path) -> dict[str, str]:
+        """Write the artifact files into ``folder``.
+
+        Returns:
+            ``{file name: sha256}`` of every file written.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        booster_file = folder / BOOSTER_FILE[self.family]
+        self.booster.save_model(str(booster_file))
+        spec = {"family": self.family, "booster_file": booster_file.name,
+                "preprocessor": self.preprocessor.to_dict(), "calibrator": self.calibrator.to_dict(),
+                "metadata": self.metadata}
+        (folder / MODEL_FILE).write_text(json.dumps(spec, indent=1, default=_json_default))
+        return artifact_digests(folder)
+
+    @classmethod
+    def load(cls, folder: Path, expected: dict[str, str] | None = None) -> ChurnModel:
+        """Read an artifact written by ``save``.
+
+        Args:
+            folder: the artifact folder.
+            expected: SHA-256 per file recorded at registration; when given, every file must match.
+
+        Raises:
+            ValueError: when a file's digest differs from ``expected``.
+        """
+        folder = Path(folder)
+        if expected:
+            verify_digests(folder, expected)
+        spec = json.loads((folder / MODEL_FILE).read_text())
+        family = spec["family"]
+        booster_path = str(folder / spec["booster_file"])
+        if family == "lightgbm":
+            booster = lgb.Booster(model_file=booster_path)
+        else:
+            booster = xgb.Booster()
+            booster.load_model(booster_path)
+            booster.set_param({"nthread": 1})
+        return cls(family, booster, TabularPreprocessor.from_dict(spec["preprocessor"]),
+                   Calibrator.from_dict(spec["calibrator"]), spec["metadata"])
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def artifact_digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in an artifact folder, by relative path."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def verify_digests(folder: Path, expected: dict[str, str]) -> None:
+    """Check an artifact folder against recorded digests.
+
+    Raises:
+        ValueError: naming the files that differ or are missing.
+    """
+    actual = artifact_digests(folder)
+    bad = sorted(name for name, digest in expected.items() if actual.get(name) != digest)
+    if bad:
+        raise ValueError(f"artifact files do not match their registered SHA-256: {', '.join(bad)}")

@@ -1,0 +1,238 @@
+"""Training tasks: what to learn, from which data, with which split, and the typed training config.
+
+A task is a feature view (``opportunity_loss``, ``customer_churn``) or a task table imported from a dataset or a
+mapping (``telco_churn``, ``ibm_sales_win_loss``, any bring-your-own name). ``resolve_task`` turns the name into a
+``TaskSpec``; ``load_task_data`` (a pipeline: it reads the feature store) returns the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.pipeline import build_view, materialize, resolve_cutoffs, snapshot_hash
+from features.store import FeatureStore
+from features.views import ViewConfig, get_view
+
+VIEW_TASKS = {
+    "opportunity_loss": ("opportunity", "label_lost_{h}d", "opportunity_id", "activities", "occurred_at"),
+    "customer_churn": ("customer", "label_churn_{h}d", "account_id", "orders", "order_date"),
+}
+#: Salesforce documents 200 won and 200 lost deals as the minimum for opportunity scoring.
+MIN_DEALS_PER_OUTCOME = 200
+
+
+class ChurnConfig(BaseModel):
+    """Training config of a churn or deal-loss model (``experiments/configs/<task>.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str | None = None
+    trials: int = Field(30, ge=1, description="Completed trials the study should reach.")
+    timeout: float | None = Field(None, gt=0, description="Seconds of tuning in this run at most.")
+    seed: int = 42
+    families: list[Literal["lightgbm", "xgboost"]] = Field(default_factory=lambda: ["lightgbm", "xgboost"])
+    pruning: bool = True
+    cv_folds: int = Field(5, ge=2, description="Folds for tuning and calibration on untimed data.")
+    test_size: float = Field(0.2, gt=0, lt=1, description="Held-out share on untimed data (stratified).")
+    split_seed: int = Field(42, description="random_state of the untimed train/test split.")
+    test_cutoffs: int = Field(3, ge=1, description="Last labelled cutoffs held out for test (timed data).")
+    validation_cutoffs: int = Field(3, ge=1, description="Cutoffs before the test window for validation.")
+    embargo_cutoffs: int | None = Field(None, ge=0, description="Cutoffs dropped between training and validation "
+                                        "(default: the label horizon in months).")
+    max_estimators: int = Field(2000, ge=10)
+    early_stopping_rounds: int = Field(100, ge=5)
+    early_warning_precision: float = Field(0.6, gt=0, lt=1, description="Precision the alert threshold targets.")
+    early_warning_days: int = Field(30, ge=1)
+    reasons: int = Field(3, ge=1, le=10, description="Reason codes per prediction.")
+    sensitive_as_features: bool = Field(False, description="Use sensitive attributes as features (audited anyway).")
+    exclude_features: list[str] = Field(default_factory=list)
+    horizon_days: int = 90
+    as_of: date | None = Field(None, description="Data as-of date for view tasks (default: the latest event).")
+    start: date | None = Field(None, description="First cutoff month for view tasks (default: second month).")
+    ground_truth: str | None = Field(None, description="Simulator ground_truth folder, for the oracle AUC; "
+                                     "'{home}' is SALESML_HOME.")
+    min_deals_per_outcome: int = MIN_DEALS_PER_OUTCOME
+    heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
+    threads: int = 2
+
+
+def load_config(path: Path | None, **overrides: object) -> ChurnConfig:
+    """Read a training config YAML and apply command-line overrides (``None`` values are ignored).
+
+    Raises:
+        ValueError: naming the file and the invalid fields.
+    """
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} not found")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config is a YAML mapping")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ChurnConfig(**data)
+    except Exception as exc:  # pydantic's message lists the fields
+        raise ValueError(f"{path or 'config'}: {exc}") from None
+
+
+@dataclass
+class TaskSpec:
+    """A resolved training task."""
+
+    name: str
+    kind: Literal["view", "table"]
+    source: str
+    label: str
+    id_column: str
+    time_column: str | None
+    numeric: list[str]
+    categorical: list[str]
+    sensitive: list[str]
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        """All model features."""
+        return self.numeric + self.categorical
+
+    @property
+    def timed(self) -> bool:
+        """Whether the rows are split by time."""
+        return self.time_column is not None
+
+
+@dataclass
+class TaskData:
+    """The rows of a task, and where they came from."""
+
+    spec: TaskSpec
+    frame: pd.DataFrame
+    feature_version: str
+    snapshot: str
+    window: str
+    outcomes: pd.DataFrame | None = None
+    oracle: pd.DataFrame | None = None
+    source_rows: int = 0
+
+
+def resolve_task(name: str, store: FeatureStore, config: ChurnConfig) -> TaskSpec:
+    """The spec of a task name.
+
+    Raises:
+        ValueError: when the name is neither a view task nor an imported task table.
+    """
+    if name in VIEW_TASKS:
+        view_name, label, id_column, _, _ = VIEW_TASKS[name]
+        view = get_view(view_name)
+        columns = view.columns(ViewConfig(horizon_days=config.horizon_days))
+        if view_name == "customer":
+            from features.pipeline import _categories
+
+            columns = view.columns(ViewConfig(horizon_days=config.horizon_days), _categories(store))
+        return _spec_from_columns(name, "view", view_name, label.format(h=config.horizon_days), id_column, "cutoff",
+                                  columns, config)
+    spec = store.task_spec(name)
+    if spec is None:
+        known = ", ".join([*VIEW_TASKS, *store.tasks()])
+        raise ValueError(f"unknown task {name!r}; known: {known}. Import a dataset or a mapped file first.")
+    excluded = set(config.exclude_features)
+    numeric, categorical = [], []
+    for feature in spec["features"]:
+        if feature["name"] in excluded:
+            continue
+        (categorical if feature["type"] in ("categorical", "string") else numeric).append(feature["name"])
+    sensitive = [s["name"] for s in spec["sensitive"]]
+    if config.sensitive_as_features:
+        for s in spec["sensitive"]:
+            (categorical if s["type"] in ("categorical", "string") else numeric).append(s["name"])
+    return TaskSpec(name, "table", spec["table"], "label", "row_id", "event_time" if spec.get("timestamp") else None,
+                    numeric, categorical, sensitive, keys=["row_id"])
+
+
+def _spec_from_columns(name: str, kind: str, source: str, label: str, id_column: str, time_column: str,
+                       columns: list, config: ChurnConfig) -> TaskSpec:
+    excluded = set(config.exclude_features)
+    numeric: list[str] = []
+    categorical: list[str] = []
+    sensitive, keys = [], []
+    for column in columns:
+        if column.role == "key":
+            keys.append(column.name)
+            continue
+        if column.role == "label" or column.name in excluded:
+            continue
+        if column.role == "sensitive":
+            sensitive.append(column.name)
+            if not config.sensitive_as_features:
+                continue
+        # split into numeric and categorical once the rows are loaded (by dtype)
+        numeric.append(column.name)
+    return TaskSpec(name, kind, source, label, id_column, time_column, numeric, categorical, sensitive, keys)
+
+
+def _latest_event(store: FeatureStore, table: str, column: str) -> date:
+    t = store.table(table)
+    value = t.aggregate(last=t[column].max()).execute()["last"].iloc[0]
+    if pd.isna(value):
+        raise ValueError(f"no {table} in the feature store: ingest data first")
+    return pd.Timestamp(value).date()
+
+
+def load_task_data(store: FeatureStore, spec: TaskSpec, config: ChurnConfig) -> TaskData:
+    """Load a task's labelled rows: a feature view built at every month end, or an imported task table.
+
+    View tasks are materialised in the feature store so that the model's lineage points at a stored version.
+    """
+    if spec.kind == "view":
+        _, _, _, table, column = VIEW_TASKS[spec.name]
+        as_of = config.as_of or _latest_event(store, table, column)
+        first = store.table(table).aggregate(first=store.table(table)[column].min()).execute()["first"].iloc[0]
+        start = config.start or (pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date()
+        cutoffs = resolve_cutoffs(as_of, "monthly", start, as_of)
+        built = build_view(store, spec.source, as_of, cutoffs, config=ViewConfig(horizon_days=config.horizon_days),
+                           threads=config.threads)
+        materialize(store, built)
+        frame = built.frame[built.frame[spec.label].notna()].reset_index(drop=True)
+        features = spec.features
+        spec.categorical = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c].dtype)
+                            and not pd.api.types.is_bool_dtype(frame[c].dtype)]
+        spec.numeric = [c for c in features if c not in spec.categorical]
+        outcomes = None
+        if spec.name == "opportunity_loss":
+            outcomes = store.table("opportunities").select("opportunity_id", "closed_at", "outcome").execute()
+        oracle = _oracle(config, spec)
+        window = f"{frame['cutoff'].min():%Y-%m-%d}..{frame['cutoff'].max():%Y-%m-%d}" if len(frame) else ""
+        return TaskData(spec, frame, built.version, built.snapshot, window, outcomes, oracle, len(built.frame))
+    table = store.table(spec.source)
+    frame = table.execute()
+    order = "source_row" if "source_row" in frame.columns else "row_id"
+    frame = frame.sort_values(order, kind="stable").reset_index(drop=True)
+    frame = frame[frame["label"].notna()].reset_index(drop=True)
+    snapshot = snapshot_hash(store)
+    window = ""
+    if spec.timed:
+        window = f"{frame['event_time'].min():%Y-%m-%d}..{frame['event_time'].max():%Y-%m-%d}"
+    return TaskData(spec, frame, f"{spec.source}@{snapshot[:16]}", snapshot, window, source_rows=len(frame))
+
+
+def _oracle(config: ChurnConfig, spec: TaskSpec) -> pd.DataFrame | None:
+    if not config.ground_truth:
+        return None
+    from salesml.settings import get_settings
+
+    folder = Path(config.ground_truth.format(home=get_settings().home))
+    name = {"opportunity_loss": ("opportunity_loss_probability.parquet", "opportunity_id", "p_loss_90d"),
+            "customer_churn": ("customer_churn_probability.parquet", "account_id", "p_no_order_90d")}[spec.name]
+    path = folder / name[0]
+    if not path.is_file():
+        raise ValueError(f"ground truth file {path} not found (config ground_truth)")
+    truth = pd.read_parquet(path)
+    return truth.rename(columns={"month_end": "cutoff", name[2]: "oracle"})[[name[1], "cutoff", "oracle"]]
