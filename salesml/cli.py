@@ -37,6 +37,9 @@ app.add_typer(data_app, name="data")
 features_app = typer.Typer(help="Build, describe and list point-in-time feature views; train the text sentiment model.",
                            no_args_is_help=True)
 app.add_typer(features_app, name="features")
+train_app = typer.Typer(help="Train Optuna-tuned models, tracked in MLflow and registered as new versions.",
+                        no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
@@ -91,10 +94,12 @@ def failures(as_json: bool) -> Iterator[None]:
     from features.ingest import IngestionError
     from features.pipeline import FeatureError
     from features.sources.mapping import MappingError
+    from salesml.access import AccessError
 
     try:
         yield
-    except (CommandError, IngestionError, MappingError, FeatureError, ValueError, FileNotFoundError) as exc:
+    except (CommandError, IngestionError, MappingError, FeatureError, ValueError, FileNotFoundError,
+            AccessError) as exc:
         message = str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False)
         if as_json:
@@ -493,6 +498,71 @@ def features_sentiment(
             result = train_text_model(store, corpus, source=str(labels) if labels else "templates")
     emit(result, as_json, lambda r: stdout.print(
         f"sentiment model {r['model_version']} trained on {r['trained_on']:,} texts; scored {r['scored']}"))
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def current_identity(settings: Settings) -> str:
+    """Who runs the command: the principal of SALESML_TOKEN, or ``local:<os user>`` without a token."""
+    from salesml.access import authenticate, local_identity
+
+    if settings.token is None:
+        return local_identity()
+    return authenticate(settings.access_file, settings.token.get_secret_value()).name
+
+
+@train_app.command("churn")
+def train_churn(
+    task: Annotated[str, typer.Option(help="opportunity_loss, customer_churn, or an imported task table "
+                                           "(telco_churn, ibm_sales_win_loss, your own).")],
+    trials: Annotated[int | None, typer.Option(help="Finished trials the study should reach (resumes a study).")
+                      ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Seconds of tuning in this run at most.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Training config YAML (default: "
+                                                     "experiments/configs/<task>.yaml when it exists).")] = None,
+    baseline: Annotated[bool, typer.Option(help="Train the stage-based win-rate baseline instead.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tune (Optuna), train, calibrate and evaluate a risk model; track it in MLflow and register a version."""
+    from experiments.churn_run import run_churn_training
+    from training.churn import InsufficientData
+    from training.tasks import load_config
+
+    settings = get_settings()
+    with failures(as_json):
+        default = Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{task}.yaml"
+        cfg = load_config(config or (default if default.is_file() else None), task=task, trials=trials,
+                          timeout=timeout, threads=settings.threads)
+        trainer = current_identity(settings)
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
+                   TimeElapsedColumn()]
+        with Progress(*columns, console=stderr, disable=not stderr.is_terminal) as bar:
+            job = bar.add_task("trials", total=cfg.trials, best="-")
+
+            def progress(done: int, best: float) -> None:
+                bar.update(job, completed=done, best=f"{best:.4f}")
+
+            def status(text: str) -> None:
+                stderr.print(f"[dim]{text}[/]")
+
+            try:
+                result = run_churn_training(settings, task, cfg, trainer, baseline, progress, status)
+            except InsufficientData as exc:
+                raise CommandError(str(exc)) from None
+
+    def render(r: dict) -> None:
+        m = r["metrics"]
+        stdout.print(f"registered [bold]{r['model']}[/] version {r['version']} (run {r['run_id']})")
+        rich = RichTable(title="Test metrics")
+        rich.add_column("metric")
+        rich.add_column("value", justify="right")
+        for key, value in m.items():
+            if key.startswith(("test_", "oracle", "early_warning", "lead_time")):
+                rich.add_row(key, "-" if value is None else f"{value:.4f}")
+        stdout.print(rich)
+
+    emit(result, as_json, render)
 
 
 # ------------------------------------------------------------------------------------------------ demo

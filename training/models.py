@@ -162,6 +162,10 @@ class ChurnModel:
             verify_digests(folder, expected)
         spec = json.loads((folder / MODEL_FILE).read_text())
         family = spec["family"]
+        if family == "stage_baseline":
+            from training.baseline import StageBaseline
+
+            return StageBaseline.from_spec(spec)  # type: ignore[return-value]
         booster_path = str(folder / spec["booster_file"])
         if family == "lightgbm":
             booster = lgb.Booster(model_file=booster_path)

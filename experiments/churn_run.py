@@ -1,0 +1,233 @@
+"""Tracked training of churn and deal-loss models: one MLflow parent run, a registered version, its tags.
+
+``run_churn_training`` is the pipeline behind ``salesml train churn``. It loads the task's rows from the feature
+store, tunes and trains with ``training.churn`` (pure of MLflow), logs params, the dataset with its feature
+version, metrics, plots, reason codes and the pyfunc model, and only then registers a new version of
+``churn.<task>``. A failure at any step before the version is fully tagged leaves no registered version behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+
+from experiments.registry import (
+    TAG_CODE_VERSION,
+    TAG_FEATURE_VERSION,
+    TAG_GATE,
+    TAG_KIND,
+    TAG_TASK,
+    TAG_TRAINER,
+    TAG_WINDOW,
+    churn_model_name,
+    sha_tag,
+)
+from experiments.tracking import (
+    calibration_figure,
+    code_version,
+    configure_mlflow,
+    ensure_experiment,
+    log_figure,
+    roc_figure,
+    shap_summary_figure,
+)
+from features.store import FeatureStore
+from salesml.settings import Settings
+from training.baseline import StageBaseline
+from training.churn import TrainingResult, split_rows, train_churn_model
+from training.evaluate import classification_metrics
+from training.explain import reason_codes
+from training.tasks import ChurnConfig, TaskData, load_task_data, resolve_task
+
+log = logging.getLogger(__name__)
+PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_churn.py"
+
+
+def study_name(data: TaskData) -> str:
+    """One Optuna study per (task, data snapshot)."""
+    return f"churn.{data.spec.name}.{data.feature_version.split('@')[-1][:16]}"
+
+
+def run_churn_training(settings: Settings, task: str, config: ChurnConfig, trainer: str, baseline: bool = False,
+                       progress: Callable[[int, float], None] | None = None,
+                       status: Callable[[str], None] | None = None) -> dict:
+    """Train, track and register a churn or deal-loss model.
+
+    Args:
+        settings: where the feature store, MLflow and Optuna live.
+        task: task name.
+        config: training config.
+        trainer: identity of whoever runs it (a tag on the version; validators cannot approve their own).
+        baseline: train the stage-based win-rate baseline instead of a tuned booster.
+        progress: called with (finished trials, best value).
+        status: called with a short description of each step.
+
+    Returns:
+        ``{"model", "version", "run_id", "metrics", ...}``.
+    """
+    say = status or (lambda _: None)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with FeatureStore(settings.feature_store_path, threads=settings.threads) as store:
+        say(f"loading {task}")
+        spec = resolve_task(task, store, config)
+        data = load_task_data(store, spec, config)
+    if data.frame.empty:
+        raise ValueError(f"task {task} has no labelled rows")
+    client = configure_mlflow(settings)
+    name = churn_model_name(task)
+    experiment_id = ensure_experiment(settings, name)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{task}-{'baseline' if baseline else 'tuned'}") as run:
+        mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
+                         TAG_CODE_VERSION: code_version(), TAG_WINDOW: data.window})
+        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
+                           if not isinstance(v, (list, dict))})
+        _log_dataset(data, settings.feature_store_path)
+        if baseline:
+            say("fitting the stage-based baseline")
+            result_model, metrics, test_rows, test_frame = _train_baseline(data, config)
+            params = {"family": "stage_baseline"}
+        else:
+            say("tuning")
+            result = train_churn_model(data, config, settings.optuna_storage_resolved, study_name(data), progress)
+            result_model, metrics, params = result.model, result.metrics, result.params
+            test_rows = result.test_rows
+            test_frame = data.frame.iloc[result.split.test]
+            say("logging plots and explanations")
+            _log_study(result)
+            _log_explanations(result, test_frame)
+            mlflow.log_dict(result.split.description, "split.json")
+            mlflow.log_dict(result.calibration_briers, "calibration_briers.json")
+        mlflow.log_params({f"model.{k}": v for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
+        _log_curves(test_rows, spec.label, data)
+        say("logging the model")
+        digests, model_uri = _log_model(result_model, test_frame)
+        say("registering")
+        version = _register(client, name, model_uri, run.info.run_id, digests, data, trainer,
+                            "stage_baseline" if baseline else "tuned")
+    return {
+        "model": name,
+        "version": str(version),
+        "run_id": run.info.run_id,
+        "metrics": {k: (None if v is None or (isinstance(v, float) and not np.isfinite(v)) else v)
+                    for k, v in metrics.items()},
+        "feature_version": data.feature_version,
+        "params": params,
+    }
+
+
+def _log_dataset(data: TaskData, store_path: Path) -> None:
+    frame = data.frame
+    dataset = mlflow.data.from_pandas(frame, source=Path(store_path).resolve().as_uri(),
+                                      name=f"{data.spec.name}@{data.feature_version}", targets=data.spec.label)
+    mlflow.log_input(dataset, context="training", tags={"feature_version": data.feature_version,
+                                                        "snapshot": data.snapshot})
+
+
+def _log_study(result: TrainingResult) -> None:
+    study = result.study
+    trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration", "user_attrs"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trials.csv"
+        trials.to_csv(path, index=False)
+        mlflow.log_artifact(str(path), "study")
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = -np.inf
+    for t in sorted(complete, key=lambda t: t.number):
+        best = max(best, t.value)
+        mlflow.log_metric("study_best_value", best, step=t.number)
+    mlflow.log_metrics({"study_trials": len(study.trials), "study_trials_run_now": result.trials_run,
+                        "study_pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)})
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    log_figure(plot_optimization_history(study).figure, "optuna_history")
+    if len(complete) >= 3:
+        try:
+            log_figure(plot_param_importances(study).figure, "optuna_param_importances")
+        except (ValueError, RuntimeError) as exc:  # too few varied trials for importances
+            log.info("no parameter importances: %s", exc)
+
+
+def _log_curves(test_rows: pd.DataFrame, label: str, data: TaskData) -> None:
+    y = test_rows[label].astype(int).to_numpy()
+    p = test_rows["probability"].to_numpy()
+    if len(np.unique(y)) < 2:
+        return
+    oracle = None
+    if data.oracle is not None and data.spec.time_column:
+        joined = test_rows.merge(data.oracle, on=[data.spec.id_column, data.spec.time_column], how="left")
+        if joined["oracle"].notna().all():
+            oracle = pd.DataFrame({"y": joined[label].astype(int), "p": joined["oracle"]})
+    from sklearn.metrics import roc_auc_score
+
+    log_figure(roc_figure(y, p, float(roc_auc_score(y, p)), oracle), "roc")
+    log_figure(calibration_figure(y, p), "calibration")
+
+
+def _log_explanations(result: TrainingResult, test_frame: pd.DataFrame) -> None:
+    model = result.model
+    sample = test_frame
+    contributions = model.contributions(sample)
+    log_figure(shap_summary_figure(contributions, model.preprocessor.transform(sample)), "shap_summary")
+    riskiest = test_frame.assign(_p=result.test_rows["probability"].to_numpy()).nlargest(20, "_p")
+    reasons = reason_codes(model, riskiest.drop(columns="_p"), k=3)
+    keys = [c for c in model.metadata.get("keys", []) if c in riskiest.columns]
+    examples = [{**{k: str(row[k]) for k in keys}, "probability": float(row["_p"]), "reasons": r}
+                for (_, row), r in zip(riskiest.iterrows(), reasons, strict=True)]
+    mlflow.log_dict({"examples": examples}, "explanations/reason_codes.json")
+    importance = contributions.abs().mean().sort_values(ascending=False)
+    mlflow.log_dict({"mean_abs_shap": {k: float(v) for k, v in importance.items()}}, "explanations/global.json")
+
+
+def _log_model(model, test_frame: pd.DataFrame) -> tuple[dict[str, str], str]:
+    example = test_frame[model.features].head(5).reset_index(drop=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "churn_model"
+        digests = model.save(folder)
+        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
+                                       artifacts={"model_dir": str(folder)}, input_example=example)
+    return digests, info.model_uri
+
+
+def _register(client, name: str, model_uri: str, run_id: str, digests: dict[str, str], data: TaskData,
+              trainer: str, kind: str) -> str:
+    version = mlflow.register_model(model_uri, name, tags={TAG_TASK: data.spec.name})
+    try:
+        tags = {TAG_WINDOW: data.window, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
+                TAG_CODE_VERSION: code_version(), TAG_GATE: "pending", TAG_KIND: kind, "salesml.run_id": run_id}
+        tags.update({sha_tag(file): digest for file, digest in digests.items()})
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version.version, key, value)
+        client.update_model_version(name, version.version, description=json.dumps(
+            {"task": data.spec.name, "feature_version": data.feature_version, "trainer": trainer}))
+    except BaseException:
+        # A version without its tags (digests, trainer) must not stay in the registry.
+        client.delete_model_version(name, version.version)
+        raise
+    return version.version
+
+
+def _train_baseline(data: TaskData, config: ChurnConfig):
+    spec, frame = data.spec, data.frame
+    if "stage" not in frame.columns:
+        raise ValueError("the stage-based baseline needs the opportunity view's stage column")
+    split = split_rows(data, config)
+    y = frame[spec.label].astype(int).to_numpy()
+    train_idx = np.concatenate([split.train, split.valid])
+    model = StageBaseline(metadata={"task": spec.name, "label": spec.label, "keys": spec.keys,
+                                    "id_column": spec.id_column, "alert_threshold": 0.5})
+    model.fit(frame["stage"].iloc[train_idx], y[train_idx])
+    test_frame = frame.iloc[split.test]
+    p = model.predict_proba(test_frame)
+    metrics = classification_metrics(y[split.test], p, "test_")
+    metrics["oracle_roc_auc"] = None
+    keep = [c for c in (*spec.keys, spec.label) if c in frame.columns]
+    return model, metrics, test_frame[list(dict.fromkeys(keep))].assign(probability=p), test_frame
