@@ -526,7 +526,7 @@ def train_churn(
 ) -> None:
     """Tune (Optuna), train, calibrate and evaluate a risk model; track it in MLflow and register a version."""
     from experiments.churn_run import run_churn_training
-    from training.churn import InsufficientData
+    from training.churn import InsufficientDataError
     from training.tasks import load_config
 
     settings = get_settings()
@@ -548,7 +548,7 @@ def train_churn(
 
             try:
                 result = run_churn_training(settings, task, cfg, trainer, baseline, progress, status)
-            except InsufficientData as exc:
+            except InsufficientDataError as exc:
                 raise CommandError(str(exc)) from None
 
     def render(r: dict) -> None:

@@ -35,7 +35,7 @@ from training.tasks import ChurnConfig, TaskData
 log = logging.getLogger(__name__)
 
 
-class InsufficientData(ValueError):
+class InsufficientDataError(ValueError):
     """Too few labelled examples to train this task (with what to do instead)."""
 
 
@@ -71,7 +71,7 @@ def split_rows(data: TaskData, config: ChurnConfig) -> Split:
     training label looks into the validation window. Never shuffled across time.
 
     Raises:
-        InsufficientData: when there are too few cutoffs for the windows.
+        InsufficientDataError: when there are too few cutoffs for the windows.
     """
     frame, spec = data.frame, data.spec
     if spec.timed:
@@ -80,7 +80,7 @@ def split_rows(data: TaskData, config: ChurnConfig) -> Split:
         embargo = config.embargo_cutoffs if config.embargo_cutoffs is not None else math.ceil(config.horizon_days / 30)
         needed = config.test_cutoffs + config.validation_cutoffs + embargo + 2
         if len(periods) < needed:
-            raise InsufficientData(f"{len(periods)} labelled months; the time split needs at least {needed} "
+            raise InsufficientDataError(f"{len(periods)} labelled months; the time split needs at least {needed} "
                                    f"({config.test_cutoffs} test, {config.validation_cutoffs} validation, "
                                    f"{embargo} embargo, 2 training)")
         test_p = periods[-config.test_cutoffs:]
@@ -105,14 +105,14 @@ def check_class_counts(data: TaskData, config: ChurnConfig) -> None:
     """Refuse an opportunity model with fewer than 200 won and 200 lost deals.
 
     Raises:
-        InsufficientData: saying so and offering the stage-based baseline.
+        InsufficientDataError: saying so and offering the stage-based baseline.
     """
     if data.spec.name != "opportunity_loss" or data.outcomes is None:
         return
     counts = data.outcomes["outcome"].value_counts()
     won, lost = int(counts.get("won", 0)), int(counts.get("lost", 0))
     if won < config.min_deals_per_outcome or lost < config.min_deals_per_outcome:
-        raise InsufficientData(
+        raise InsufficientDataError(
             f"opportunity scoring needs at least {config.min_deals_per_outcome} won and "
             f"{config.min_deals_per_outcome} lost deals (Salesforce's documented minimum); the store has {won} won "
             f"and {lost} lost. Train the stage-based win-rate baseline instead: "
@@ -139,7 +139,7 @@ def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, stu
     y = frame[spec.label].astype(int).to_numpy()
     for name, idx in (("training", split.train), ("test", split.test)):
         if len(np.unique(y[idx])) < 2:
-            raise InsufficientData(f"the {name} set has a single class; more labelled history is needed")
+            raise InsufficientDataError(f"the {name} set has a single class; more labelled history is needed")
     pre = TabularPreprocessor(spec.numeric, spec.categorical).fit(frame.iloc[split.train])
     x = pre.transform(frame)
     settings = SearchSettings(list(config.families), config.max_estimators, config.early_stopping_rounds,
