@@ -8,6 +8,7 @@ version, metrics, plots, reason codes and the pyfunc model, and only then regist
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -51,9 +52,16 @@ log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_churn.py"
 
 
-def study_name(data: TaskData) -> str:
-    """One Optuna study per (task, data snapshot)."""
-    return f"churn.{data.spec.name}.{data.feature_version.split('@')[-1][:16]}"
+def study_name(data: TaskData, config: ChurnConfig) -> str:
+    """One Optuna study per (task, data snapshot), and per objective: a study's trials must be comparable, so
+    the features, the split and the search settings are part of the name too."""
+    objective = json.dumps({"features": data.spec.features, "label": data.spec.label,
+                            **config.model_dump(mode="json", include={
+                                "families", "cv_folds", "test_size", "split_seed", "test_cutoffs", "validation_cutoffs",
+                                "embargo_cutoffs", "max_estimators", "early_stopping_rounds", "horizon_days", "seed",
+                                "pruning"})}, sort_keys=True)
+    digest = hashlib.sha256(objective.encode()).hexdigest()[:8]
+    return f"churn.{data.spec.name}.{data.feature_version.split('@')[-1][:16]}.{digest}"
 
 
 def run_churn_training(settings: Settings, task: str, config: ChurnConfig, trainer: str, baseline: bool = False,
@@ -96,7 +104,8 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
             params = {"family": "stage_baseline"}
         else:
             say("tuning")
-            result = train_churn_model(data, config, settings.optuna_storage_resolved, study_name(data), progress)
+            result = train_churn_model(data, config, settings.optuna_storage_resolved, study_name(data, config),
+                                       progress)
             result_model, metrics, params = result.model, result.metrics, result.params
             test_rows = result.test_rows
             test_frame = data.frame.iloc[result.split.test]

@@ -63,7 +63,7 @@ def fit_estimator(estimator, family: str, x_train: pd.DataFrame, y_train: np.nda
         kwargs = {}
         if eval_set is not None:
             fit_callbacks.append(lgb.early_stopping(early_stopping_rounds, verbose=False))
-            kwargs = {"eval_set": [eval_set], "eval_metric": "auc"}
+            kwargs = {"eval_X": (eval_set[0],), "eval_y": (eval_set[1],), "eval_metric": "auc"}
         return estimator.fit(x_train, y_train, categorical_feature=categorical or "auto", callbacks=fit_callbacks,
                              **kwargs)
     kwargs = {"verbose": False}

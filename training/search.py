@@ -46,7 +46,7 @@ def suggest_params(trial: optuna.Trial, families: list[str], positive_rate: floa
     scale = (1 - positive_rate) / positive_rate if weight == "balanced" and positive_rate > 0 else 1.0
     if family == "lightgbm":
         params = {
-            "learning_rate": trial.suggest_float("lgb_learning_rate", 0.005, 0.3, log=True),
+            "learning_rate": trial.suggest_float("lgb_learning_rate", 0.01, 0.3, log=True),
             "num_leaves": trial.suggest_int("lgb_num_leaves", 4, 256, log=True),
             "min_child_samples": trial.suggest_int("lgb_min_child_samples", 5, 300, log=True),
             "colsample_bytree": trial.suggest_float("lgb_colsample_bytree", 0.3, 1.0),
@@ -58,7 +58,7 @@ def suggest_params(trial: optuna.Trial, families: list[str], positive_rate: floa
         }
     else:
         params = {
-            "learning_rate": trial.suggest_float("xgb_learning_rate", 0.005, 0.3, log=True),
+            "learning_rate": trial.suggest_float("xgb_learning_rate", 0.01, 0.3, log=True),
             "max_depth": trial.suggest_int("xgb_max_depth", 2, 10),
             "min_child_weight": trial.suggest_float("xgb_min_child_weight", 0.5, 50.0, log=True),
             "subsample": trial.suggest_float("xgb_subsample", 0.5, 1.0),
@@ -180,14 +180,16 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], f
     Returns:
         The number of trials run now.
     """
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    def finished() -> int:
+        return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False))
+
+    done = finished()
+    remaining = trials - done
+    if remaining <= 0:
+        return 0
     if not study.trials:
         for family in families:
             study.enqueue_trial(DEFAULT_TRIALS[family])
-    remaining = trials - len(finished)
-    if remaining <= 0:
-        return 0
-    before = len(study.trials)
     study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[callback] if callback else None,
                    catch=(ValueError,), gc_after_trial=True)
-    return len(study.trials) - before
+    return finished() - done

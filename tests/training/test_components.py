@@ -1,0 +1,123 @@
+"""Training building blocks: preprocessing, calibration, native artifacts, search resume, metrics, reasons."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from training.calibration import Calibrator, choose_calibrator
+from training.evaluate import classification_metrics, early_warning, threshold_at_precision
+from training.explain import reason_codes, sentence_for
+from training.models import ChurnModel, fit_estimator, make_estimator, native_booster, verify_digests
+from training.preprocess import TabularPreprocessor
+from training.search import SearchData, SearchSettings, make_objective, open_study, run_study
+
+
+def _toy(n: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame({"meetings_30d": rng.poisson(3, n).astype(float), "meetings_prev_30d": rng.poisson(3, n),
+                      "discount": rng.uniform(0, 0.4, n), "stage": rng.choice(["lead", "proposal", "negotiation"], n)})
+    logit = -1 + 0.8 * (x["meetings_prev_30d"] - x["meetings_30d"]) + 4 * x["discount"] + (x["stage"] == "lead")
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    return x, y.to_numpy()
+
+
+def test_preprocessor_round_trips_and_handles_unseen_categories():
+    x, _ = _toy()
+    pre = TabularPreprocessor(["meetings_30d", "meetings_prev_30d", "discount"], ["stage"]).fit(x)
+    again = TabularPreprocessor.from_dict(pre.to_dict())
+    unseen = x.head(3).assign(stage=["lead", "mystery", None])
+    out = again.transform(unseen)
+    assert out["stage"].iloc[0] == pre.categories_["stage"].index("lead")
+    assert np.isnan(out["stage"].iloc[1]) and np.isnan(out["stage"].iloc[2])
+    pd.testing.assert_frame_equal(pre.transform(x), again.transform(x))
+    with pytest.raises(ValueError, match="discount"):
+        pre.transform(x.drop(columns="discount"))
+
+
+def test_calibrators_are_monotone_round_trip_and_the_better_brier_wins():
+    rng = np.random.default_rng(1)
+    raw = rng.uniform(0, 1, 3000)
+    y = (rng.random(3000) < raw**2).astype(int)  # raw scores overstate the risk
+    chosen, briers = choose_calibrator(raw, y)
+    assert chosen.method == min(briers, key=briers.get)
+    calibrated = chosen.predict(raw)
+    assert np.mean((calibrated - y) ** 2) < np.mean((raw - y) ** 2)
+    again = Calibrator.from_dict(chosen.to_dict())
+    np.testing.assert_allclose(again.predict(raw), calibrated)
+    grid = np.linspace(0, 1, 50)
+    assert np.all(np.diff(again.predict(grid)) >= -1e-12)
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "xgboost"])
+def test_native_artifact_gives_identical_predictions_and_checks_digests(tmp_path, family):
+    x, y = _toy()
+    pre = TabularPreprocessor(["meetings_30d", "meetings_prev_30d", "discount"], ["stage"]).fit(x)
+    est = make_estimator(family, {}, threads=1, seed=0, n_estimators=50)
+    est = fit_estimator(est, family, pre.transform(x), y, None, ["stage"], 10)
+    cal = Calibrator("sigmoid").fit(est.predict_proba(pre.transform(x))[:, 1], y)
+    model = ChurnModel(family, native_booster(est, family), pre, cal, {"task": "toy", "alert_threshold": 0.5})
+    digests = model.save(tmp_path / "m")
+    assert not list((tmp_path / "m").glob("*.pkl"))
+    loaded = ChurnModel.load(tmp_path / "m", expected=digests)
+    np.testing.assert_allclose(loaded.predict_proba(x), model.predict_proba(x), rtol=0, atol=1e-12)
+    contrib = loaded.contributions(x.head(5))
+    assert list(contrib.columns) == pre.feature_names_
+    (tmp_path / "m" / "model.json").write_text((tmp_path / "m" / "model.json").read_text().replace("toy", "t0y"))
+    with pytest.raises(ValueError, match="model.json"):
+        verify_digests(tmp_path / "m", digests)
+    reasons = reason_codes(loaded, x.head(4), k=2)
+    assert all(1 <= len(r) <= 2 for r in reasons)
+    assert {r["direction"] for rs in reasons for r in rs} <= {"raises_risk", "lowers_risk"}
+
+
+def test_reason_sentences_are_readable():
+    row = pd.Series({"meetings_30d": 1, "meetings_prev_30d": 6, "dm_departures": 1, "discount": 0.25,
+                     "stage": "proposal", "days_in_stage": 47.2, "mystery_feature": 3.14159})
+    assert sentence_for("meetings_30d", row) == "meetings in the last 30 days fell from 6 to 1"
+    assert sentence_for("discount", row) == "discount requested is 25%"
+    assert sentence_for("days_in_stage", row) == "47 days in stage proposal"
+    assert sentence_for("mystery_feature", row) == "mystery feature is 3.14"
+
+
+def test_metrics_and_threshold_at_precision():
+    y = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0])
+    p = np.linspace(0.95, 0.05, 10)
+    m = classification_metrics(y, p, "test_")
+    assert m["test_precision_top_decile"] == 1.0 and m["test_lift_top_decile"] == pytest.approx(2.5)
+    t = threshold_at_precision(y, p, 0.75)
+    assert (y[p >= t].mean() >= 0.75) and t == pytest.approx(p[4])
+
+
+def test_early_warning_counts_deals_flagged_thirty_days_before_close():
+    outcomes = pd.DataFrame({"opportunity_id": ["a", "b", "c", "d"],
+                             "closed_at": pd.to_datetime(["2025-03-20", "2025-03-20", "2025-02-10", "2025-03-01"]),
+                             "outcome": ["lost", "lost", "lost", "won"]})
+    rows = pd.DataFrame({
+        "opportunity_id": ["a", "a", "b", "b", "c", "d"],
+        "cutoff": pd.to_datetime(["2025-01-31", "2025-02-28", "2025-01-31", "2025-02-28", "2025-01-31", "2025-01-31"]),
+        "probability": [0.9, 0.9, 0.1, 0.9, 0.9, 0.8],
+        "label_lost_90d": [1, 1, 1, 1, 1, 0],
+    })
+    ew = early_warning(rows, outcomes, threshold=0.5, lead_days=30)
+    # a and b could be flagged >= 30 days ahead (Jan 31 -> Mar 20); only a was. c closed 10 days after its cutoff.
+    assert ew["early_warning_eligible_deals"] == 2 and ew["early_warning_recall_30d"] == 0.5
+    assert ew["early_warning_precision"] == pytest.approx(4 / 5)
+
+
+def test_a_study_resumes_to_its_target(tmp_path):
+    x, y = _toy(400)
+    pre = TabularPreprocessor(["meetings_30d", "meetings_prev_30d", "discount"], ["stage"]).fit(x)
+    data = SearchData.cross_validated(pre.transform(x), y, ["stage"], 3, 0)
+    settings = SearchSettings(["lightgbm", "xgboost"], 60, 10, 1, 0)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = open_study("toy", url, 0, True, heartbeat_seconds=1)
+    assert run_study(study, make_objective(data, settings), settings.families, trials=3) == 3
+    again = open_study("toy", url, 0, True, heartbeat_seconds=1)
+    assert run_study(again, make_objective(data, settings), settings.families, trials=5) == 2
+    finished = [t for t in again.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert len(finished) == len(again.trials) == 5
+    assert run_study(again, make_objective(data, settings), settings.families, trials=5) == 0
+    assert {t.params["family"] for t in finished[:2]} == {"lightgbm", "xgboost"}  # default trials first
