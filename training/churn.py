@@ -161,7 +161,7 @@ def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, stu
             progress(done, best)
 
     trials_run = run_study(study, make_objective(search, settings), settings.families, config.trials,
-                           config.timeout, report)
+                           config.timeout, report, config.initial_trials)
     best = study.best_trial
     family, params = params_from_trial(best.params, float(np.mean(search.y_train)))
 

@@ -172,10 +172,10 @@ def open_study(name: str, storage_url: str, seed: int, pruning: bool, heartbeat_
 
 def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], families: list[str], trials: int,
               timeout: float | None = None, callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
-              | None = None) -> int:
+              | None = None, initial: list[dict] | None = None) -> int:
     """Run trials until the study holds ``trials`` finished (complete or pruned) ones, or ``timeout`` passes.
 
-    New studies start with one default trial per family.
+    New studies start with the ``initial`` parameter sets, and a default trial for each family they leave out.
 
     Returns:
         The number of trials run now.
@@ -188,8 +188,12 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], f
     if remaining <= 0:
         return 0
     if not study.trials:
+        given = [p for p in initial or [] if p.get("family") in families]
+        for params in given:
+            study.enqueue_trial({"imbalance": "none", **params})
         for family in families:
-            study.enqueue_trial(DEFAULT_TRIALS[family])
+            if not any(p["family"] == family for p in given):
+                study.enqueue_trial(DEFAULT_TRIALS[family])
     study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[callback] if callback else None,
                    catch=(ValueError,), gc_after_trial=True)
     return finished() - done

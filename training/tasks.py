@@ -59,6 +59,8 @@ class ChurnConfig(BaseModel):
                                      "'{home}' is SALESML_HOME.")
     min_deals_per_outcome: int = MIN_DEALS_PER_OUTCOME
     heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
+    initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
+                                       "(Optuna parameter names, e.g. family, lgb_learning_rate).")
     threads: int = 2
 
 

@@ -105,7 +105,7 @@ def test_registered_version_loads_in_a_fresh_process_with_identical_predictions(
 
 @pytest.mark.slow
 def test_too_few_deals_is_refused_with_the_baseline_offered_and_the_baseline_trains(tmp_path):
-    home = make_home(tmp_path, 60, 12, 3)
+    home = make_home(tmp_path, 60, 18, 3)
     settings = get_settings(home=home)
     config = load_config(None, trials=2)
     with pytest.raises(InsufficientDataError, match="200 won and 200 lost.*--baseline"):
