@@ -40,6 +40,12 @@ app.add_typer(features_app, name="features")
 train_app = typer.Typer(help="Train Optuna-tuned models, tracked in MLflow and registered as new versions.",
                         no_args_is_help=True)
 app.add_typer(train_app, name="train")
+review_app = typer.Typer(help="Review audited candidates: list, show, approve or reject (model validators).",
+                         no_args_is_help=True)
+app.add_typer(review_app, name="review")
+access_app = typer.Typer(help="Manage principals and tokens in SALESML_HOME/access.yaml (installation admin).",
+                         no_args_is_help=True)
+app.add_typer(access_app, name="access")
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
@@ -91,15 +97,17 @@ def _json_default(value: Any) -> Any:
 @contextmanager
 def failures(as_json: bool) -> Iterator[None]:
     """Turn expected errors into one clear message and exit code 2 (a JSON error object with ``--json``)."""
+    from experiments.registered import RegistryError
     from features.ingest import IngestionError
     from features.pipeline import FeatureError
     from features.sources.mapping import MappingError
+    from monitoring.gate import GateError
     from salesml.access import AccessError
 
     try:
         yield
     except (CommandError, IngestionError, MappingError, FeatureError, ValueError, FileNotFoundError,
-            AccessError) as exc:
+            AccessError, GateError, RegistryError) as exc:
         message = str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False)
         if as_json:
@@ -563,6 +571,222 @@ def train_churn(
         stdout.print(rich)
 
     emit(result, as_json, render)
+
+
+# ------------------------------------------------------------------------------------------------ audit and review
+
+
+def current_principal(settings: Settings):
+    """The principal of SALESML_TOKEN (required for reviews, promotions and rollbacks)."""
+    from salesml.access import AccessError, authenticate
+
+    if settings.token is None:
+        raise AccessError("this command needs your identity: set SALESML_TOKEN to a token from `salesml access add`")
+    return authenticate(settings.access_file, settings.token.get_secret_value())
+
+
+@app.command()
+def audit(
+    model: Annotated[str, typer.Argument(help="Registered model, e.g. churn.opportunity_loss.")],
+    version: Annotated[str, typer.Argument(help="Version to audit.")],
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML (default: monitoring/policy.yaml).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Audit a version (performance vs champion, fairness, drift, explanations) and set its gate."""
+    from monitoring.gate import audit_version
+
+    settings = get_settings()
+    with failures(as_json), stderr.status(f"auditing {model} version {version}"):
+        outcome = audit_version(settings, model, version, policy)
+
+    def render(r: dict) -> None:
+        stdout.print(f"{r['model']} version {r['version']}: gate [bold]{r['gate']}[/]")
+        rich = RichTable()
+        for col in ("check", "status", "reason"):
+            rich.add_column(col, overflow="fold")
+        for c in r["checks"]:
+            rich.add_row(c["name"], c["status"], c["reason"])
+        stdout.print(rich)
+        stdout.print(f"report: {r['report']}")
+
+    emit(outcome.result, as_json, render)
+
+
+@review_app.command("list")
+def review_list(as_json: JsonOpt = False) -> None:
+    """List registered versions with their gate, review decision and alias."""
+    from monitoring.gate import list_candidates
+
+    settings = get_settings()
+    with failures(as_json):
+        rows = list_candidates(settings)
+
+    def render(r: dict) -> None:
+        rich = RichTable(title="Candidates")
+        for col in ("model", "version", "gate", "decision", "alias", "trainer", "created"):
+            rich.add_column(col)
+        for row in r["candidates"]:
+            rich.add_row(*(str(row[c] or "") for c in ("model", "version", "gate", "decision", "alias", "trainer",
+                                                       "created")))
+        stdout.print(rich)
+
+    emit({"candidates": rows}, as_json, render)
+
+
+@review_app.command("show")
+def review_show(
+    model: Annotated[str, typer.Argument(help="Registered model.")],
+    version: Annotated[str, typer.Argument(help="Version.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a version's audit summary and the path of its HTML report."""
+    from monitoring.gate import show_audit
+
+    settings = get_settings()
+    with failures(as_json):
+        result = show_audit(settings, model, version)
+
+    def render(r: dict) -> None:
+        stdout.print(f"{r['model']} version {r['version']}: gate [bold]{r['gate']}[/]")
+        for c in r["checks"]:
+            stdout.print(f"  {c['status']:>6}  {c['name']}: {c['reason']}")
+        d = r["decision"]
+        stdout.print(f"decision: {d['decision'] or 'none'}" + (f" by {d['by']} at {d['at']}: {d['reason']}"
+                                                              if d["decision"] else ""))
+        stdout.print(f"report: {r['report']}")
+
+    emit(result, as_json, render)
+
+
+def _decide(decision: str, model: str, version: str, reason: str, as_json: bool) -> None:
+    from monitoring.gate import review
+
+    settings = get_settings()
+    with failures(as_json):
+        result = review(settings, model, version, decision, reason, current_principal(settings))
+    emit(result, as_json, lambda r: stdout.print(f"{r['model']} version {r['version']}: {decision}d by "
+                                                 f"{r['principal']}"))
+
+
+@review_app.command("approve")
+def review_approve(
+    model: Annotated[str, typer.Argument(help="Registered model.")],
+    version: Annotated[str, typer.Argument(help="Version.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log and the version's tags).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve an audited version (model validators; not the version's own trainer)."""
+    _decide("approve", model, version, reason, as_json)
+
+
+@review_app.command("reject")
+def review_reject(
+    model: Annotated[str, typer.Argument(help="Registered model.")],
+    version: Annotated[str, typer.Argument(help="Version.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log and the version's tags).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Reject an audited version (model validators)."""
+    _decide("reject", model, version, reason, as_json)
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model.")],
+    version: Annotated[str, typer.Argument(help="Version to make champion.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the alias champion (gate PASS, or REVIEW with an approval); the old champion becomes previous."""
+    from monitoring.gate import promote as run_promote
+
+    settings = get_settings()
+    with failures(as_json):
+        result = run_promote(settings, model, version, current_principal(settings))
+    emit(result, as_json, lambda r: stdout.print(f"{r['model']}: champion is version {r['champion']} "
+                                                 f"(previous: {r['previous']})"))
+
+
+@app.command()
+def rollback(
+    model: Annotated[str, typer.Argument(help="Registered model.")],
+    reason: Annotated[str, typer.Option(help="Why.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore the previous champion."""
+    from monitoring.gate import rollback as run_rollback
+
+    settings = get_settings()
+    with failures(as_json):
+        result = run_rollback(settings, model, current_principal(settings), reason)
+    emit(result, as_json, lambda r: stdout.print(f"{r['model']}: champion is version {r['champion']} again "
+                                                 f"(previous: {r['previous']})"))
+
+
+# ------------------------------------------------------------------------------------------------ access
+
+
+@access_app.command("add")
+def access_add(
+    name: Annotated[str, typer.Option(help="Unique principal name.")],
+    role: Annotated[str, typer.Option(help="sales_rep, sales_manager, executive, application, data_scientist or "
+                                           "model_validator.")],
+    scope: Annotated[str, typer.Option(help="rep:ID, team:ID or all.")] = "all",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a principal and print its new token once (only its scrypt hash is stored)."""
+    import secrets
+
+    from salesml.access import ROLES, SCOPE_PATTERN, Principal, hash_token, load_principals, save_principals
+
+    settings = get_settings()
+    with failures(as_json):
+        if role not in ROLES:
+            raise CommandError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
+        if not SCOPE_PATTERN.match(scope):
+            raise CommandError(f"--scope must be all, rep:ID or team:ID, not {scope!r}")
+        principals = load_principals(settings.access_file)
+        if any(p.name == name for p in principals):
+            raise CommandError(f"a principal named {name!r} exists; revoke it first")
+        token = secrets.token_urlsafe(32)
+        save_principals(settings.access_file, [*principals, Principal(name, role, scope, hash_token(token))])
+    emit({"name": name, "role": role, "scope": scope, "token": token}, as_json,
+         lambda r: stdout.print(f"token for {name} (shown once): {token}"))
+
+
+@access_app.command("list")
+def access_list(as_json: JsonOpt = False) -> None:
+    """List principals (names, roles, scopes; never tokens)."""
+    from salesml.access import load_principals
+
+    settings = get_settings()
+    rows = [{"name": p.name, "role": p.role, "scope": p.scope} for p in load_principals(settings.access_file)]
+
+    def render(r: dict) -> None:
+        rich = RichTable(title="Principals")
+        for col in ("name", "role", "scope"):
+            rich.add_column(col)
+        for p in r["principals"]:
+            rich.add_row(p["name"], p["role"], p["scope"])
+        stdout.print(rich)
+
+    emit({"principals": rows}, as_json, render)
+
+
+@access_app.command("revoke")
+def access_revoke(
+    name: Annotated[str, typer.Argument(help="Principal to remove.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a principal; its token stops working at once."""
+    from salesml.access import load_principals, save_principals
+
+    settings = get_settings()
+    with failures(as_json):
+        principals = load_principals(settings.access_file)
+        if not any(p.name == name for p in principals):
+            raise CommandError(f"no principal named {name!r}")
+        save_principals(settings.access_file, [p for p in principals if p.name != name])
+    emit({"revoked": name}, as_json, lambda r: stdout.print(f"revoked {name}"))
 
 
 # ------------------------------------------------------------------------------------------------ demo

@@ -123,6 +123,7 @@ class TaskData:
     outcomes: pd.DataFrame | None = None
     oracle: pd.DataFrame | None = None
     source_rows: int = 0
+    recent: pd.DataFrame | None = None
 
 
 def resolve_task(name: str, store: FeatureStore, config: ChurnConfig) -> TaskSpec:
@@ -212,7 +213,8 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: ChurnConfig) -> 
             outcomes = store.table("opportunities").select("opportunity_id", "closed_at", "outcome").execute()
         oracle = _oracle(config, spec)
         window = f"{frame['cutoff'].min():%Y-%m-%d}..{frame['cutoff'].max():%Y-%m-%d}" if len(frame) else ""
-        return TaskData(spec, frame, built.version, built.snapshot, window, outcomes, oracle, len(built.frame))
+        recent = built.frame[built.frame["cutoff"] == built.frame["cutoff"].max()].reset_index(drop=True)
+        return TaskData(spec, frame, built.version, built.snapshot, window, outcomes, oracle, len(built.frame), recent)
     table = store.table(spec.source)
     frame = table.execute()
     order = "source_row" if "source_row" in frame.columns else "row_id"

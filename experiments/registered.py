@@ -1,0 +1,66 @@
+"""Reading registered model versions back: download, check every file against its registered SHA-256, load."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from experiments.registry import TAG_SHA_PREFIX
+from training.models import MODEL_FILE, ChurnModel
+
+
+class RegistryError(LookupError):
+    """A model, version or alias that does not exist, or an artifact that fails its checks."""
+
+
+def get_version(client: MlflowClient, name: str, version: str) -> ModelVersion:
+    """A registered version.
+
+    Raises:
+        RegistryError: naming the model and version.
+    """
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException:
+        raise RegistryError(f"no version {version} of model {name!r}") from None
+
+
+def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to, or ``None``."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def expected_digests(version: ModelVersion) -> dict[str, str]:
+    """The SHA-256 of each artifact file recorded at registration."""
+    return {k[len(TAG_SHA_PREFIX):]: v for k, v in version.tags.items() if k.startswith(TAG_SHA_PREFIX)}
+
+
+def load_version_model(client: MlflowClient, name: str, version: str, folder: Path | None = None
+                       ) -> tuple[ChurnModel, ModelVersion]:
+    """Download a version's artifact and load it, refusing files whose SHA-256 differs from the registered one.
+
+    Raises:
+        RegistryError: when the version does not exist, has no digests, or a file does not match.
+    """
+    info = get_version(client, name, version)
+    digests = expected_digests(info)
+    if not digests:
+        raise RegistryError(f"{name} version {version} has no registered SHA-256 tags; refusing to load it")
+    target = Path(folder or tempfile.mkdtemp(prefix="salesml-model-"))
+    # MLflow's tracking URI is the one configure_mlflow set.
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target)))
+    found = next(local.rglob(MODEL_FILE), None)
+    if found is None:
+        raise RegistryError(f"{name} version {version} has no {MODEL_FILE} in its artifact")
+    try:
+        return ChurnModel.load(found.parent, expected=digests), info
+    except ValueError as exc:
+        raise RegistryError(f"{name} version {version}: {exc}") from None
