@@ -46,7 +46,7 @@ from training.baseline import StageBaseline
 from training.churn import TrainingResult, split_rows, train_churn_model
 from training.evaluate import classification_metrics
 from training.explain import reason_codes
-from training.tasks import ChurnConfig, TaskData, load_task_data, resolve_task
+from training.tasks import ChurnConfig, TaskData, load_task_data, resolve_task, with_home
 
 log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_churn.py"
@@ -82,6 +82,7 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
         ``{"model", "version", "run_id", "metrics", ...}``.
     """
     say = status or (lambda _: None)
+    config = with_home(config, settings.home)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with FeatureStore(settings.feature_store_path, threads=settings.threads) as store:
         say(f"loading {task}")

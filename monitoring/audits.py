@@ -123,6 +123,25 @@ def correlation_ratio(categories: pd.Series, values: pd.Series) -> float:
     return float(math.sqrt(between / total)) if total > 0 else 0.0
 
 
+def _gap_p_value(hits_a: float, n_a: float, hits_b: float, n_b: float) -> float:
+    """Two-sided p-value of a two-proportion z-test (is the gap between two rates more than chance?)."""
+    if min(n_a, n_b) <= 0:
+        return 1.0
+    pooled = (hits_a + hits_b) / (n_a + n_b)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
+    if se == 0:
+        return 1.0 if hits_a / n_a == hits_b / n_b else 0.0
+    z = abs(hits_a / n_a - hits_b / n_b) / se
+    return float(math.erfc(z / math.sqrt(2)))
+
+
+def _rate_gap(table: pd.DataFrame, rate: str, base: pd.Series) -> tuple[str, str, float]:
+    """The groups with the lowest and highest ``rate`` and the p-value of their gap (``base``: group sizes)."""
+    low, high = table[rate].idxmin(), table[rate].idxmax()
+    p = _gap_p_value(table.loc[low, rate] * base[low], base[low], table.loc[high, rate] * base[high], base[high])
+    return low, high, p
+
+
 class _Scores(ClassifierMixin, BaseEstimator):
     """A pre-fitted 'estimator' returning given scores, for fairlearn's ThresholdOptimizer."""
 
@@ -139,24 +158,49 @@ class _Scores(ClassifierMixin, BaseEstimator):
         return (np.asarray(x)[:, 0] >= 0.5).astype(int)
 
 
+def audit_proxies(frame: pd.DataFrame, attributes: list[str], features: pd.DataFrame, policy: dict) -> CheckResult:
+    """Flag model features whose association with a sensitive attribute exceeds the policy's threshold (Cramér's
+    V for categorical features, the correlation ratio for numeric ones): they can carry the attribute into the
+    model even though it is not a feature."""
+    proxies = []
+    for attr in [a for a in attributes if a in frame.columns]:
+        for column in features.columns:
+            values = features[column]
+            if pd.api.types.is_numeric_dtype(values.dtype) and values.nunique() > 12:
+                strength, measure = correlation_ratio(frame[attr], values), "correlation ratio"
+            else:
+                strength, measure = cramers_v(frame[attr], values), "Cramér's V"
+            if strength > policy["proxy_threshold"]:
+                proxies.append({"feature": column, "attribute": attr, "measure": measure, "strength": strength})
+    proxies.sort(key=lambda x: -x["strength"])
+    figures = {"threshold": policy["proxy_threshold"], "proxies": proxies}
+    chart = {f"{x['feature']} ~ {x['attribute']}": x["strength"] for x in proxies[:15]}
+    if proxies:
+        names = ", ".join(f"{x['feature']}~{x['attribute']} ({x['strength']:.2f})" for x in proxies[:6])
+        return CheckResult("proxies", policy.get("proxy_on_fail", "review"), figures,
+                           f"features that proxy a sensitive attribute: {names}", charts={"association": chart})
+    return CheckResult("proxies", "pass", figures, "no feature proxies a sensitive attribute")
+
+
 def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, attributes: list[str],
-                   features: pd.DataFrame, policy: dict, seed: int = 0) -> CheckResult:
-    """Group metrics per sensitive attribute, the four-fifths rule, equalised odds, proxies, and a mitigation.
+                   policy: dict, seed: int = 0, entity: str | None = None) -> CheckResult:
+    """Group metrics per sensitive attribute, the four-fifths rule, equalised odds, and a mitigation.
 
     Args:
         frame: rows holding the sensitive attributes.
         y: labels.
         p: calibrated probabilities.
         threshold: the model's alert threshold (a row is "selected" at or above it).
+        entity: the id column; rows of one entity (a deal seen at several month ends) are not independent, so
+            significance tests count entities, not rows.
         attributes: sensitive attributes to audit (missing ones are reported as skipped).
-        features: the model's raw feature columns, for the proxy check.
         policy: the fairness section of the policy.
         seed: randomisation of the mitigation's threshold optimiser.
     """
     y = np.asarray(y, dtype=int)
     pred = (np.asarray(p) >= threshold).astype(int)
     min_group = int(policy.get("min_group_size", 30))
-    figures: dict = {"threshold": threshold, "attributes": {}, "proxies": []}
+    figures: dict = {"threshold": threshold, "attributes": {}}
     tables: dict[str, pd.DataFrame] = {}
     charts: dict[str, dict[str, float]] = {}
     failures: list[str] = []
@@ -182,30 +226,29 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
             dpr, eod = float("nan"), float("nan")
         figures["attributes"][attr] = {"demographic_parity_ratio": dpr, "equalized_odds_difference": eod,
                                        "groups": int(len(sizes)), "groups_judged": int((sizes >= min_group).sum())}
-        rates = table.loc[sizes[sizes >= min_group].index, "selection_rate"] if judged.sum() else table["selection_rate"]
-        if dpr < policy["min_demographic_parity_ratio"]:
+        alpha = float(policy.get("significance", 0.05))
+        kept = table.loc[sizes[sizes >= min_group].index] if judged.sum() else table
+        # Effective sample sizes: rows scaled down by the rows each entity contributes.
+        per_entity = len(frame) / frame[entity].nunique() if entity and entity in frame.columns else 1.0
+        n_all = pd.Series({g: float((groups == g).sum()) / per_entity for g in kept.index})
+        n_pos = pd.Series({g: float(((groups == g) & (y == 1)).sum()) / per_entity for g in kept.index})
+        n_neg = n_all - n_pos
+        low, high, p_dp = _rate_gap(kept, "selection_rate", n_all)
+        gaps = [_rate_gap(kept, "tpr", n_pos), _rate_gap(kept, "fpr", n_neg)]
+        p_eo = min(g[2] for g in gaps)
+        figures["attributes"][attr].update({"demographic_parity_p_value": p_dp, "equalized_odds_p_value": p_eo})
+        # Gaps that could be chance (small groups) are reported, not judged.
+        if dpr < policy["min_demographic_parity_ratio"] and p_dp < alpha:
             failures.append(f"{attr}: demographic-parity ratio {dpr:.2f} < {policy['min_demographic_parity_ratio']:.2f} "
-                            f"(selection rate {rates.idxmin()} {rates.min():.2f} vs {rates.idxmax()} {rates.max():.2f})")
-        if eod > policy["max_equalized_odds_difference"]:
+                            f"(selection rate {low} {kept.loc[low, 'selection_rate']:.2f} vs {high} "
+                            f"{kept.loc[high, 'selection_rate']:.2f}, p={p_dp:.2g})")
+        if eod > policy["max_equalized_odds_difference"] and p_eo < alpha:
             failures.append(f"{attr}: equalised-odds difference {eod:.2f} > "
-                            f"{policy['max_equalized_odds_difference']:.2f}")
-        for column in features.columns:
-            values = features[column]
-            if pd.api.types.is_numeric_dtype(values.dtype) and values.nunique() > 12:
-                strength, measure = correlation_ratio(frame[attr], values), "correlation ratio"
-            else:
-                strength, measure = cramers_v(frame[attr], values), "Cramér's V"
-            if strength > policy["proxy_threshold"]:
-                figures["proxies"].append({"feature": column, "attribute": attr, "measure": measure,
-                                           "strength": strength})
+                            f"{policy['max_equalized_odds_difference']:.2f} (p={p_eo:.2g})")
     figures["skipped_attributes"] = skipped
     if failures:
         figures["mitigation"] = _mitigate(frame, y, p, [f.split(":")[0] for f in failures], seed)
         return CheckResult("fairness", policy["on_fail"], figures, "; ".join(failures), tables, charts)
-    if figures["proxies"]:
-        names = ", ".join(f"{x['feature']}~{x['attribute']} ({x['strength']:.2f})" for x in figures["proxies"][:5])
-        return CheckResult("fairness", policy.get("proxy_on_fail", "review"), figures,
-                           f"features that proxy a sensitive attribute: {names}", tables, charts)
     judged_attrs = ", ".join(figures["attributes"]) or "none"
     return CheckResult("fairness", "pass", figures, f"four-fifths rule and equalised odds hold for {judged_attrs}",
                        tables, charts)

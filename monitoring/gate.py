@@ -23,13 +23,20 @@ from experiments.registered import get_alias, get_version, load_version_model
 from experiments.registry import CHAMPION, PREVIOUS, TAG_GATE, TAG_TASK, TAG_TRAINER, TAG_WINDOW
 from experiments.tracking import configure_mlflow
 from features.store import FeatureStore
-from monitoring.audits import CheckResult, audit_drift, audit_explanations, audit_fairness, audit_performance
+from monitoring.audits import (
+    CheckResult,
+    audit_drift,
+    audit_explanations,
+    audit_fairness,
+    audit_performance,
+    audit_proxies,
+)
 from monitoring.policy import gate_of, load_policy
 from monitoring.report import render_report
 from salesml.access import AccessError, Principal
 from salesml.settings import Settings
 from training.churn import split_rows
-from training.tasks import ChurnConfig, load_config, load_task_data, resolve_task
+from training.tasks import ChurnConfig, load_config, load_task_data, resolve_task, with_home
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -109,7 +116,7 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     candidate, info = load_version_model(client, name, version)
     task = info.tags.get(TAG_TASK) or candidate.metadata.get("task")
     policy = load_policy(task, policy_path)
-    config = config or task_config(task)
+    config = with_home(config or task_config(task), settings.home)
     with FeatureStore(settings.feature_store_path, threads=settings.threads) as store:
         spec = resolve_task(task, store, config)
         data = load_task_data(store, spec, config)
@@ -132,7 +139,8 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
         fairness = settings_checks["fairness"]
         attributes = fairness.get("attributes") or spec.sensitive
         checks.append(audit_fairness(window, y, p_candidate, float(candidate.metadata.get("alert_threshold", 0.5)),
-                                     list(attributes), window[candidate.features], fairness, config.seed))
+                                     list(attributes), fairness, config.seed, spec.id_column))
+        checks.append(audit_proxies(window, list(attributes), window[candidate.features], fairness))
     if "drift" in settings_checks:
         reference = _window_rows(frame, info.tags.get(TAG_WINDOW, ""), spec.time_column)
         if spec.timed:

@@ -142,8 +142,12 @@ def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, stu
             raise InsufficientDataError(f"the {name} set has a single class; more labelled history is needed")
     pre = TabularPreprocessor(spec.numeric, spec.categorical).fit(frame.iloc[split.train])
     x = pre.transform(frame)
+    unknown = [f for f in config.monotone if f not in pre.feature_names_]
+    if unknown:
+        raise ValueError(f"monotone constraints name features the task does not have: {', '.join(unknown)}")
+    constraints = [{"increasing": 1, "decreasing": -1}.get(config.monotone.get(f, ""), 0) for f in pre.feature_names_]
     settings = SearchSettings(list(config.families), config.max_estimators, config.early_stopping_rounds,
-                              config.threads, config.seed, config.pruning)
+                              config.threads, config.seed, config.pruning, constraints if any(constraints) else None)
     if spec.timed:
         search = SearchData(x.iloc[split.train], y[split.train], spec.categorical, x.iloc[split.valid], y[split.valid])
     else:
@@ -177,6 +181,9 @@ def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, stu
             valid_scores[valid_idx] = fold_model.predict_proba(search.x_train.iloc[valid_idx])[:, 1]
             rounds_seen.append(r)
         rounds = max(10, int(np.mean(rounds_seen) * 1.1))
+        if settings.monotone:
+            params = {**params, "monotone_constraints": settings.monotone if family == "lightgbm"
+                      else tuple(settings.monotone)}
         estimator = make_estimator(family, params, threads=config.threads, seed=config.seed, n_estimators=rounds)
         estimator = fit_estimator(estimator, family, search.x_train, search.y_train, None, spec.categorical,
                                   config.early_stopping_rounds)

@@ -106,6 +106,7 @@ class SearchSettings:
     threads: int
     seed: int
     pruning: bool = True
+    monotone: list[int] | None = None
 
 
 def fit_trial_model(family: str, params: dict, data: SearchData, settings: SearchSettings, train_idx=None,
@@ -124,6 +125,9 @@ def fit_trial_model(family: str, params: dict, data: SearchData, settings: Searc
     if trial is not None and settings.pruning:
         callbacks = [LightGBMPruningCallback(trial, "auc", valid_name="valid_0") if family == "lightgbm"
                      else XGBoostPruningCallback(trial, "validation_0-auc")]
+    if settings.monotone:
+        params = {**params, "monotone_constraints": settings.monotone if family == "lightgbm"
+                  else tuple(settings.monotone)}
     estimator = make_estimator(family, params, threads=settings.threads, seed=settings.seed,
                                n_estimators=settings.max_estimators,
                                early_stopping_rounds=settings.early_stopping_rounds,

@@ -59,6 +59,8 @@ class ChurnConfig(BaseModel):
                                      "'{home}' is SALESML_HOME.")
     min_deals_per_outcome: int = MIN_DEALS_PER_OUTCOME
     heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
+    monotone: dict[str, Literal["increasing", "decreasing"]] = Field(
+        default_factory=dict, description="Features whose effect on risk must be monotone (booster constraints).")
     initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
                                        "(Optuna parameter names, e.g. family, lgb_learning_rate).")
     threads: int = 2
@@ -228,15 +230,20 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: ChurnConfig) -> 
 
 
 def _oracle(config: ChurnConfig, spec: TaskSpec) -> pd.DataFrame | None:
-    if not config.ground_truth:
+    """Ground-truth probabilities on the simulator; ``None`` off it (no ground_truth configured or present)."""
+    if not config.ground_truth or spec.name not in ("opportunity_loss", "customer_churn"):
         return None
-    from salesml.settings import get_settings
-
-    folder = Path(config.ground_truth.format(home=get_settings().home))
     name = {"opportunity_loss": ("opportunity_loss_probability.parquet", "opportunity_id", "p_loss_90d"),
             "customer_churn": ("customer_churn_probability.parquet", "account_id", "p_no_order_90d")}[spec.name]
-    path = folder / name[0]
+    path = Path(config.ground_truth) / name[0]
     if not path.is_file():
-        raise ValueError(f"ground truth file {path} not found (config ground_truth)")
+        return None
     truth = pd.read_parquet(path)
     return truth.rename(columns={"month_end": "cutoff", name[2]: "oracle"})[[name[1], "cutoff", "oracle"]]
+
+
+def with_home(config: ChurnConfig, home: Path) -> ChurnConfig:
+    """The config with ``{home}`` in its paths replaced by SALESML_HOME."""
+    if config.ground_truth and "{home}" in config.ground_truth:
+        return config.model_copy(update={"ground_truth": config.ground_truth.format(home=home)})
+    return config

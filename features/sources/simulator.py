@@ -156,7 +156,7 @@ class Mechanisms(BaseModel):
     loss_no_meeting_30d: float = 0.6
     loss_dm_departure: float = 1.4
     loss_budget_cut: float = 1.1
-    loss_competitor_news: float = 0.7
+    loss_competitor_news: float = 0.35
     loss_stall: float = 0.9
     loss_high_discount: float = 1.0
     loss_quality: float = -0.4
@@ -489,7 +489,7 @@ def _simulate_news_and_budgets(rng: np.random.Generator, config: SimulationConfi
     account_sent = np.where(u < p_neg, "negative", np.where(u < p_neg + 0.35, "neutral", "positive"))
     # Competitor news per region and week; entrants raise the rate and the share of bad news for us.
     entry = [s for s in config.scenarios if s.kind == "competitor_entry"]
-    rate = np.full((len(REGIONS), weeks), 0.3)
+    rate = np.full((len(REGIONS), weeks), 0.5)
     neg_share = np.full((len(REGIONS), weeks), 0.5)
     for s in entry:
         w0 = cal.first_week_from(s.month)
@@ -646,9 +646,9 @@ def _simulate_opportunities(rng: np.random.Generator, config: SimulationConfig, 
         shock = rng.random(len(active)) < 0.015
         e = np.where(shock, e * rng.uniform(0.15, 0.45, len(active)), e + 0.15 * (st.engagement0[active] - e))
         st.engagement[active] = e
-        dark = np.where(st.decided[active], 0.06, 1.0)
+        dark = np.where(st.decided[active], 0.03, 1.0)
         stage_boost = 1.0 + 0.3 * (st.stage[active] >= 2)
-        lam = np.stack([rates[0] * e * dark, rates[1] * (0.6 + 0.4 * e) * np.where(dark < 1, 0.5, 1.0),
+        lam = np.stack([rates[0] * e * dark, rates[1] * (0.6 + 0.4 * e) * np.where(dark < 1, 0.3, 1.0),
                         rates[2] * e * stage_boost * dark, rates[3] * e * dark], axis=1)
         counts = rng.poisson(lam)
         nz_opp, nz_type = np.nonzero(counts)

@@ -52,7 +52,7 @@ def test_opportunity_loss_model_is_close_to_the_oracle_and_warns_early(trained):
     m = result["metrics"]
     assert m["test_roc_auc"] >= 0.85
     assert m["oracle_roc_auc"] is not None and m["oracle_roc_auc"] - m["test_roc_auc"] <= 0.03
-    assert m["early_warning_recall_30d"] >= 0.6
+    assert m["early_warning_recall_30d"] >= 0.6, m
     assert m["early_warning_precision"] >= 0.6
     assert set(result) >= {"model", "version", "run_id", "metrics"}
     assert result["model"] == "churn.opportunity_loss" and result["version"] == "1"
