@@ -127,8 +127,8 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     p_candidate = candidate.predict_proba(window)
     champion_info = get_alias(client, name, CHAMPION)
     champion = None
-    if champion_info is not None and champion_info.version != str(version):
-        champion, _ = load_version_model(client, name, champion_info.version)
+    if champion_info is not None and str(champion_info.version) != str(version):
+        champion, _ = load_version_model(client, name, str(champion_info.version))
     p_champion = champion.predict_proba(window) if champion is not None else None
 
     checks: list[CheckResult] = []
@@ -160,7 +160,7 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     gate = gate_of([c.status for c in checks])
     context = {"task": task, "trainer": info.tags.get(TAG_TRAINER, ""), "training window": info.tags.get(TAG_WINDOW, ""),
                "audit window": f"{len(window)} labelled rows ({split.description.get('test', 'held-out test split')})",
-               "champion": champion_info.version if champion_info is not None else "none",
+               "champion": str(champion_info.version) if champion_info is not None else "none",
                "feature version": data.feature_version, "audited at": _now()}
     report_html = render_report(name, str(version), gate, checks, context)
     result = {"model": name, "version": str(version), "gate": gate, "checks": [c.to_dict() for c in checks]}
@@ -229,11 +229,11 @@ def list_candidates(settings: Settings, prefix: str = "") -> list[dict]:
     for model in client.search_registered_models():
         if prefix and not model.name.startswith(prefix):
             continue
-        aliases = {v: k for k, v in (model.aliases or {}).items()}
+        aliases = {str(v): k for k, v in (model.aliases or {}).items()}
         for v in client.search_model_versions(f"name='{model.name}'"):
-            rows.append({"model": model.name, "version": v.version, "gate": v.tags.get(TAG_GATE, "pending"),
+            rows.append({"model": model.name, "version": str(v.version), "gate": v.tags.get(TAG_GATE, "pending"),
                          "decision": v.tags.get(TAG_DECISION), "trainer": v.tags.get(TAG_TRAINER),
-                         "alias": aliases.get(v.version), "report": v.tags.get(TAG_REPORT),
+                         "alias": aliases.get(str(v.version)), "report": v.tags.get(TAG_REPORT),
                          "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(
                              timespec="seconds")})
     return sorted(rows, key=lambda r: (r["model"], -int(r["version"])))
@@ -291,7 +291,7 @@ def promote(settings: Settings, name: str, version: str, principal: Principal) -
         raise GateError(f"{name} version {version} needs a validator's approval first (gate REVIEW): "
                         f"salesml review approve {name} {version} --reason ...")
     current = get_alias(client, name, CHAMPION)
-    if current is not None and current.version == str(version):
+    if current is not None and str(current.version) == str(version):
         return {"model": name, "champion": str(version), "previous": _version_of(client, name, PREVIOUS),
                 "changed": False}
     at = _now()
@@ -299,17 +299,17 @@ def promote(settings: Settings, name: str, version: str, principal: Principal) -
     client.set_model_version_tag(name, str(version), TAG_PROMOTED_AT, at)
     _between_tag_and_alias_steps()
     if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
+        client.set_registered_model_alias(name, PREVIOUS, str(current.version))
     client.set_registered_model_alias(name, CHAMPION, str(version))
     entry = {"action": "promote", "model": name, "version": str(version), "principal": principal.name,
-             "role": principal.role, "previous": current.version if current is not None else None, "gate": gate}
+             "role": principal.role, "previous": str(current.version) if current is not None else None, "gate": gate}
     append_audit_log(settings, entry)
     return {"model": name, "champion": str(version), "previous": entry["previous"], "changed": True}
 
 
 def _version_of(client: MlflowClient, name: str, alias: str) -> str | None:
     found = get_alias(client, name, alias)
-    return found.version if found is not None else None
+    return str(found.version) if found is not None else None
 
 
 def rollback(settings: Settings, name: str, principal: Principal, reason: str = "") -> dict:
@@ -324,11 +324,12 @@ def rollback(settings: Settings, name: str, principal: Principal, reason: str = 
     if previous is None:
         raise GateError(f"{name} has no previous champion to roll back to")
     current = get_alias(client, name, CHAMPION)
-    client.set_registered_model_alias(name, CHAMPION, previous.version)
+    client.set_registered_model_alias(name, CHAMPION, str(previous.version))
     if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
-    entry = {"action": "rollback", "model": name, "version": previous.version, "principal": principal.name,
-             "role": principal.role, "demoted": current.version if current is not None else None, "reason": reason}
+        client.set_registered_model_alias(name, PREVIOUS, str(current.version))
+    entry = {"action": "rollback", "model": name, "version": str(previous.version), "principal": principal.name,
+             "role": principal.role, "demoted": str(current.version) if current is not None else None,
+             "reason": reason}
     append_audit_log(settings, entry)
-    return {"model": name, "champion": previous.version, "previous": entry["demoted"]}
+    return {"model": name, "champion": entry["version"], "previous": entry["demoted"]}
 

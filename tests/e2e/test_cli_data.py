@@ -16,8 +16,11 @@ from typer.testing import CliRunner
 from salesml.cli import app
 
 
-def run(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(*args: str, home: Path, check: bool = True, token: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "SALESML_HOME": str(home)}
+    env.pop("SALESML_TOKEN", None)
+    if token is not None:
+        env["SALESML_TOKEN"] = token
     result = subprocess.run([sys.executable, "-m", "salesml.cli", *args], capture_output=True, text=True, env=env,
                             timeout=600)
     if check:

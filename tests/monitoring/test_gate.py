@@ -1,0 +1,194 @@
+"""Audits that gate promotion, validators' decisions and the champion alias, on simulated organisations."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+
+import monitoring.gate as gate
+from experiments.churn_run import run_churn_training
+from experiments.registry import CHAMPION, PREVIOUS
+from features.ingest import discover_sources, ingest
+from features.pipeline import train_text_model
+from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
+from features.store import FeatureStore
+from monitoring.audits import audit_performance
+from salesml.access import AccessError, Principal
+from salesml.settings import get_settings
+from training.tasks import load_config
+
+CONFIG = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "opportunity_loss.yaml"
+VALIDATOR = Principal("vera", "model_validator", "all", "")
+TRAINER = Principal("alice", "model_validator", "all", "")  # a validator who also trains models
+
+
+def make_home(root: Path, scenarios: list[str] | None = None) -> Path:
+    home = root / "home"
+    org = simulate_organisation(SimulationConfig(accounts=1500, months=24, seed=7, scenarios=scenarios or []))
+    write_organisation(org, home / "demo_data")
+    with FeatureStore(home / "features.duckdb") as store:
+        ingest(discover_sources(home / "demo_data"), store)
+        train_text_model(store)
+    return home
+
+
+def train(home: Path, trainer: str = "alice", **overrides) -> str:
+    config = load_config(CONFIG, trials=overrides.pop("trials", 2), **overrides)
+    return run_churn_training(get_settings(home=home), "opportunity_loss", config, trainer=trainer)["version"]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    home = make_home(tmp_path_factory.mktemp("clean"))
+    version = train(home)
+    outcome = gate.audit_version(get_settings(home=home), "churn.opportunity_loss", version)
+    return home, version, outcome
+
+
+def _check(outcome, name):
+    return next(c for c in outcome.result["checks"] if c["name"] == name)
+
+
+@pytest.mark.slow
+def test_audit_json_has_every_check_and_a_stored_report(clean):
+    home, version, outcome = clean
+    result = outcome.result
+    assert set(result) == {"model", "version", "gate", "checks", "report"}
+    assert result["gate"] in ("PASS", "REVIEW", "FAIL")
+    assert [c["name"] for c in result["checks"]] == ["performance", "fairness", "proxies", "drift", "explanations"]
+    assert all(set(c) == {"name", "status", "figures", "reason"} for c in result["checks"])
+    assert Path(result["report"]).is_file() and "<script" not in Path(result["report"]).read_text()
+    client = mlflow.MlflowClient(get_settings(home=home).tracking_uri_resolved)
+    tags = client.get_model_version("churn.opportunity_loss", version).tags
+    assert tags["salesml.gate"] == result["gate"] and tags["salesml.audit.fairness"] == "pass"
+    run_id = client.get_model_version("churn.opportunity_loss", version).run_id
+    assert {a.path for a in client.list_artifacts(run_id, f"audit/v{version}")} == {
+        f"audit/v{version}/audit.html", f"audit/v{version}/audit.json"}
+
+
+@pytest.mark.slow
+def test_clean_history_passes_fairness_and_flags_proxies(clean):
+    _, _, outcome = clean
+    fairness = _check(outcome, "fairness")
+    assert fairness["status"] == "pass", fairness["reason"]
+    assert set(fairness["figures"]["attributes"]) == {"region", "size_band", "ownership_type"}
+    proxies = {(p["feature"], p["attribute"]) for p in _check(outcome, "proxies")["figures"]["proxies"]}
+    assert ("employee_band", "size_band") in proxies and ("country", "region") in proxies
+    assert _check(outcome, "explanations")["status"] == "pass"
+
+
+@pytest.mark.slow
+def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path):
+    home = make_home(tmp_path, ["biased_history"])
+    version = train(home)
+    outcome = gate.audit_version(get_settings(home=home), "churn.opportunity_loss", version)
+    fairness = _check(outcome, "fairness")
+    assert fairness["status"] == "fail" and outcome.gate == "FAIL"
+    assert "size_band: demographic-parity ratio" in fairness["reason"]
+    assert fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"] < 0.8
+    assert "mitigation" in fairness["figures"]
+    with pytest.raises(gate.GateError, match="gate is FAIL"):
+        gate.promote(get_settings(home=home), "churn.opportunity_loss", version, VALIDATOR)
+
+
+@pytest.mark.slow
+def test_a_candidate_trained_before_a_competitor_entry_sees_the_drift(tmp_path):
+    home = make_home(tmp_path, ["competitor_entry@2025-06:EMEA"])
+    version = train(home, as_of="2025-05-31")
+    outcome = gate.audit_version(get_settings(home=home), "churn.opportunity_loss", version)
+    drift = _check(outcome, "drift")
+    drifted = set(drift["figures"]["drifted_features"])
+    assert {"discount", "competitor_news_negative"} <= drifted, drifted
+    assert drift["figures"]["sampled"]["limit"] == 50000
+
+
+def test_performance_check_works_like_a_metric_threshold():
+    y = [0, 0, 1, 1, 0, 1, 0, 1]
+    good = [0.1, 0.2, 0.8, 0.9, 0.3, 0.7, 0.2, 0.6]
+    weak = [0.6, 0.2, 0.4, 0.9, 0.7, 0.3, 0.2, 0.6]
+    policy = {"min_value": 0.6, "max_degradation": 0.01, "min_improvement": 0.0, "on_fail": "fail"}
+    assert audit_performance(y, weak, good, policy).status == "fail"
+    assert audit_performance(y, good, good, policy).status == "pass"
+    assert audit_performance(y, good, weak, {**policy, "min_improvement": 0.5}).status == "review"
+    assert audit_performance(y, [0.5] * 8, None, policy).status == "fail"
+
+
+@pytest.mark.slow
+def test_reviews_promotion_rollback_and_the_audit_log(clean, monkeypatch):
+    home, v1, outcome = clean
+    settings = get_settings(home=home)
+    name = "churn.opportunity_loss"
+    assert outcome.gate == "REVIEW"  # proxies need a validator's eyes
+    with pytest.raises(gate.GateError, match="needs a validator's approval"):
+        gate.promote(settings, name, v1, VALIDATOR)
+    with pytest.raises(gate.GateError, match="alice trained"):
+        gate.review(settings, name, v1, "approve", "looks fine", TRAINER)
+    with pytest.raises(AccessError, match="only a model_validator"):
+        gate.review(settings, name, v1, "approve", "ok", Principal("sam", "data_scientist", "all", ""))
+    gate.review(settings, name, v1, "approve", "proxies are business attributes", VALIDATOR)
+    assert gate.promote(settings, name, v1, VALIDATOR)["champion"] == v1
+
+    # A deliberately weaker candidate fails the performance check against the champion.
+    weak = train(home, trainer="bob", trials=1, exclude_features=[
+        "emails_in_7d", "emails_in_30d", "emails_in_90d", "emails_in_prev_30d", "emails_in_trend_30d",
+        "meetings_7d", "meetings_30d", "meetings_90d", "meetings_prev_30d", "meetings_trend_30d",
+        "days_since_last_inbound", "days_since_last_activity", "calls_7d", "calls_30d", "calls_90d",
+        "calls_prev_30d", "calls_trend_30d", "emails_out_7d", "emails_out_30d", "emails_out_90d",
+        "emails_out_prev_30d", "emails_out_trend_30d"], monotone={})
+    weak_audit = gate.audit_version(settings, name, weak)
+    assert _check(weak_audit, "performance")["status"] == "fail" and weak_audit.gate == "FAIL"
+
+    v3 = train(home, trainer="bob")
+    gate.audit_version(settings, name, v3)
+    gate.review(settings, name, v3, "approve", "better engagement signals", VALIDATOR)
+
+    def crash() -> None:
+        raise RuntimeError("injected crash between the tag step and the alias step")
+
+    monkeypatch.setattr(gate, "_between_tag_and_alias_steps", crash)
+    with pytest.raises(RuntimeError, match="injected"):
+        gate.promote(settings, name, v3, VALIDATOR)
+    client = mlflow.MlflowClient(settings.tracking_uri_resolved)
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v1  # unchanged
+    monkeypatch.undo()
+    assert gate.promote(settings, name, v3, VALIDATOR) == {"model": name, "champion": v3, "previous": v1,
+                                                            "changed": True}
+    assert str(client.get_model_version_by_alias(name, PREVIOUS).version) == v1
+    back = gate.rollback(settings, name, VALIDATOR, "new champion misbehaves")
+    assert back["champion"] == v1 and str(client.get_model_version_by_alias(name, CHAMPION).version) == v1
+    assert str(client.get_model_version_by_alias(name, PREVIOUS).version) == v3
+    actions = [(e["action"], e["version"]) for e in gate.read_audit_log(settings)]
+    assert ("approve", v1) in actions and ("promote", v1) in actions and ("promote", v3) in actions
+    assert ("rollback", v1) in actions and ("audit", weak) in actions
+    assert client.get_model_version(name, v1).tags["salesml.review.by"] == "vera"
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_report_renders_offline_in_headless_chromium(clean, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if get_settings().require_shared_data:
+            pytest.fail("CI must install Debian's chromium (make test does)")
+        pytest.skip("chromium is not installed")
+    _, _, outcome = clean
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", outcome.report.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    for section in ('id="summary"', 'id="performance"', 'id="fairness"', 'id="drift"', 'id="explanations"',
+                    'id="gate"'):
+        assert section in dom, section
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", outcome.report.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
