@@ -225,7 +225,8 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
         else:
             dpr, eod = float("nan"), float("nan")
         figures["attributes"][attr] = {"demographic_parity_ratio": dpr, "equalized_odds_difference": eod,
-                                       "groups": int(len(sizes)), "groups_judged": int((sizes >= min_group).sum())}
+                                       "groups": int(len(sizes)), "groups_judged": int((sizes >= min_group).sum()),
+                                       "by_group": table.reset_index(names="group").to_dict("records")}
         alpha = float(policy.get("significance", 0.05))
         kept = table.loc[sizes[sizes >= min_group].index] if judged.sum() else table
         # Effective sample sizes: rows scaled down by the rows each entity contributes.

@@ -37,3 +37,11 @@ def test_churn_experiment_notebook_runs(home):
     assert "test_roc_auc" in text and "feature version (lineage)" in text
     assert any(out.get("output_type") == "display_data" and "image/png" in out.get("data", {})
                for cell in nb.cells for out in cell.get("outputs", []))
+
+
+@pytest.mark.slow
+def test_audit_review_notebook_runs(home):
+    nb = run_notebook("audit_review.ipynb", {"MODEL": "churn.opportunity_loss", "VERSION": None, "ACCOUNTS": 1500,
+                                             "TRIALS": 2})
+    text = _outputs(nb)
+    assert "demographic-parity ratio" in text and "champion: version 1" in text
