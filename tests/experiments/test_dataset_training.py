@@ -43,7 +43,7 @@ def test_telco_churn_beats_the_published_defaults(shared_data, tmp_path):
 def test_sales_win_loss_reaches_the_lightgbm_default(shared_data, tmp_path):
     home = tmp_path / "home"
     _import(home, "ibm_sales_win_loss", shared_data / "ibm_sales_win_loss")
-    config = load_config(CONFIGS / "ibm_sales_win_loss.yaml", trials=3)
+    config = load_config(CONFIGS / "ibm_sales_win_loss.yaml", trials=2)
     result = run_churn_training(get_settings(home=home), "ibm_sales_win_loss", config, trainer="ci")
     auc = result["metrics"]["test_roc_auc"]
     assert auc >= 0.94, auc
