@@ -15,6 +15,14 @@ TAG_TRAINER = "salesml.trainer"
 TAG_SHA_PREFIX = "salesml.sha256."
 TAG_GATE = "salesml.gate"
 TAG_KIND = "salesml.model_kind"
+TAG_REPORT = "salesml.audit.report"
+TAG_AUDITED_AT = "salesml.audit.at"
+TAG_DECISION = "salesml.review.decision"
+TAG_DECIDED_BY = "salesml.review.by"
+TAG_DECIDED_AT = "salesml.review.at"
+TAG_DECISION_REASON = "salesml.review.reason"
+TAG_PROMOTED_BY = "salesml.promotion.by"
+TAG_PROMOTED_AT = "salesml.promotion.at"
 
 
 def churn_model_name(task: str) -> str:

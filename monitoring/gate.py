@@ -20,7 +20,22 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from experiments.registered import get_alias, get_version, load_version_model
-from experiments.registry import CHAMPION, PREVIOUS, TAG_GATE, TAG_TASK, TAG_TRAINER, TAG_WINDOW
+from experiments.registry import (
+    CHAMPION,
+    PREVIOUS,
+    TAG_AUDITED_AT,
+    TAG_DECIDED_AT,
+    TAG_DECIDED_BY,
+    TAG_DECISION,
+    TAG_DECISION_REASON,
+    TAG_GATE,
+    TAG_PROMOTED_AT,
+    TAG_PROMOTED_BY,
+    TAG_REPORT,
+    TAG_TASK,
+    TAG_TRAINER,
+    TAG_WINDOW,
+)
 from experiments.tracking import configure_mlflow
 from features.store import FeatureStore
 from monitoring.audits import (
@@ -40,14 +55,6 @@ from training.tasks import ChurnConfig, load_config, load_task_data, resolve_tas
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-TAG_DECISION = "salesml.review.decision"
-TAG_DECIDED_BY = "salesml.review.by"
-TAG_DECIDED_AT = "salesml.review.at"
-TAG_DECISION_REASON = "salesml.review.reason"
-TAG_REPORT = "salesml.audit.report"
-TAG_AUDITED_AT = "salesml.audit.at"
-TAG_PROMOTED_BY = "salesml.promotion.by"
-TAG_PROMOTED_AT = "salesml.promotion.at"
 
 
 class GateError(PermissionError):

@@ -46,6 +46,9 @@ app.add_typer(review_app, name="review")
 access_app = typer.Typer(help="Manage principals and tokens in SALESML_HOME/access.yaml (installation admin).",
                          no_args_is_help=True)
 app.add_typer(access_app, name="access")
+score_app = typer.Typer(help="Score files in batch with a champion (same preprocessing and reasons as the service).",
+                        no_args_is_help=True)
+app.add_typer(score_app, name="score")
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True)
@@ -787,6 +790,49 @@ def access_revoke(
             raise CommandError(f"no principal named {name!r}")
         save_principals(settings.access_file, [p for p in principals if p.name != name])
     emit({"revoked": name}, as_json, lambda r: stdout.print(f"revoked {name}"))
+
+
+# ------------------------------------------------------------------------------------------------ serve and score
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: SALESML_SERVE_WORKERS).")] = None,
+) -> None:
+    """Serve the champions with BentoML: POST /churn/score, GET /models, /dashboard, /healthz, /readyz, /metrics."""
+    import subprocess
+
+    settings = get_settings()
+    env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(settings.bentoml_home.resolve()),
+           "SALESML_HOME": str(settings.home.resolve())}
+    if workers:
+        env["SALESML_SERVE_WORKERS"] = str(workers)
+    settings.bentoml_home.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:SalesML", "--host", host, "--port",
+               str(port)]
+    stderr.print(f"serving on http://{host}:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+@score_app.command("churn")
+def score_churn(
+    task: Annotated[str, typer.Option(help="The task whose champion scores (e.g. opportunity_loss).")],
+    input_file: Annotated[Path, typer.Option("--input", help="CSV or Parquet file of feature records.")],
+    output: Annotated[Path, typer.Option(help="Where to write the scores (.parquet or .csv).")],
+    reasons: Annotated[int, typer.Option(help="Reason codes per record (0: none).")] = 3,
+    chunk_rows: Annotated[int, typer.Option(help="Rows scored at once (bounds memory).")] = 100_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score a file with the task's champion, in chunks, with reasons and next-best actions."""
+    from serving.batch import score_file
+
+    settings = get_settings()
+    with failures(as_json), progress_bar("scoring") as progress:
+        result = score_file(settings, task, input_file, output, reasons, chunk_rows, progress)
+    emit(result, as_json, lambda r: stdout.print(f"scored {r['rows']:,} rows with {r['model']} v{r['version']} "
+                                                 f"into {r['output']}"))
 
 
 # ------------------------------------------------------------------------------------------------ demo

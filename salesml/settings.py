@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_text_chars: int = Field(5000, ge=1, description="Longest free text (ticket, news) accepted.")
     ingest_chunk_rows: int = Field(1_000_000, ge=1000, description="Rows validated at once during ingestion.")
     log_level: str = Field("WARNING", description="Logging level of the CLI.")
+    reload_seconds: float = Field(5.0, gt=0, description="How often the service checks for a new champion.")
+    serve_workers: int = Field(1, ge=1, description="Service worker processes.")
+    log_flush_seconds: float = Field(2.0, gt=0, description="Inference log: seconds between writes.")
+    log_queue_records: int = Field(200_000, ge=1000, description="Inference log: records held in memory at most.")
 
     @property
     def tracking_uri_resolved(self) -> str:

@@ -1,0 +1,224 @@
+"""The HTTP layer: request and response schemas, bearer-token authentication, scope checks, errors as JSON.
+
+``create_app`` builds the FastAPI application the BentoML service mounts; it reads models through a
+``ModelServer`` and delegates scoring to ``serving.predict``. Client mistakes are answered 4xx with the field and
+the reason, never 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from salesml.access import AccessError, Principal, authenticate
+from salesml.settings import Settings
+from serving.dashboard import dashboard_data, dashboard_html
+from serving.inference_log import InferenceLogger
+from serving.predict import RequestError, check_role, load_rules, out_of_scope, resolve_records, score_records
+from serving.state import ModelServer
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+D3 = Path(__file__).resolve().parent / "web" / "node_modules" / "d3" / "dist" / "d3.min.js"
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Scalar = StrictBool | StrictInt | FiniteFloat | StrictStr | None
+
+
+class ScoreRequest(BaseModel):
+    """Records to score with a task's champion."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: Annotated[str, Field(min_length=1, max_length=100, description="e.g. opportunity_loss")]
+    records: Annotated[list[dict[str, Scalar]], Field(min_length=1, description=(
+        "Each record is {<id field>: id} (features are looked up) or a full feature record with its id."))]
+
+
+class Reason(BaseModel):
+    """One reason code."""
+
+    feature: str
+    contribution: float
+    direction: Literal["raises_risk", "lowers_risk"]
+    sentence: str
+
+
+class Action(BaseModel):
+    """A next-best action (its id is stable)."""
+
+    id: str
+    action: str
+
+
+class ScoreResult(BaseModel):
+    """The score of one record."""
+
+    model_config = ConfigDict(extra="allow")
+    probability: float
+    risk_band: Literal["low", "medium", "high"]
+    reasons: list[Reason]
+    actions: list[Action]
+    model: str
+    version: str
+
+
+class ScoreResponse(BaseModel):
+    """One result per record, in request order."""
+
+    results: list[ScoreResult]
+
+
+class ErrorBody(BaseModel):
+    """A client error: status, field, reason (and the ids at fault)."""
+
+    status: int
+    field: str
+    reason: str
+    ids: list[str] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """The error envelope."""
+
+    error: ErrorBody
+
+
+class ServedModel(BaseModel):
+    """A served model version."""
+
+    task: str
+    model: str
+    version: str
+    gate: str
+    audit_report: str | None
+    loaded_at: str
+
+
+class ModelsResponse(BaseModel):
+    """Served versions, and champions refused at load."""
+
+    models: list[ServedModel]
+    refused: dict[str, str]
+
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422)}
+
+
+class TokenCache:
+    """Verified tokens by their SHA-256, invalidated when ``access.yaml`` changes (scrypt is slow on purpose)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.cache: dict[str, Principal] = {}
+        self.stamp: float | None = None
+
+    def principal(self, token: str) -> Principal:
+        stamp = self.path.stat().st_mtime if self.path.exists() else None
+        if stamp != self.stamp:
+            self.cache, self.stamp = {}, stamp
+        key = hashlib.sha256(token.encode()).hexdigest()
+        if key not in self.cache:
+            self.cache[key] = authenticate(self.path, token)
+        return self.cache[key]
+
+
+def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
+               logger_provider: Callable[[], InferenceLogger | None] = lambda: None) -> FastAPI:
+    """The FastAPI application of the service.
+
+    Args:
+        settings: limits and where state lives.
+        server_provider: returns the ``ModelServer`` (the BentoML service owns it).
+        logger_provider: returns the inference logger, if any.
+    """
+    app = FastAPI(title="salesml", version="1", description="Risk scores with reasons and next-best actions, "
+                  "checked by role and data scope.", docs_url=None, redoc_url=None)
+    tokens = TokenCache(settings.access_file)
+    rules = load_rules()
+
+    def error(exc: RequestError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(exc.to_dict(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> JSONResponse:
+        return error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", []) if p != "body") or "body"
+        return JSONResponse({"error": {"status": 422, "field": where, "reason": first.get("msg", "invalid")},
+                             "detail": [{"field": ".".join(str(p) for p in e.get("loc", [])), "reason": e.get("msg")}
+                                        for e in exc.errors()[:20]]}, status_code=422)
+
+    def principal_of(request: Request) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise RequestError(401, "authorization", "missing bearer token")
+        try:
+            return tokens.principal(token.strip())
+        except AccessError:
+            raise RequestError(401, "authorization", "invalid token") from None
+
+    @app.post("/churn/score", response_model=ScoreResponse, responses=ERRORS)
+    def score(body: ScoreRequest, request: Request) -> dict:
+        """Score records with the champion of a risk task (deal loss, churn)."""
+        principal = principal_of(request)
+        check_role(principal.role)
+        if len(body.records) > settings.max_batch_rows:
+            raise RequestError(413, "records", f"{len(body.records)} records; at most {settings.max_batch_rows} per request")
+        state = server_provider().state
+        served = state.served.get(body.task)
+        if served is None:
+            known = ", ".join(sorted(state.served)) or "none"
+            raise RequestError(404, "task", f"no champion serves task {body.task!r} (served: {known})")
+        frame, ids = resolve_records(body.records, served.model, served.lookup)
+        outside = out_of_scope(ids, principal.scope, served.lookup, state.hierarchy)
+        if outside:
+            raise RequestError(403, "records", f"{principal.name} may not score these records (scope "
+                               f"{principal.scope})", outside)
+        results = score_records(served.model, frame, ids, served.task, served.name, served.version, rules,
+                                served.lookup.id_field)
+        logger = logger_provider()
+        if logger is not None:
+            inputs = frame.assign(**{served.lookup.id_field: ids}).to_dict("records")
+            logger.log(served.task, principal.name, served.name, served.version, inputs, results)
+        return {"results": results}
+
+    @app.get("/models", response_model=ModelsResponse)
+    def models() -> dict:
+        """Served versions, their gate and audit report."""
+        state = server_provider().state
+        return {"models": [{"task": s.task, "model": s.name, "version": s.version, "gate": s.gate,
+                            "audit_report": s.report, "loaded_at": s.loaded_at} for s in state.served.values()],
+                "refused": state.refused}
+
+    @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+    def dashboard() -> str:
+        """The pipeline dashboard page (the data comes from /dashboard/data with the viewer's token)."""
+        return dashboard_html()
+
+    @app.get("/dashboard/data", responses=ERRORS)
+    def data(request: Request) -> dict:
+        """Pipeline figures within the caller's scope (executives and managers; reps see their own deals)."""
+        principal = principal_of(request)
+        check_role(principal.role)
+        return dashboard_data(settings, server_provider().state, principal)
+
+    @app.get("/static/d3.min.js", include_in_schema=False)
+    def d3() -> FileResponse:
+        if not D3.is_file():
+            raise RequestError(404, "path", "D3 is not installed: run `make install` (npm ci in serving/web)")
+        return FileResponse(D3, media_type="text/javascript")
+
+    return app

@@ -1,0 +1,117 @@
+"""The pipeline dashboard: figures filtered by the viewer's data scope, and the page that draws them with D3.
+
+D3 is installed from the npm registry at build time (``serving/web``) and served by the service; the page loads
+nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from salesml.access import Principal
+from salesml.settings import Settings
+from serving.predict import risk_bands
+from training.explain import reason_codes
+
+TOP_DEALS = 10
+
+
+def dashboard_data(settings: Settings, state, principal: Principal) -> dict:
+    """Pipeline value by stage, at-risk value and count, monthly win rate, top at-risk deals with reasons, and
+    model status, all within the principal's scope."""
+    allowed = state.hierarchy.owners_in(principal.scope)
+    served = state.served.get("opportunity_loss")
+    out: dict = {"viewer": {"name": principal.name, "role": principal.role, "scope": principal.scope},
+                 "pipeline_by_stage": [], "at_risk": {"count": 0, "value": 0.0}, "win_rate_trend": [],
+                 "top_at_risk": [],
+                 "models": [{"task": s.task, "model": s.name, "version": s.version, "gate": s.gate,
+                             "audit_report": s.report} for s in state.served.values()]}
+    deals = state.deals
+    if len(deals) and allowed is not None:
+        deals = deals[deals["owner_rep_id"].isin(allowed)]
+    if len(deals):
+        closed = deals[deals["closed_at"].notna()].copy()
+        closed["month"] = pd.to_datetime(closed["closed_at"]).dt.to_period("M").astype(str)
+        trend = closed.groupby("month")["outcome"].agg(lambda s: float((s == "won").mean())).tail(12)
+        out["win_rate_trend"] = [{"month": m, "win_rate": round(v, 4)} for m, v in trend.items()]
+    if served is None:
+        return out
+    features = served.lookup.features
+    if len(features) and allowed is not None:
+        owners = features[served.lookup.id_field].map(served.lookup.owners)
+        features = features[owners.isin(allowed).to_numpy()]
+    if features.empty:
+        return out
+    by_stage = features.groupby("stage")["amount"].agg(["sum", "count"])
+    out["pipeline_by_stage"] = [{"stage": k, "value": float(v["sum"]), "count": int(v["count"])}
+                                for k, v in by_stage.iterrows()]
+    p = served.model.predict_proba(features)
+    bands = risk_bands(p, float(served.model.metadata.get("alert_threshold", 0.5)))
+    risky = features.assign(_p=p)[bands == "high"]
+    out["at_risk"] = {"count": int(len(risky)), "value": float(risky["amount"].sum())}
+    top = risky.nlargest(TOP_DEALS, "_p")
+    reasons = reason_codes(served.model, top.drop(columns="_p"), k=3) if len(top) else []
+    out["top_at_risk"] = [{"opportunity_id": str(row[served.lookup.id_field]), "owner": served.lookup.owners.get(
+        str(row[served.lookup.id_field])), "amount": float(row["amount"]), "probability": round(float(row["_p"]), 4),
+        "reasons": [r["sentence"] for r in rs]} for (_, row), rs in zip(top.iterrows(), reasons, strict=True)]
+    out["at_risk"]["share_of_pipeline"] = float(out["at_risk"]["value"] / max(np.sum(features["amount"]), 1.0))
+    return out
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>salesml pipeline</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1f2933}h1{margin:0 0 .5rem}
+.grid{display:grid;grid-template-columns:1fr 1fr;gap:1.5rem}.card{border:1px solid #d9e2ec;border-radius:.5rem;padding:1rem}
+.kpi{font-size:2rem;font-weight:700}table{border-collapse:collapse;font-size:.9rem}td,th{border-bottom:1px solid #eee;
+padding:.3rem .5rem;text-align:left}#error{color:#c53030}
+</style></head><body>
+<h1>Pipeline</h1><div id="viewer"></div><div id="error"></div>
+<div class="grid">
+ <div class="card"><h2>Pipeline value by stage</h2><svg id="stages" width="460" height="220"></svg></div>
+ <div class="card"><h2>At risk</h2><div class="kpi" id="risk-count"></div><div id="risk-value"></div></div>
+ <div class="card"><h2>Win rate by month</h2><svg id="trend" width="460" height="220"></svg></div>
+ <div class="card"><h2>Models</h2><table id="models"></table></div>
+</div>
+<div class="card"><h2>Top deals at risk</h2><table id="deals"></table></div>
+<script src="/static/d3.min.js"></script>
+<script>
+const token = new URLSearchParams(location.search).get("token") || "";
+fetch("/dashboard/data", {headers: {Authorization: "Bearer " + token}})
+ .then(r => r.json().then(body => ({ok: r.ok, body})))
+ .then(({ok, body}) => { if (!ok) { d3.select("#error").text(body.error.reason); return; } draw(body); });
+function draw(d) {
+  d3.select("#viewer").text(`${d.viewer.name} (${d.viewer.role}, scope ${d.viewer.scope})`);
+  const s = d3.select("#stages"), W = 460, H = 200, stages = d.pipeline_by_stage;
+  const x = d3.scaleBand().domain(stages.map(v => v.stage)).range([40, W]).padding(0.2);
+  const y = d3.scaleLinear().domain([0, d3.max(stages, v => v.value) || 1]).range([H, 10]);
+  s.selectAll("rect.stage").data(stages).join("rect").attr("class", "stage").attr("x", v => x(v.stage))
+   .attr("y", v => y(v.value)).attr("width", x.bandwidth()).attr("height", v => H - y(v.value)).attr("fill", "#3e7cb1");
+  s.append("g").attr("transform", `translate(0,${H})`).call(d3.axisBottom(x));
+  d3.select("#risk-count").text(`${d.at_risk.count} deals`);
+  d3.select("#risk-value").text(`${d3.format(",.0f")(d.at_risk.value)} at risk`);
+  const t = d3.select("#trend"), pts = d.win_rate_trend;
+  const tx = d3.scalePoint().domain(pts.map(v => v.month)).range([40, W - 10]);
+  const ty = d3.scaleLinear().domain([0, 1]).range([H, 10]);
+  t.append("path").datum(pts).attr("fill", "none").attr("stroke", "#2f855a")
+   .attr("d", d3.line().x(v => tx(v.month)).y(v => ty(v.win_rate)));
+  t.selectAll("circle.point").data(pts).join("circle").attr("class", "point").attr("r", 3)
+   .attr("cx", v => tx(v.month)).attr("cy", v => ty(v.win_rate)).attr("fill", "#2f855a");
+  t.append("g").attr("transform", "translate(40,0)").call(d3.axisLeft(ty).ticks(5, "%"));
+  const rows = d3.select("#deals").selectAll("tr.deal").data(d.top_at_risk).join("tr").attr("class", "deal");
+  rows.append("td").text(v => v.opportunity_id); rows.append("td").text(v => v.owner);
+  rows.append("td").text(v => d3.format(",.0f")(v.amount)); rows.append("td").text(v => d3.format(".0%")(v.probability));
+  rows.append("td").text(v => v.reasons.join("; "));
+  const m = d3.select("#models").selectAll("tr.model").data(d.models).join("tr").attr("class", "model");
+  m.append("td").text(v => `${v.model} v${v.version}`); m.append("td").text(v => v.gate);
+  m.append("td").append("a").attr("href", v => v.audit_report ? "file://" + v.audit_report : null).text("audit");
+  document.body.setAttribute("data-ready", "1");
+}
+</script></body></html>
+"""
+
+
+def dashboard_html() -> str:
+    """The dashboard page."""
+    return PAGE

@@ -1,0 +1,112 @@
+"""The inference log: every scored record, appended to Parquet files in the background.
+
+Requests hand entries to a bounded in-memory queue and never wait on disk; a writer thread flushes them every few
+seconds into ``SALESML_HOME/logs/<task>/date=YYYY-MM-DD/part-<pid>-<n>.parquet``. When the queue is full the
+entry is dropped and counted (memory stays bounded), and the log is flushed on shutdown. Drift monitoring reads
+these files as production data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+class InferenceLogger:
+    """Asynchronous Parquet writer of scored records.
+
+    Args:
+        folder: the logs folder.
+        flush_seconds: seconds between writes.
+        max_records: entries held in memory at most.
+    """
+
+    def __init__(self, folder: Path, flush_seconds: float = 2.0, max_records: int = 200_000):
+        self.folder = Path(folder)
+        self.flush_seconds = flush_seconds
+        self.queue: queue.Queue[dict] = queue.Queue(maxsize=max_records)
+        self.dropped = 0
+        self.written = 0
+        self._counter = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="salesml-inference-log", daemon=True)
+        self._thread.start()
+
+    def log(self, task: str, principal: str, model: str, version: str, inputs: list[dict], results: list[dict]
+            ) -> None:
+        """Queue one entry per scored record (never blocks)."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        for record, result in zip(inputs, results, strict=True):
+            entry = {"time": now, "task": task, "principal": principal, "model": model, "version": version,
+                     "inputs": json.dumps(record, default=str), "probability": result["probability"],
+                     "risk_band": result["risk_band"], "reasons": json.dumps(result["reasons"]),
+                     "actions": json.dumps(result["actions"])}
+            try:
+                self.queue.put_nowait(entry)
+            except queue.Full:
+                self.dropped += 1
+
+    def _drain(self) -> list[dict]:
+        items = []
+        while True:
+            try:
+                items.append(self.queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def flush(self) -> int:
+        """Write what is queued now; returns the entries written."""
+        with self._lock:
+            items = self._drain()
+            if not items:
+                return 0
+            frame = pd.DataFrame(items)
+            for (task, day), part in frame.groupby([frame["task"], frame["time"].dt.strftime("%Y-%m-%d")]):
+                target = self.folder / str(task) / f"date={day}"
+                target.mkdir(parents=True, exist_ok=True)
+                self._counter += 1
+                path = target / f"part-{os.getpid()}-{int(time.time() * 1000)}-{self._counter}.parquet"
+                tmp = path.with_suffix(".tmp")
+                part.to_parquet(tmp, index=False)
+                tmp.replace(path)
+            self.written += len(items)
+            return len(items)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - logging must never take the service down
+                log.exception("inference log flush failed")
+
+    def close(self) -> None:
+        """Stop the writer and flush what is left."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.flush()
+        if self.dropped:
+            log.warning("inference log dropped %d entries (queue full)", self.dropped)
+
+
+def read_inference_log(folder: Path, task: str, since: datetime | None = None) -> pd.DataFrame:
+    """The logged records of a task (optionally since a time), with their inputs expanded into columns."""
+    root = Path(folder) / task
+    files = sorted(root.rglob("*.parquet")) if root.exists() else []
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if since is not None:
+        frame = frame[frame["time"] >= pd.Timestamp(since).tz_localize(None)]
+    inputs = pd.DataFrame([json.loads(x) for x in frame["inputs"]], index=frame.index)
+    return frame.drop(columns="inputs").join(inputs, rsuffix="_input")

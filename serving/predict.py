@@ -1,0 +1,202 @@
+"""Scoring functions: resolve records to features, check data scopes, score, explain, recommend actions.
+
+Every function takes the model (and lookups) as arguments, so the service stays thin and tests can hand them a
+stub. Client mistakes raise ``RequestError`` with the HTTP status, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from training.explain import reason_codes
+
+ACTIONS_FILE = Path(__file__).resolve().parent / "actions.yaml"
+SCORING_ROLES = ("sales_rep", "sales_manager", "executive", "application")
+_OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq,
+        "!=": operator.ne}
+
+
+class RequestError(Exception):
+    """A client mistake: HTTP status, the offending field and why."""
+
+    def __init__(self, status: int, field: str, reason: str, ids: list[str] | None = None):
+        super().__init__(reason)
+        self.status, self.field, self.reason, self.ids = status, field, reason, ids or []
+
+    def to_dict(self) -> dict:
+        """The JSON error body."""
+        out = {"error": {"status": self.status, "field": self.field, "reason": self.reason}}
+        if self.ids:
+            out["error"]["ids"] = self.ids
+        return out
+
+
+@dataclass
+class Lookup:
+    """What a task's records are resolved against.
+
+    Attributes:
+        id_field: the entity id field of a record (``opportunity_id``, ``account_id``, ``row_id``).
+        features: current features by entity id (for records that carry only an id).
+        owners: owning rep of each entity id (empty: the task has no owners, only ``all`` scopes may score it).
+    """
+
+    id_field: str
+    features: pd.DataFrame
+    owners: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Hierarchy:
+    """The sales organisation: each rep's team, for team scopes."""
+
+    team_of: dict[str, str]
+
+    def owners_in(self, scope: str) -> set[str] | None:
+        """Reps whose records a scope covers (``None``: everything)."""
+        kind, _, value = scope.partition(":")
+        if kind == "all":
+            return None
+        if kind == "rep":
+            return {value}
+        if kind == "team":
+            return {rep for rep, team in self.team_of.items() if team == value}
+        return set()
+
+
+def load_rules(path: Path = ACTIONS_FILE) -> list[dict]:
+    """Next-best-action rules from YAML.
+
+    Raises:
+        ValueError: for a rule without an id or action, or with an unknown operator.
+    """
+    rules = (yaml.safe_load(Path(path).read_text()) or {}).get("rules", [])
+    for rule in rules:
+        if not rule.get("id") or not rule.get("action"):
+            raise ValueError(f"{path}: every rule needs an id and an action ({rule})")
+        for feature, condition in (rule.get("when") or {}).items():
+            bad = set(condition) - set(_OPS)
+            if bad:
+                raise ValueError(f"{path}: rule {rule['id']}: unknown operator(s) {bad} on {feature}")
+    return rules
+
+
+def next_best_actions(rules: list[dict], task: str, row: pd.Series, band: str) -> list[dict]:
+    """The actions whose conditions hold for a scored record."""
+    out = []
+    for rule in rules:
+        if rule.get("task") not in (None, task):
+            continue
+        if rule.get("band") and rule["band"] != band:
+            continue
+        ok = True
+        for feature, condition in (rule.get("when") or {}).items():
+            value = row.get(feature)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                ok = False
+                break
+            if not all(_OPS[op](value, target) for op, target in condition.items()):
+                ok = False
+                break
+        if ok:
+            out.append({"id": rule["id"], "action": rule["action"]})
+    return out
+
+
+def check_role(role: str) -> None:
+    """Only roles that call scoring endpoints may score.
+
+    Raises:
+        RequestError: 403 for other roles.
+    """
+    if role not in SCORING_ROLES:
+        raise RequestError(403, "authorization", f"role {role} may not call scoring endpoints")
+
+
+def resolve_records(records: list[dict], model, lookup: Lookup) -> tuple[pd.DataFrame, list[str]]:
+    """Turn request records into the model's feature frame.
+
+    A record is either only the entity id (features come from the lookup) or a full feature record that also
+    carries the id.
+
+    Returns:
+        The feature frame (one row per record, in order) and the entity ids.
+
+    Raises:
+        RequestError: 422 naming the field for a missing id, an unknown id, a missing feature, a value of the
+            wrong type, a non-finite number or an unknown category.
+    """
+    pre = model.preprocessor if hasattr(model, "preprocessor") else None
+    numeric = set(pre.numeric) if pre else set()
+    categories = pre.categories_ if pre else {}
+    rows, ids, unknown = [], [], []
+    for i, record in enumerate(records):
+        entity = record.get(lookup.id_field)
+        if entity is None or entity == "":
+            raise RequestError(422, f"records.{i}.{lookup.id_field}", f"every record needs {lookup.id_field}")
+        entity = str(entity)
+        ids.append(entity)
+        if set(record) == {lookup.id_field}:
+            if entity not in lookup.features.index:
+                unknown.append(entity)
+                continue
+            rows.append(lookup.features.loc[entity])
+            continue
+        row = {}
+        for feature in model.features:
+            if feature not in record:
+                raise RequestError(422, f"records.{i}.{feature}", "missing feature (send all features, or only the id)")
+            value = record[feature]
+            if feature in numeric:
+                if value is not None and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
+                    raise RequestError(422, f"records.{i}.{feature}", "must be a number or null")
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise RequestError(422, f"records.{i}.{feature}", "must be a finite number")
+            elif value is not None:
+                if not isinstance(value, str):
+                    raise RequestError(422, f"records.{i}.{feature}", "must be a string or null")
+                known = categories.get(feature)
+                if known is not None and value not in known:
+                    raise RequestError(422, f"records.{i}.{feature}",
+                                       f"unknown category {value!r} (known: {', '.join(map(str, known[:10]))})")
+            row[feature] = value
+        rows.append(pd.Series(row))
+    if unknown:
+        raise RequestError(422, f"records.{lookup.id_field}", f"unknown {lookup.id_field}: {', '.join(unknown[:20])}",
+                           unknown)
+    frame = pd.DataFrame(rows).reset_index(drop=True)
+    return frame, ids
+
+
+def out_of_scope(ids: list[str], scope: str, lookup: Lookup, hierarchy: Hierarchy) -> list[str]:
+    """The ids a scope does not cover (every id, when the task has no owners and the scope is narrower than all)."""
+    allowed = hierarchy.owners_in(scope)
+    if allowed is None:
+        return []
+    return sorted({i for i in ids if lookup.owners.get(i) not in allowed})
+
+
+def risk_bands(p: np.ndarray, threshold: float) -> np.ndarray:
+    """high at or above the alert threshold, medium above half of it, else low."""
+    return np.where(p >= threshold, "high", np.where(p >= threshold / 2, "medium", "low"))
+
+
+def score_records(model, frame: pd.DataFrame, ids: list[str], task: str, name: str, version: str,
+                  rules: list[dict], id_field: str, k: int = 3) -> list[dict]:
+    """Probabilities, risk bands, top-k reasons and next-best actions for resolved records."""
+    p = model.predict_proba(frame)
+    bands = risk_bands(p, float(model.metadata.get("alert_threshold", 0.5)))
+    reasons = reason_codes(model, frame, k=k)
+    out = []
+    for i, (_, row) in enumerate(frame.iterrows()):
+        out.append({id_field: ids[i], "probability": round(float(p[i]), 6), "risk_band": str(bands[i]),
+                    "reasons": reasons[i], "actions": next_best_actions(rules, task, row, str(bands[i])),
+                    "model": name, "version": str(version)})
+    return out

@@ -1,0 +1,182 @@
+"""What the service serves: the champion of each registered task, its lookups, and hot reload.
+
+At start every ``champion`` alias is loaded, each artifact file checked against its registered SHA-256; a
+version that fails is refused and logged while the others serve. A background thread polls the aliases; when a
+champion changes, the new version is loaded aside and swapped in with one reference assignment, so requests in
+flight finish on the version they started with, and a failed load leaves the old version serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from experiments.registered import RegistryError, get_alias, load_version_model
+from experiments.registry import CHAMPION, TAG_GATE, TAG_REPORT, TAG_TASK
+from experiments.tracking import configure_mlflow
+from features.store import FeatureStore
+from salesml.settings import Settings
+from serving.predict import Hierarchy, Lookup
+
+log = logging.getLogger(__name__)
+VIEW_OF_TASK = {"opportunity_loss": ("opportunity", "opportunity_id"), "customer_churn": ("customer", "account_id")}
+
+
+@dataclass(frozen=True)
+class Served:
+    """One served model version and what its records are resolved against."""
+
+    task: str
+    name: str
+    version: str
+    model: object
+    lookup: Lookup
+    gate: str
+    report: str | None
+    loaded_at: str
+
+
+@dataclass
+class ServingState:
+    """Served versions by task (swapped whole on reload), the rep hierarchy, and refusals."""
+
+    served: dict[str, Served] = field(default_factory=dict)
+    hierarchy: Hierarchy = field(default_factory=lambda: Hierarchy({}))
+    refused: dict[str, str] = field(default_factory=dict)
+    deals: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def load_lookup(store: FeatureStore, task: str, model) -> Lookup:
+    """Current features by entity id, and each entity's owner, for a task."""
+    if task in VIEW_OF_TASK:
+        view, id_field = VIEW_OF_TASK[task]
+        versions = store.table("feature_versions") if store.has_table("feature_versions") else None
+        features = pd.DataFrame(columns=[id_field, *model.features])
+        if versions is not None:
+            rows = versions.filter(versions["view"] == view).order_by(versions.built_at.desc()).limit(1).execute()
+            if len(rows):
+                table = store.table(rows["table_name"].iloc[0])
+                latest = table.filter(table.cutoff == table.cutoff.max()).execute()
+                features = latest
+        features = features.drop_duplicates(id_field, keep="last").set_index(id_field, drop=False)
+        owners = {}
+        source = "opportunities" if task == "opportunity_loss" else "accounts"
+        if store.has_table(source):
+            owners = dict(store.table(source).select(id_field, "owner_rep_id").execute().itertuples(index=False))
+        return Lookup(id_field, features, {str(k): str(v) for k, v in owners.items() if v is not None})
+    spec = store.task_spec(task)
+    if spec is None or not store.has_table(spec["table"]):
+        return Lookup("row_id", pd.DataFrame())
+    frame = store.table(spec["table"]).execute()
+    frame["row_id"] = frame["row_id"].astype(str)
+    return Lookup("row_id", frame.set_index("row_id", drop=False))
+
+
+def load_hierarchy(store: FeatureStore) -> Hierarchy:
+    """Each rep's team from the store's sales_reps table."""
+    if not store.has_table("sales_reps"):
+        return Hierarchy({})
+    reps = store.table("sales_reps").select("rep_id", "team_id").execute()
+    return Hierarchy({str(r): str(t) for r, t in reps.itertuples(index=False) if t is not None})
+
+
+def _champion_names(client) -> list[str]:
+    return sorted(m.name for m in client.search_registered_models() if CHAMPION in (m.aliases or {}))
+
+
+class ModelServer:
+    """Loads champions, keeps them current, and hands out a consistent snapshot per request.
+
+    Args:
+        settings: where the registry and the feature store live.
+    """
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.state = ServingState()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.client = configure_mlflow(settings)
+        self.ready = False
+
+    def load_all(self) -> None:
+        """Load every champion (refusing versions that fail their checks) and the rep hierarchy."""
+        state = ServingState()
+        with FeatureStore(self.settings.feature_store_path, threads=1, read_only=True) as store:
+            state.hierarchy = load_hierarchy(store)
+            if store.has_table("opportunities"):
+                state.deals = store.table("opportunities").select(
+                    "opportunity_id", "owner_rep_id", "amount", "closed_at", "outcome", "stage").execute()
+            for name in _champion_names(self.client):
+                try:
+                    served = self._load(name, store)
+                except (RegistryError, ValueError, OSError) as exc:
+                    log.error("refusing %s: %s", name, exc)
+                    state.refused[name] = str(exc)
+                    continue
+                state.served[served.task] = served
+        self.state = state
+        self.ready = True
+
+    def _load(self, name: str, store: FeatureStore) -> Served:
+        info = get_alias(self.client, name, CHAMPION)
+        if info is None:
+            raise RegistryError(f"{name} has no champion")
+        model, info = load_version_model(self.client, name, str(info.version))
+        task = info.tags.get(TAG_TASK) or model.metadata.get("task")
+        lookup = load_lookup(store, task, model)
+        return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
+                      info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def refresh(self) -> list[str]:
+        """Swap in any champion that changed since the last look; returns the names reloaded."""
+        changed = []
+        current = self.state
+        names = _champion_names(self.client)
+        wanted = {}
+        for name in names:
+            alias = get_alias(self.client, name, CHAMPION)
+            if alias is not None:
+                wanted[name] = str(alias.version)
+        served_by_name = {s.name: s for s in current.served.values()}
+        todo = [n for n, v in wanted.items() if served_by_name.get(n) is None or served_by_name[n].version != v]
+        todo = [n for n in todo if current.refused.get(n) != wanted[n]]
+        if not todo:
+            return []
+        served = dict(current.served)
+        refused = dict(current.refused)
+        with FeatureStore(self.settings.feature_store_path, threads=1, read_only=True) as store:
+            for name in todo:
+                try:
+                    new = self._load(name, store)
+                except (RegistryError, ValueError, OSError) as exc:
+                    log.error("keeping the served version of %s; the new champion failed to load: %s", name, exc)
+                    refused[name] = wanted[name]
+                    continue
+                served[new.task] = new
+                refused.pop(name, None)
+                changed.append(name)
+                log.info("now serving %s version %s", name, new.version)
+        # One assignment: a request holds either the old state or the new one.
+        self.state = ServingState(served, current.hierarchy, refused, current.deals)
+        return changed
+
+    def start_reloading(self) -> None:
+        """Poll for champion changes in a background thread."""
+        def loop() -> None:
+            while not self._stop.wait(self.settings.reload_seconds):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 - a failed poll must not stop the service
+                    log.exception("champion refresh failed")
+
+        self._thread = threading.Thread(target=loop, name="salesml-reload", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the reload thread."""
+        self._stop.set()
