@@ -1,0 +1,109 @@
+"""The HTTP API in process: scoring, reasons, actions, roles, scopes, and 4xx (never 500) for client mistakes."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+
+from tests.serving.conftest import auth
+
+
+def score(client, who, records, task="opportunity_loss"):
+    return client.post("/churn/score", json={"task": task, "records": records}, headers=auth(who))
+
+
+def test_ids_and_full_records_are_scored_with_reasons_and_actions(client):
+    full = {"opportunity_id": "O1", "meetings_30d": 0.0, "discount": 0.35, "dm_departures": 1.0, "stage": "lead"}
+    response = score(client, "exec", [{"opportunity_id": "O1"}, full])
+    assert response.status_code == 200, response.text
+    first, second = response.json()["results"]
+    assert first["probability"] == pytest.approx(second["probability"])
+    assert first["model"] == "churn.opportunity_loss" and first["version"] == "7"
+    assert first["risk_band"] in ("low", "medium", "high") and first["opportunity_id"] == "O1"
+    assert 1 <= len(first["reasons"]) <= 3 and all(r["sentence"] for r in first["reasons"])
+    ids = {a["id"] for a in first["actions"]}
+    assert {"NBA-DM-LEFT", "NBA-NO-MEETING", "NBA-HIGH-DISCOUNT"} <= ids
+
+
+def test_scopes_rep_team_all(client):
+    assert score(client, "rep", [{"opportunity_id": "O1"}]).status_code == 200
+    denied = score(client, "rep", [{"opportunity_id": "O1"}, {"opportunity_id": "O2"}])
+    assert denied.status_code == 403 and denied.json()["error"]["ids"] == ["O2"]
+    assert score(client, "manager", [{"opportunity_id": "O1"}, {"opportunity_id": "O2"}]).status_code == 200
+    assert score(client, "manager", [{"opportunity_id": "O3"}]).json()["error"]["ids"] == ["O3"]
+    assert score(client, "exec", [{"opportunity_id": "O3"}]).status_code == 200
+    assert score(client, "scientist", [{"opportunity_id": "O3"}]).status_code == 403
+
+
+@pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "Bearer wrong"}, 401),
+                                                 ({"Authorization": "Basic abc"}, 401)])
+def test_missing_or_invalid_tokens_get_401(client, headers, status):
+    response = client.post("/churn/score", json={"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}]},
+                           headers=headers)
+    assert response.status_code == status and response.json()["error"]["field"] == "authorization"
+
+
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"task": "opportunity_loss"}, 422, "records"),
+    ({"task": "opportunity_loss", "records": "O1"}, 422, "records"),
+    ({"task": "opportunity_loss", "records": []}, 422, "records"),
+    ({"task": "opportunity_loss", "records": [{"opportunity_id": "NOPE"}]}, 422, "records.opportunity_id"),
+    ({"task": "opportunity_loss", "records": [{"meetings_30d": 1}]}, 422, "records.0.opportunity_id"),
+    ({"task": "opportunity_loss", "records": [{"opportunity_id": "O1", "meetings_30d": 1}]}, 422, "records.0.discount"),
+    ({"task": "opportunity_loss", "records": [{"opportunity_id": "O1", "meetings_30d": "many", "discount": 0.1,
+                                               "dm_departures": 0, "stage": "lead"}]}, 422, "records.0.meetings_30d"),
+    ({"task": "opportunity_loss", "records": [{"opportunity_id": "O1", "meetings_30d": 1, "discount": 0.1,
+                                               "dm_departures": 0, "stage": "won-ish"}]}, 422, "records.0.stage"),
+    ({"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}] * 6}, 413, "records"),
+    ({"task": "demand", "records": [{"opportunity_id": "O1"}]}, 404, "task"),
+    ({"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}], "extra": 1}, 422, "extra"),
+])
+def test_client_mistakes_get_4xx_with_field_and_reason(client, body, status, field):
+    response = client.post("/churn/score", json=body, headers=auth("exec"))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["field"] == field and error["reason"]
+
+
+@pytest.mark.parametrize("raw", ['{"task": "opportunity_loss", "records": [{"opportunity_id": "O1", "meetings_30d": NaN,'
+                                 ' "discount": 0.1, "dm_departures": 0, "stage": "lead"}]}',
+                                 '{"task": "opportunity_loss", "records": [{"opportunity_id": "O1", "discount": Infinity}]}',
+                                 '{"task": "opportunity_loss", "records": [', "not json at all"])
+def test_nan_inf_and_malformed_json_get_422(client, raw):
+    response = client.post("/churn/score", content=raw, headers={**auth("exec"), "content-type": "application/json"})
+    assert response.status_code == 422 and response.json()["error"]["reason"]
+
+
+def test_models_lists_served_versions(client):
+    models = client.get("/models").json()
+    assert models["models"][0]["version"] == "7" and models["models"][0]["gate"] == "PASS"
+
+
+def test_dashboard_data_follows_the_scope(client):
+    rep = client.get("/dashboard/data", headers=auth("rep")).json()
+    exec_ = client.get("/dashboard/data", headers=auth("exec")).json()
+    assert {d["stage"] for d in exec_["pipeline_by_stage"]} == {"lead", "proposal"}
+    assert sum(d["count"] for d in rep["pipeline_by_stage"]) == 1
+    assert all(d["owner"] == "R1" for d in rep["top_at_risk"])
+    assert client.get("/dashboard/data").status_code == 401
+    assert "d3.min.js" in client.get("/dashboard").text
+
+
+def test_schemathesis_finds_no_server_errors_or_schema_violations(client):
+    """Requests generated from the OpenAPI (with an executive's token) never get a 5xx or an off-schema answer."""
+    from hypothesis import given
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert any(op.path == "/churn/score" for op in operations)
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case):
+            case.headers = {**(case.headers or {}), **auth("exec")}
+            case.call_and_validate(checks=[schemathesis.checks.not_a_server_error,
+                                           schemathesis.checks.response_schema_conformance])
+
+        check()
