@@ -1,0 +1,148 @@
+"""The real service: `salesml serve` (bentoml serve) on a free port, driven over HTTP by a real client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+import monitoring.gate as gate
+from salesml.access import Principal, hash_token, save_principals
+from salesml.settings import get_settings
+from serving.inference_log import read_inference_log
+from tests.e2e.test_cli_data import last_json, run
+from tests.monitoring.test_gate import train
+
+VALIDATOR = Principal("vera", "model_validator", "all", "")
+NAME = "churn.opportunity_loss"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _promote(home: Path, version: str) -> None:
+    settings = get_settings(home=home)
+    outcome = gate.audit_version(settings, NAME, version)
+    if outcome.gate == "REVIEW":
+        gate.review(settings, NAME, version, "approve", "e2e", VALIDATOR)
+    gate.promote(settings, NAME, version, VALIDATOR)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    from tests.monitoring.test_gate import make_home
+
+    home = make_home(tmp_path_factory.mktemp("svc"))
+    _promote(home, train(home, trials=1))
+    settings = get_settings(home=home)
+    latest = sorted((home / "reports").rglob("audit.json"))
+    assert latest
+    from features.store import FeatureStore
+
+    with FeatureStore(settings.feature_store_path, read_only=True) as store:
+        versions = store.table("feature_versions").execute()
+        table = versions[versions["view"] == "opportunity"].sort_values("built_at")["table_name"].iloc[-1]
+        frame = store.table(table).execute()
+        frame = frame[frame["cutoff"] == frame["cutoff"].max()]
+    rep = frame["owner_rep_id"].value_counts().index[0]
+    mine = frame.loc[frame["owner_rep_id"] == rep, "opportunity_id"].tolist()
+    other = frame.loc[frame["owner_rep_id"] != rep, "opportunity_id"].tolist()
+    tokens = {"exec": "e2e-exec", "rep": "e2e-rep", "app": "e2e-app"}
+    save_principals(settings.access_file, [
+        Principal("eve", "executive", "all", hash_token(tokens["exec"])),
+        Principal("rita", "sales_rep", f"rep:{rep}", hash_token(tokens["rep"])),
+        Principal("crm", "application", "all", hash_token(tokens["app"])),
+    ])
+    port = _free_port()
+    env = {**os.environ, "SALESML_HOME": str(home), "SALESML_RELOAD_SECONDS": "1", "SALESML_LOG_FLUSH_SECONDS": "0.5"}
+    proc = subprocess.Popen([sys.executable, "-m", "salesml.cli", "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("the service did not become ready: " + proc.stdout.read().decode()[-3000:])
+    yield {"base": base, "home": home, "tokens": tokens, "mine": mine, "other": other, "frame": frame, "proc": proc}
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _score(svc, who, records):
+    return httpx.post(f"{svc['base']}/churn/score", json={"task": "opportunity_loss", "records": records},
+                      headers={"Authorization": f"Bearer {svc['tokens'][who]}"}, timeout=30)
+
+
+@pytest.mark.slow
+def test_scoring_scopes_and_errors_over_http(service):
+    ok = _score(service, "rep", [{"opportunity_id": i} for i in service["mine"][:3]])
+    assert ok.status_code == 200, ok.text
+    result = ok.json()["results"][0]
+    assert result["model"] == NAME and result["version"] == "1" and result["reasons"] and "actions" in result
+    denied = _score(service, "rep", [{"opportunity_id": service["mine"][0]}, {"opportunity_id": service["other"][0]}])
+    assert denied.status_code == 403 and denied.json()["error"]["ids"] == [service["other"][0]]
+    anonymous = httpx.post(f"{service['base']}/churn/score", json={"task": "opportunity_loss", "records": [
+        {"opportunity_id": service["mine"][0]}]}, timeout=10)
+    assert anonymous.status_code == 401
+    bad = httpx.post(f"{service['base']}/churn/score", content=b"{not json",
+                     headers={"Authorization": "Bearer e2e-exec", "content-type": "application/json"}, timeout=10)
+    assert bad.status_code == 422
+    assert _score(service, "exec", [{"opportunity_id": "O-NOPE"}]).status_code == 422
+    models = httpx.get(f"{service['base']}/models", timeout=10).json()["models"]
+    assert models[0]["version"] == "1" and models[0]["audit_report"].endswith("audit.html")
+    assert httpx.get(f"{service['base']}/healthz", timeout=10).status_code == 200
+    assert "bentoml_service_request" in httpx.get(f"{service['base']}/metrics", timeout=10).text
+
+
+@pytest.mark.slow
+def test_hot_reload_after_promote_and_the_inference_log(service):
+    home = service["home"]
+    version = train(home, trainer="bob", trials=1)
+    _promote(home, version)
+    deadline = time.time() + 90
+    served = None
+    while time.time() < deadline:
+        served = httpx.get(f"{service['base']}/models", timeout=10).json()["models"][0]["version"]
+        if served == version:
+            break
+        time.sleep(1)
+    assert served == version
+    response = _score(service, "app", [{"opportunity_id": i} for i in service["mine"][:2]])
+    assert {r["version"] for r in response.json()["results"]} == {version}
+    time.sleep(2)
+    logged = read_inference_log(home / "logs", "opportunity_loss")
+    assert {"eve", "crm"} & set(logged["principal"]) or "rita" in set(logged["principal"])
+    assert {"1", version} <= set(logged["version"])
+    assert logged["probability"].between(0, 1).all() and "meetings_30d" in logged.columns
+
+
+@pytest.mark.slow
+def test_batch_scoring_uses_the_champion(service, tmp_path):
+    rows = pd.concat([service["frame"]] * 20, ignore_index=True)
+    rows.to_parquet(tmp_path / "in.parquet")
+    result = last_json(run("score", "churn", "--task", "opportunity_loss", "--input", str(tmp_path / "in.parquet"),
+                           "--output", str(tmp_path / "out.parquet"), "--chunk-rows", "5000", "--json",
+                           home=service["home"]))
+    out = pd.read_parquet(tmp_path / "out.parquet")
+    assert result["rows"] == len(rows) == len(out)
+    assert {"opportunity_id", "probability", "risk_band", "reasons", "actions", "version"} <= set(out.columns)
+    assert json.loads(out["reasons"].iloc[0])
