@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test lint install install-dev java chromium clean
+.PHONY: demo test lint install install-dev web java chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,18 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install --quiet -e '.[dev,spark]'
 	touch $(VENV)/.installed $@
 
-install: $(VENV)/.installed
+# Front-end libraries (D3) come from the npm registry at build time; the service serves them locally.
+WEB := serving/web
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq npm)
+	npm ci --prefix $(WEB) --no-audit --no-fund --loglevel=error
+	touch $@
 
-install-dev: $(VENV)/.installed-dev
+web: $(WEB)/node_modules/.installed
+
+install: $(VENV)/.installed web
+
+install-dev: $(VENV)/.installed-dev web
 
 demo: install
 	$(BIN)/salesml demo
@@ -41,4 +50,4 @@ lint: install-dev
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .salesml .pytest_cache .ruff_cache
+	rm -rf $(VENV) .salesml .pytest_cache .ruff_cache $(WEB)/node_modules

@@ -26,7 +26,6 @@ from serving.predict import RequestError, check_role, load_rules, out_of_scope, 
 from serving.state import ModelServer
 
 log = logging.getLogger(__name__)
-STATIC = Path(__file__).resolve().parent / "static"
 D3 = Path(__file__).resolve().parent / "web" / "node_modules" / "d3" / "dist" / "d3.min.js"
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -98,7 +97,8 @@ class ServedModel(BaseModel):
     model: str
     version: str
     gate: str
-    audit_report: str | None
+    audit_report: str | None = Field(description="path of the audit report in the registry's artifact store")
+    audit_url: str | None = Field(description="where this service serves that report")
     loaded_at: str
 
 
@@ -200,8 +200,17 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         """Served versions, their gate and audit report."""
         state = server_provider().state
         return {"models": [{"task": s.task, "model": s.name, "version": s.version, "gate": s.gate,
-                            "audit_report": s.report, "loaded_at": s.loaded_at} for s in state.served.values()],
+                            "audit_report": s.report, "audit_url": f"/models/{s.task}/audit" if s.report else None,
+                            "loaded_at": s.loaded_at} for s in state.served.values()],
                 "refused": state.refused}
+
+    @app.get("/models/{task}/audit", response_class=HTMLResponse, responses={404: {"model": ErrorResponse}})
+    def audit_report(task: str) -> FileResponse:
+        """The audit report (self-contained HTML) of the version serving a task."""
+        served = server_provider().state.served.get(task)
+        if served is None or not served.report or not Path(served.report).is_file():
+            raise RequestError(404, "task", f"no audit report for a served model of task {task!r}")
+        return FileResponse(served.report, media_type="text/html")
 
     @app.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
     def dashboard() -> str:

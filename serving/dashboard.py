@@ -26,7 +26,8 @@ def dashboard_data(settings: Settings, state, principal: Principal) -> dict:
                  "pipeline_by_stage": [], "at_risk": {"count": 0, "value": 0.0}, "win_rate_trend": [],
                  "top_at_risk": [],
                  "models": [{"task": s.task, "model": s.name, "version": s.version, "gate": s.gate,
-                             "audit_report": s.report} for s in state.served.values()]}
+                             "audit_url": f"/models/{s.task}/audit" if s.report else None}
+                            for s in state.served.values()]}
     deals = state.deals
     if len(deals) and allowed is not None:
         deals = deals[deals["owner_rep_id"].isin(allowed)]
@@ -105,7 +106,7 @@ function draw(d) {
   rows.append("td").text(v => v.reasons.join("; "));
   const m = d3.select("#models").selectAll("tr.model").data(d.models).join("tr").attr("class", "model");
   m.append("td").text(v => `${v.model} v${v.version}`); m.append("td").text(v => v.gate);
-  m.append("td").append("a").attr("href", v => v.audit_report ? "file://" + v.audit_report : null).text("audit");
+  m.append("td").append("a").attr("href", v => v.audit_url).text(v => v.audit_url ? "audit" : "no audit");
   document.body.setAttribute("data-ready", "1");
 }
 </script></body></html>

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -66,3 +69,26 @@ def frame_hash(frame: pd.DataFrame) -> str:
     """A stable hash of a frame's content (row by row, column names included)."""
     rows = pd.util.hash_pandas_object(frame.astype("string"), index=False).to_numpy()
     return hashlib.sha256(rows.tobytes() + ",".join(frame.columns).encode()).hexdigest()
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Callable[..., str]:
+    """Run Debian's headless Chromium with a throw-away profile and no background network; returns a function
+    taking Chromium's arguments (e.g. ``--dump-dom URL``) and giving its stdout.
+
+    Skips when Chromium is absent, unless SALESML_REQUIRE_SHARED_DATA is set (CI), where it fails instead.
+    """
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        if get_settings().require_shared_data:
+            pytest.fail("CI must install Debian's chromium (make test does)")
+        pytest.skip("chromium is not installed")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+
+    def run(*args: str) -> str:
+        return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120,
+                              check=True).stdout
+
+    return run

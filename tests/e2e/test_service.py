@@ -146,3 +146,50 @@ def test_batch_scoring_uses_the_champion(service, tmp_path):
     assert result["rows"] == len(rows) == len(out)
     assert {"opportunity_id", "probability", "risk_band", "reasons", "actions", "version"} <= set(out.columns)
     assert json.loads(out["reasons"].iloc[0])
+
+
+def _dashboard_dom(svc, chromium, who: str) -> str:
+    # The virtual-time budget lets the page's fetch and D3 drawing finish before the DOM is dumped.
+    dom = chromium("--virtual-time-budget=20000", "--dump-dom",
+                   f"{svc['base']}/dashboard?token={svc['tokens'][who]}")
+    assert 'data-ready="1"' in dom, dom[-2000:]
+    return dom
+
+
+def _data(svc, who: str) -> dict:
+    response = httpx.get(f"{svc['base']}/dashboard/data", timeout=30,
+                         headers={"Authorization": f"Bearer {svc['tokens'][who]}"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(service, chromium):
+    import re
+
+    data = _data(service, "exec")
+    assert data["pipeline_by_stage"] and data["win_rate_trend"] and data["top_at_risk"]
+    dom = _dashboard_dom(service, chromium, "exec")
+    assert dom.count('class="stage"') == len(data["pipeline_by_stage"])
+    assert dom.count('class="point"') == len(data["win_rate_trend"])
+    assert dom.count('class="deal"') == len(data["top_at_risk"])
+    assert dom.count('class="model"') == len(data["models"]) == 1
+    assert 'href="/models/opportunity_loss/audit"' in dom
+    assert "d3js.org" not in dom and "cdn" not in dom.lower()
+    assert httpx.get(f"{service['base']}/models/opportunity_loss/audit", timeout=30).text.count('id="gate"') == 1
+
+    rep = service["frame"].loc[service["frame"]["opportunity_id"] == service["mine"][0], "owner_rep_id"].iloc[0]
+    mine = _data(service, "rep")
+    assert mine["viewer"]["scope"] == f"rep:{rep}"
+    assert {d["owner"] for d in mine["top_at_risk"]} <= {rep}
+    assert sum(s["count"] for s in mine["pipeline_by_stage"]) == len(service["mine"])
+    assert sum(s["count"] for s in mine["pipeline_by_stage"]) < sum(s["count"] for s in data["pipeline_by_stage"])
+    rep_dom = _dashboard_dom(service, chromium, "rep")
+    owners = re.findall(r'<tr class="deal"><td>[^<]*</td><td>([^<]*)</td>', rep_dom)
+    assert len(owners) == len(mine["top_at_risk"]) and set(owners) <= {rep}
+    assert rep_dom.count('class="stage"') == len(mine["pipeline_by_stage"])
+    others = [d["opportunity_id"] for d in data["top_at_risk"] if d["owner"] != rep]
+    assert others and not any(f"<td>{o}</td>" in rep_dom for o in others)
+    everyone = re.findall(r'<tr class="deal"><td>[^<]*</td><td>([^<]*)</td>', dom)
+    assert len(set(everyone)) > 1

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -167,28 +165,14 @@ def test_reviews_promotion_rollback_and_the_audit_log(clean, monkeypatch):
     assert client.get_model_version(name, v1).tags["salesml.review.by"] == "vera"
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.browser
 @pytest.mark.slow
-def test_the_report_renders_offline_in_headless_chromium(clean, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        if get_settings().require_shared_data:
-            pytest.fail("CI must install Debian's chromium (make test does)")
-        pytest.skip("chromium is not installed")
+def test_the_report_renders_offline_in_headless_chromium(clean, chromium, tmp_path):
     _, _, outcome = clean
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", outcome.report.as_uri()], capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+    dom = chromium("--dump-dom", outcome.report.as_uri())
     for section in ('id="summary"', 'id="performance"', 'id="fairness"', 'id="drift"', 'id="explanations"',
                     'id="gate"'):
         assert section in dom, section
     shot = tmp_path / "report.png"
-    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,2000", outcome.report.as_uri()],
-                   capture_output=True, timeout=120, check=True)
+    chromium(f"--screenshot={shot}", "--window-size=1200,2000", outcome.report.as_uri())
     assert shot.stat().st_size > 10_000
