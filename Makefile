@@ -39,9 +39,10 @@ demo: install
 java:
 	@command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
 
-# Browser tests render pages in Debian's Chromium.
+# Browser tests render pages in Debian's Chromium; the demo test runs the curl commands the demo prints.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
+	@command -v curl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq curl)
 
 test: install-dev java chromium
 	$(BIN)/python -m pytest

@@ -79,6 +79,32 @@ def save_principals(path: Path, principals: list[Principal]) -> None:
     tmp.replace(path)
 
 
+def issue_token(path: Path, name: str, role: str, scope: str = "all", replace: bool = False) -> str:
+    """Add a principal to an access file and return its new token (only the hash is stored).
+
+    Args:
+        path: the access file.
+        name: unique principal name.
+        role: one of ``ROLES``.
+        scope: ``all``, ``rep:<rep_id>`` or ``team:<team_id>``.
+        replace: replace a principal of that name (its old token stops working) instead of refusing.
+
+    Raises:
+        ValueError: for an unknown role, a malformed scope, or a name in use (without ``replace``).
+    """
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    if not SCOPE_PATTERN.match(scope):
+        raise ValueError(f"scope must be all, rep:ID or team:ID, not {scope!r}")
+    principals = load_principals(path)
+    if not replace and any(p.name == name for p in principals):
+        raise ValueError(f"a principal named {name!r} exists; revoke it first")
+    token = secrets.token_urlsafe(32)
+    kept = [p for p in principals if p.name != name]
+    save_principals(path, [*kept, Principal(name, role, scope, hash_token(token))])
+    return token
+
+
 def authenticate(path: Path, token: str | None) -> Principal:
     """The principal a token belongs to.
 

@@ -737,21 +737,14 @@ def access_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Add a principal and print its new token once (only its scrypt hash is stored)."""
-    import secrets
-
-    from salesml.access import ROLES, SCOPE_PATTERN, Principal, hash_token, load_principals, save_principals
+    from salesml.access import issue_token
 
     settings = get_settings()
     with failures(as_json):
-        if role not in ROLES:
-            raise CommandError(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
-        if not SCOPE_PATTERN.match(scope):
-            raise CommandError(f"--scope must be all, rep:ID or team:ID, not {scope!r}")
-        principals = load_principals(settings.access_file)
-        if any(p.name == name for p in principals):
-            raise CommandError(f"a principal named {name!r} exists; revoke it first")
-        token = secrets.token_urlsafe(32)
-        save_principals(settings.access_file, [*principals, Principal(name, role, scope, hash_token(token))])
+        try:
+            token = issue_token(settings.access_file, name, role, scope)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
     emit({"name": name, "role": role, "scope": scope, "token": token}, as_json,
          lambda r: stdout.print(f"token for {name} (shown once): {token}"))
 
@@ -838,22 +831,73 @@ def score_churn(
 # ------------------------------------------------------------------------------------------------ demo
 
 
+DEMO_TASK = "opportunity_loss"
+DEMO_MODEL = f"churn.{DEMO_TASK}"
+
+
+def _demo_principals(settings: Settings, store) -> dict:
+    """Demo principals (a rep, their manager, an executive, a validator) with fresh tokens; the tokens are also
+    written to SALESML_HOME/demo-tokens.json (mode 0600). Reruns replace them."""
+    from salesml.access import issue_token
+
+    deals = store.table("opportunities")
+    live = deals.filter(deals.closed_at.isnull())
+    open_deals = live.group_by("owner_rep_id").aggregate(n=live.count())
+    rep = str(open_deals.order_by([open_deals.n.desc(), open_deals.owner_rep_id]).limit(1).execute()
+              ["owner_rep_id"].iloc[0])
+    reps = store.table("sales_reps")
+    team = str(reps.filter(reps.rep_id == rep).select("team_id").execute()["team_id"].iloc[0])
+    example = deals.filter(deals.closed_at.isnull(), deals.owner_rep_id == rep).order_by("opportunity_id")
+    opportunity = str(example.limit(1).execute()["opportunity_id"].iloc[0])
+    wanted = {"rep": ("demo-rep", "sales_rep", f"rep:{rep}"), "manager": ("demo-manager", "sales_manager",
+              f"team:{team}"), "executive": ("demo-executive", "executive", "all"),
+              "validator": ("demo-validator", "model_validator", "all")}
+    tokens = {key: {"name": name, "role": role, "scope": scope,
+                    "token": issue_token(settings.access_file, name, role, scope, replace=True)}
+              for key, (name, role, scope) in wanted.items()}
+    path = settings.home / "demo-tokens.json"
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        json.dump(tokens, handle, indent=2)
+    return {"tokens": tokens, "file": str(path), "opportunity_id": opportunity}
+
+
+def _curl_examples(port: int, people: dict) -> list[str]:
+    base = f"http://127.0.0.1:{port}"
+    body = json.dumps({"task": DEMO_TASK, "records": [{"opportunity_id": people["opportunity_id"]}]})
+    tokens = people["tokens"]
+    return [
+        f"curl -s {base}/churn/score -H 'Authorization: Bearer {tokens[who]['token']}' "
+        f"-H 'content-type: application/json' -d '{body}'    # as the {who}"
+        for who in ("rep", "manager", "executive")
+    ] + [f"curl -s {base}/models",
+         f"# the dashboard, in a browser: {base}/dashboard?token={tokens['executive']['token']}"]
+
+
 @app.command()
 def demo(
     accounts: Annotated[int, typer.Option(help="Number of simulated accounts.")] = 2000,
     months: Annotated[int, typer.Option(help="Months of simulated history.")] = 24,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    trials: Annotated[int, typer.Option(help="Optuna trials for the opportunity-loss model.")] = 10,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the champion at the end.")] = True,
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 3000,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run the main job on the embedded defaults: simulate, ingest with quarantine, build the feature views."""
+    """Run the main job end to end on the embedded defaults: simulate, ingest with quarantine, build the feature
+    views, train the opportunity-loss model, audit it, approve it as a demo validator, promote it and serve it."""
+    from experiments.churn_run import run_churn_training
     from features.ingest import discover_sources
     from features.ingest import ingest as run_ingest
     from features.pipeline import build_view, materialize, resolve_cutoffs, train_text_model
     from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
+    from monitoring import gate
+    from salesml.access import load_principals
+    from training.tasks import load_config
 
     settings = get_settings()
     out = settings.home / "demo_data"
-    steps = 4
+    steps = 8
     with failures(as_json):
         config = SimulationConfig(accounts=accounts, months=months, seed=seed)
         stderr.print(f"[bold]1/{steps}[/] simulating {accounts:,} accounts over {months} months into {out}")
@@ -875,8 +919,35 @@ def demo(
                 built = build_view(store, view, as_of, None if view == "product_week" else cutoffs,
                                    threads=settings.threads)
                 built_views[view] = materialize(store, built, settings.home / "features" / f"{view}.parquet")
+            people = _demo_principals(settings, store)
+        stderr.print(f"[bold]5/{steps}[/] training {DEMO_MODEL} ({trials} Optuna trials)")
+        default = Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{DEMO_TASK}.yaml"
+        train_config = load_config(default, task=DEMO_TASK, trials=trials, threads=settings.threads)
+        with progress_bar("trials") as progress:
+            trained = run_churn_training(settings, DEMO_TASK, train_config, current_identity(settings),
+                                         progress=lambda done, best: progress("trials", done, trials),
+                                         status=lambda text: stderr.print(f"[dim]{text}[/]"))
+        version = trained["version"]
+        stderr.print(f"[bold]6/{steps}[/] auditing {DEMO_MODEL} version {version}")
+        with stderr.status("auditing"):
+            outcome = gate.audit_version(settings, DEMO_MODEL, version)
+        validator = next(p for p in load_principals(settings.access_file) if p.name == "demo-validator")
+        decision = None
+        if outcome.gate == "REVIEW":
+            stderr.print(f"[bold]7/{steps}[/] gate REVIEW: approving as the demo validator")
+            decision = gate.review(settings, DEMO_MODEL, version, "approve", "demo: approved by the demo validator "
+                                   "after reading the audit report", validator)
+        elif outcome.gate == "FAIL":
+            failed = "; ".join(f"{c['name']}: {c['reason']}" for c in outcome.result["checks"] if c["status"] == "fail")
+            raise CommandError(f"the audit failed, so the demo cannot promote version {version} ({failed}); "
+                               f"report: {outcome.report}")
+        else:
+            stderr.print(f"[bold]7/{steps}[/] gate PASS: no approval needed")
+        promoted = gate.promote(settings, DEMO_MODEL, version, validator)
     result = {"simulated": written["tables"], "ingest": report.to_dict(), "sentiment": sentiment,
-              "features": built_views, "home": str(settings.home)}
+              "features": built_views, "home": str(settings.home), "trained": trained,
+              "audit": {"gate": outcome.gate, "report": str(outcome.report)}, "review": decision,
+              "promoted": promoted, "tokens_file": people["file"], "curl": _curl_examples(port, people)}
 
     def render(r: dict) -> None:
         render_ingest(r["ingest"])
@@ -886,9 +957,21 @@ def demo(
         for v in r["features"].values():
             rich.add_row(v["view"], f"{v['rows']:,}", str(len(v["columns"])), v["version"], v["out"])
         stdout.print(rich)
+        m = r["trained"]["metrics"]
+        stdout.print(f"{DEMO_MODEL} version {r['trained']['version']}: test ROC AUC {m['test_roc_auc']:.3f} "
+                     f"(oracle {m.get('oracle_roc_auc') or float('nan'):.3f}); gate {r['audit']['gate']}; "
+                     f"champion {r['promoted']['champion']}")
+        stdout.print(f"audit report: {r['audit']['report']}")
+        stdout.print(f"demo tokens (rep, manager, executive, validator): {r['tokens_file']}")
+        stdout.print("try, once the service is up:")
+        for line in r["curl"]:
+            stdout.print(line, soft_wrap=True, highlight=False, markup=False)
         stdout.print(f"state lives in {r['home']} (set SALESML_HOME to move it)")
 
     emit(result, as_json, render)
+    if serve_after:
+        stderr.print(f"[bold]8/{steps}[/] serving the champion")
+        serve(port=port, host="127.0.0.1", workers=None)
 
 
 def pd_timedelta(**kwargs: int):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 import monitoring.gate as gate
-from salesml.access import Principal, hash_token, save_principals
+from salesml.access import Principal, issue_token
 from salesml.settings import get_settings
 from serving.inference_log import read_inference_log
 from tests.e2e.test_cli_data import last_json, run
@@ -42,13 +42,11 @@ def _promote(home: Path, version: str) -> None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    from tests.monitoring.test_gate import make_home
-
-    home = make_home(tmp_path_factory.mktemp("svc"))
-    _promote(home, train(home, trials=1))
+    """`salesml demo --no-serve` (simulate, ingest, features, train, audit, approve, promote), then `salesml serve`."""
+    home = tmp_path_factory.mktemp("svc") / "home"
+    demo = last_json(run("demo", "--accounts", "1500", "--trials", "1", "--no-serve", "--json", home=home))
+    assert demo["promoted"]["champion"] == demo["trained"]["version"] == "1"
     settings = get_settings(home=home)
-    latest = sorted((home / "reports").rglob("audit.json"))
-    assert latest
     from features.store import FeatureStore
 
     with FeatureStore(settings.feature_store_path, read_only=True) as store:
@@ -56,15 +54,13 @@ def service(tmp_path_factory):
         table = versions[versions["view"] == "opportunity"].sort_values("built_at")["table_name"].iloc[-1]
         frame = store.table(table).execute()
         frame = frame[frame["cutoff"] == frame["cutoff"].max()]
-    rep = frame["owner_rep_id"].value_counts().index[0]
+    people = json.loads((home / "demo-tokens.json").read_text())
+    rep = people["rep"]["scope"].removeprefix("rep:")
     mine = frame.loc[frame["owner_rep_id"] == rep, "opportunity_id"].tolist()
     other = frame.loc[frame["owner_rep_id"] != rep, "opportunity_id"].tolist()
-    tokens = {"exec": "e2e-exec", "rep": "e2e-rep", "app": "e2e-app"}
-    save_principals(settings.access_file, [
-        Principal("eve", "executive", "all", hash_token(tokens["exec"])),
-        Principal("rita", "sales_rep", f"rep:{rep}", hash_token(tokens["rep"])),
-        Principal("crm", "application", "all", hash_token(tokens["app"])),
-    ])
+    tokens = {"exec": people["executive"]["token"], "rep": people["rep"]["token"],
+              "manager": people["manager"]["token"],
+              "app": issue_token(settings.access_file, "crm", "application", "all")}
     port = _free_port()
     env = {**os.environ, "SALESML_HOME": str(home), "SALESML_RELOAD_SECONDS": "1", "SALESML_LOG_FLUSH_SECONDS": "0.5"}
     proc = subprocess.Popen([sys.executable, "-m", "salesml.cli", "serve", "--port", str(port)], env=env,
@@ -81,7 +77,8 @@ def service(tmp_path_factory):
     else:
         proc.kill()
         pytest.fail("the service did not become ready: " + proc.stdout.read().decode()[-3000:])
-    yield {"base": base, "home": home, "tokens": tokens, "mine": mine, "other": other, "frame": frame, "proc": proc}
+    yield {"base": base, "home": home, "tokens": tokens, "mine": mine, "other": other, "frame": frame, "proc": proc,
+           "demo": demo}
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -93,11 +90,28 @@ def _score(svc, who, records):
 
 
 @pytest.mark.slow
+def test_demo_prints_curl_examples_that_work_and_keeps_its_tokens_private(service):
+    tokens_file = Path(service["demo"]["tokens_file"])
+    assert tokens_file.stat().st_mode & 0o777 == 0o600
+    people = json.loads(tokens_file.read_text())
+    assert {p["role"] for p in people.values()} == {"sales_rep", "sales_manager", "executive", "model_validator"}
+    curls = [c for c in service["demo"]["curl"] if c.startswith("curl") and "/churn/score" in c]
+    assert len(curls) == 3
+    port = service["base"].rsplit(":", 1)[1]
+    for line in curls:
+        command = line.split("    #")[0].replace(":3000", f":{port}")
+        answer = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60, check=True)
+        assert json.loads(answer.stdout)["results"][0]["probability"] >= 0
+
+
+@pytest.mark.slow
 def test_scoring_scopes_and_errors_over_http(service):
     ok = _score(service, "rep", [{"opportunity_id": i} for i in service["mine"][:3]])
     assert ok.status_code == 200, ok.text
     result = ok.json()["results"][0]
     assert result["model"] == NAME and result["version"] == "1" and result["reasons"] and "actions" in result
+    team = _score(service, "manager", [{"opportunity_id": i} for i in service["mine"][:3]])
+    assert team.status_code == 200, team.text
     denied = _score(service, "rep", [{"opportunity_id": service["mine"][0]}, {"opportunity_id": service["other"][0]}])
     assert denied.status_code == 403 and denied.json()["error"]["ids"] == [service["other"][0]]
     anonymous = httpx.post(f"{service['base']}/churn/score", json={"task": "opportunity_loss", "records": [
@@ -130,7 +144,7 @@ def test_hot_reload_after_promote_and_the_inference_log(service):
     assert {r["version"] for r in response.json()["results"]} == {version}
     time.sleep(2)
     logged = read_inference_log(home / "logs", "opportunity_loss")
-    assert {"eve", "crm"} & set(logged["principal"]) or "rita" in set(logged["principal"])
+    assert {"demo-rep", "crm"} <= set(logged["principal"])
     assert {"1", version} <= set(logged["version"])
     assert logged["probability"].between(0, 1).all() and "meetings_30d" in logged.columns
 
