@@ -37,6 +37,7 @@ from experiments.registry import (
     TAG_WINDOW,
 )
 from experiments.tracking import configure_mlflow
+from features.production import recent_production_rows
 from features.store import FeatureStore
 from monitoring.audits import (
     CheckResult,
@@ -114,7 +115,9 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     """Run every audit the policy names on a registered version and record the outcome.
 
     The candidate and the current champion are scored on the same latest labelled window (the task's test
-    window on today's data). Drift compares the candidate's training rows with the most recent month.
+    window on today's data). Drift compares the candidate's training rows with production data: the last
+    ``production_days`` of the inference log when it holds at least ``min_production_rows`` records, else the most
+    recent month in the feature store.
 
     Returns:
         The gate, the checks, the JSON result and the path of the HTML report.
@@ -153,14 +156,29 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
         if spec.timed:
             reference = reference if len(reference) else frame.iloc[split.train]
             current = data.recent if data.recent is not None and len(data.recent) else window
+            source = "feature store: the latest month"
         else:
             reference, current = frame.iloc[split.train], window
+            source = "held-out test split"
+        drift_policy = settings_checks["drift"]
+        logged = recent_production_rows(settings.logs_dir, task, int(drift_policy.get("production_days", 30)))
+        missing = [c for c in candidate.features if c not in logged.columns]
+        if len(logged) >= int(drift_policy.get("min_production_rows", 200)) and not missing:
+            current = logged[candidate.features].reset_index(drop=True)
+            source = (f"inference log: {len(logged)} scored records, {logged['time'].min():%Y-%m-%d} to "
+                      f"{logged['time'].max():%Y-%m-%d}")
+        elif len(logged):
+            source += (f" (the inference log has {len(logged)} recent records, fewer than "
+                       f"{drift_policy.get('min_production_rows', 200)}" + (f", and lacks {missing[:3]})" if missing
+                                                                            else ")"))
         numeric = [c for c in candidate.features if c in candidate.preprocessor.numeric]
         categorical = [c for c in candidate.features if c in candidate.preprocessor.categorical]
-        checks.append(audit_drift(reference, current, numeric, categorical,
-                                  candidate.predict_proba(current) if champion is not None else None,
-                                  champion.predict_proba(current) if champion is not None else None,
-                                  settings_checks["drift"], config.seed))
+        drift = audit_drift(reference, current, numeric, categorical,
+                            candidate.predict_proba(current) if champion is not None else None,
+                            champion.predict_proba(current) if champion is not None else None,
+                            drift_policy, config.seed)
+        drift.figures["current_source"] = source
+        checks.append(drift)
     if "explanations" in settings_checks:
         explain = settings_checks["explanations"]
         checks.append(audit_explanations(candidate, window, explain.get("monotone") or {}, explain, config.seed))

@@ -3,7 +3,7 @@
 Requests hand entries to a bounded in-memory queue and never wait on disk; a writer thread flushes them every few
 seconds into ``SALESML_HOME/logs/<task>/date=YYYY-MM-DD/part-<pid>-<n>.parquet``. When the queue is full the
 entry is dropped and counted (memory stays bounded), and the log is flushed on shutdown. Drift monitoring reads
-these files as production data.
+these files as production data (``features.production`` owns the layout and the readers).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+
+from features.production import inference_log_file
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +75,10 @@ class InferenceLogger:
                 return 0
             frame = pd.DataFrame(items)
             for (task, day), part in frame.groupby([frame["task"], frame["time"].dt.strftime("%Y-%m-%d")]):
-                target = self.folder / str(task) / f"date={day}"
-                target.mkdir(parents=True, exist_ok=True)
                 self._counter += 1
-                path = target / f"part-{os.getpid()}-{int(time.time() * 1000)}-{self._counter}.parquet"
+                path = inference_log_file(self.folder, str(task), day,
+                                          f"part-{os.getpid()}-{int(time.time() * 1000)}-{self._counter}.parquet")
+                path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 part.to_parquet(tmp, index=False)
                 tmp.replace(path)
@@ -97,16 +99,3 @@ class InferenceLogger:
         self.flush()
         if self.dropped:
             log.warning("inference log dropped %d entries (queue full)", self.dropped)
-
-
-def read_inference_log(folder: Path, task: str, since: datetime | None = None) -> pd.DataFrame:
-    """The logged records of a task (optionally since a time), with their inputs expanded into columns."""
-    root = Path(folder) / task
-    files = sorted(root.rglob("*.parquet")) if root.exists() else []
-    if not files:
-        return pd.DataFrame()
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    if since is not None:
-        frame = frame[frame["time"] >= pd.Timestamp(since).tz_localize(None)]
-    inputs = pd.DataFrame([json.loads(x) for x in frame["inputs"]], index=frame.index)
-    return frame.drop(columns="inputs").join(inputs, rsuffix="_input")

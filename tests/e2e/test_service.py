@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 import monitoring.gate as gate
+from features.production import read_inference_log
 from salesml.access import Principal, issue_token
 from salesml.settings import get_settings
-from serving.inference_log import read_inference_log
 from tests.e2e.test_cli_data import last_json, run
 from tests.monitoring.test_gate import train
 

@@ -80,6 +80,37 @@ def test_clean_history_passes_fairness_and_flags_proxies(clean):
 
 
 @pytest.mark.slow
+def test_drift_reads_the_inference_log_as_production_data_once_it_holds_enough(clean):
+    import shutil
+
+    from serving.inference_log import InferenceLogger
+
+    home, version, _ = clean
+    settings = get_settings(home=home)
+    with FeatureStore(settings.feature_store_path, read_only=True) as store:
+        versions = store.table("feature_versions").execute()
+        table = versions[versions["view"] == "opportunity"].sort_values("built_at")["table_name"].iloc[-1]
+        latest = store.table(table).execute()
+    latest = latest[latest["cutoff"] == latest["cutoff"].max()].head(400)
+    # Production traffic that has moved: deep discounts and no meetings.
+    shifted = latest.assign(discount=latest["discount"] + 0.3, meetings_30d=0)
+    records = shifted.drop(columns=["cutoff"]).to_dict("records")
+    result = {"probability": 0.5, "risk_band": "medium", "reasons": [], "actions": []}
+    logger = InferenceLogger(settings.logs_dir, flush_seconds=60)
+    try:
+        logger.log("opportunity_loss", "crm", "churn.opportunity_loss", version, records, [result] * len(records))
+        logger.close()
+        drift = _check(gate.audit_version(settings, "churn.opportunity_loss", version), "drift")
+        assert drift["figures"]["current_source"].startswith("inference log: 400 scored records")
+        assert drift["figures"]["current_rows"] == 400
+        assert {"discount", "meetings_30d"} <= set(drift["figures"]["drifted_features"])
+    finally:
+        shutil.rmtree(settings.logs_dir, ignore_errors=True)
+    drift = _check(gate.audit_version(settings, "churn.opportunity_loss", version), "drift")
+    assert drift["figures"]["current_source"] == "feature store: the latest month"
+
+
+@pytest.mark.slow
 def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path):
     home = make_home(tmp_path, ["biased_history"])
     version = train(home)

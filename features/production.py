@@ -1,0 +1,63 @@
+"""Production data: the inference log, as monitoring reads it.
+
+The service appends every scored record to ``SALESML_HOME/logs/<task>/date=YYYY-MM-DD/part-*.parquet`` (see
+``serving.inference_log``), one row per record with ``time``, ``task``, ``principal``, ``model``, ``version``,
+``inputs`` (the record's features as JSON), ``probability``, ``risk_band``, ``reasons`` and ``actions``. This module
+owns that layout so that the writer (serving) and the readers (monitoring, notebooks) agree on it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+PARTITION = "date="
+
+
+def inference_log_file(folder: Path, task: str, day: str, name: str) -> Path:
+    """Where one written part of a task's log goes (``day`` is YYYY-MM-DD)."""
+    return Path(folder) / task / f"{PARTITION}{day}" / name
+
+
+def logged_days(folder: Path, task: str) -> list[date]:
+    """The days for which a task has log files, oldest first."""
+    root = Path(folder) / task
+    if not root.is_dir():
+        return []
+    days = []
+    for part in root.iterdir():
+        if part.is_dir() and part.name.startswith(PARTITION) and any(part.glob("*.parquet")):
+            try:
+                days.append(date.fromisoformat(part.name.removeprefix(PARTITION)))
+            except ValueError:
+                continue
+    return sorted(days)
+
+
+def read_inference_log(folder: Path, task: str, since: datetime | date | None = None) -> pd.DataFrame:
+    """The logged records of a task (optionally from a time on), with their inputs expanded into columns.
+
+    Only the day partitions from ``since`` on are read.
+    """
+    cut = pd.Timestamp(since).tz_localize(None) if since is not None else None
+    files = [f for day in logged_days(folder, task) if cut is None or day >= cut.date()
+             for f in sorted((Path(folder) / task / f"{PARTITION}{day.isoformat()}").glob("*.parquet"))]
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if cut is not None:
+        frame = frame[frame["time"] >= cut]
+    inputs = pd.DataFrame([json.loads(x) for x in frame["inputs"]], index=frame.index)
+    return frame.drop(columns="inputs").join(inputs, rsuffix="_input")
+
+
+def recent_production_rows(folder: Path, task: str, days: int = 30) -> pd.DataFrame:
+    """The records a task's champion scored in the last ``days`` days of its log (counted back from the newest
+    logged day, so that a quiet week does not empty the window)."""
+    logged = logged_days(folder, task)
+    if not logged:
+        return pd.DataFrame()
+    return read_inference_log(folder, task, since=logged[-1] - timedelta(days=days - 1))

@@ -1,0 +1,54 @@
+"""The inference log's layout: written by the service's logger, read back by monitoring."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+
+import pandas as pd
+
+from features.production import logged_days, read_inference_log, recent_production_rows
+from serving.inference_log import InferenceLogger
+
+RESULT = {"probability": 0.25, "risk_band": "low", "reasons": [{"feature": "x"}], "actions": []}
+
+
+def _log_on(folder, day: str, n: int, start: int = 0) -> None:
+    logger = InferenceLogger(folder, flush_seconds=60)
+    inputs = [{"opportunity_id": f"O{start + i}", "meetings_30d": float(i)} for i in range(n)]
+    logger.log("opportunity_loss", "crm", "churn.opportunity_loss", "3", inputs, [RESULT] * n)
+    items = logger._drain()
+    for item in items:
+        item["time"] = datetime.fromisoformat(f"{day}T12:00:00")
+    for item in items:
+        logger.queue.put_nowait(item)
+    logger.close()
+
+
+def test_every_logged_record_reads_back_with_its_inputs_outputs_version_and_principal(tmp_path):
+    _log_on(tmp_path, "2026-10-01", 5)
+    _log_on(tmp_path, "2026-11-20", 3, start=100)
+    frame = read_inference_log(tmp_path, "opportunity_loss")
+    assert len(frame) == 8 and set(frame["principal"]) == {"crm"} and set(frame["version"]) == {"3"}
+    assert frame["probability"].eq(0.25).all() and sorted(frame["meetings_30d"])[:2] == [0.0, 0.0]
+    assert [d.isoformat() for d in logged_days(tmp_path, "opportunity_loss")] == ["2026-10-01", "2026-11-20"]
+    recent = recent_production_rows(tmp_path, "opportunity_loss", days=30)
+    assert sorted(recent["opportunity_id"]) == ["O100", "O101", "O102"]
+    assert read_inference_log(tmp_path, "customer_churn").empty
+
+
+def test_the_queue_is_bounded_and_never_blocks_a_request(tmp_path):
+    logger = InferenceLogger(tmp_path, flush_seconds=3600, max_records=10)
+    done = threading.Event()
+
+    def flood() -> None:
+        logger.log("opportunity_loss", "crm", "m", "1", [{"opportunity_id": str(i)} for i in range(50)],
+                   [RESULT] * 50)
+        done.set()
+
+    threading.Thread(target=flood).start()
+    assert done.wait(5)
+    assert logger.queue.qsize() == 10 and logger.dropped == 40
+    logger.close()
+    assert logger.written == 10 and len(read_inference_log(tmp_path, "opportunity_loss")) == 10
+    assert pd.api.types.is_datetime64_any_dtype(read_inference_log(tmp_path, "opportunity_loss")["time"])
