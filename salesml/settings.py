@@ -45,12 +45,15 @@ class Settings(BaseSettings):
     )
     token: SecretStr | None = Field(None, description="Bearer token identifying the caller (SALESML_TOKEN).")
     threads: int = Field(2, ge=1, description="Threads a model or engine may use; the machine has 2 cores.")
-    max_batch_rows: int = Field(1000, ge=1, description="Most records one scoring request may carry.")
+    max_batch_rows: int = Field(10_000, ge=1, description="Most records one scoring request may carry.")
     max_text_chars: int = Field(5000, ge=1, description="Longest free text (ticket, news) accepted.")
     ingest_chunk_rows: int = Field(1_000_000, ge=1000, description="Rows validated at once during ingestion.")
     log_level: str = Field("WARNING", description="Logging level of the CLI.")
     reload_seconds: float = Field(5.0, gt=0, description="How often the service checks for a new champion.")
     serve_workers: int = Field(1, ge=1, description="Service worker processes.")
+    reasons: Literal["fast", "exact"] = Field("fast", description=(
+        "Reason codes when serving: fast = XGBoost's path-based (Saabas) contributions, several times cheaper and "
+        "summing to the same log-odds; exact = TreeSHAP. LightGBM models always use exact TreeSHAP."))
     log_flush_seconds: float = Field(2.0, gt=0, description="Inference log: seconds between writes.")
     log_queue_records: int = Field(200_000, ge=1000, description="Inference log: records held in memory at most.")
 

@@ -1,8 +1,8 @@
 """The inference log: every scored record, appended to Parquet files in the background.
 
-Requests hand entries to a bounded in-memory queue and never wait on disk; a writer thread flushes them every few
-seconds into ``SALESML_HOME/logs/<task>/date=YYYY-MM-DD/part-<pid>-<n>.parquet``. When the queue is full the
-entry is dropped and counted (memory stays bounded), and the log is flushed on shutdown. Drift monitoring reads
+Requests hand their scored records to an in-memory queue, bounded in records, and never wait on disk or on
+serialisation; a writer thread turns them into rows and flushes them every few seconds into ``SALESML_HOME/logs/<task>/date=YYYY-MM-DD/part-<pid>-<n>.parquet``. When the queue is full a
+request's records are dropped and counted (memory stays bounded), and the log is flushed on shutdown. Drift monitoring reads
 these files as production data (``features.production`` owns the layout and the readers).
 """
 
@@ -36,36 +36,50 @@ class InferenceLogger:
     def __init__(self, folder: Path, flush_seconds: float = 2.0, max_records: int = 200_000):
         self.folder = Path(folder)
         self.flush_seconds = flush_seconds
-        self.queue: queue.Queue[dict] = queue.Queue(maxsize=max_records)
+        self.max_records = max_records
+        self.queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self.pending = 0
         self.dropped = 0
         self.written = 0
         self._counter = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="salesml-inference-log", daemon=True)
         self._thread.start()
 
-    def log(self, task: str, principal: str, model: str, version: str, inputs: list[dict], results: list[dict]
-            ) -> None:
-        """Queue one entry per scored record (never blocks)."""
-        now = datetime.now(UTC).replace(tzinfo=None)
-        for record, result in zip(inputs, results, strict=True):
-            entry = {"time": now, "task": task, "principal": principal, "model": model, "version": version,
-                     "inputs": json.dumps(record, default=str), "probability": result["probability"],
-                     "risk_band": result["risk_band"], "reasons": json.dumps(result["reasons"]),
-                     "actions": json.dumps(result["actions"])}
-            try:
-                self.queue.put_nowait(entry)
-            except queue.Full:
-                self.dropped += 1
+    def log(self, task: str, principal: str, model: str, version: str, inputs: list[dict], results: list[dict],
+            id_field: str | None = None) -> None:
+        """Queue a request's scored records (never blocks, never serialises: the writer thread does that).
+
+        When the records held in memory would exceed ``max_records``, the request's records are dropped and
+        counted instead.
+        """
+        with self._pending_lock:
+            if self.pending + len(results) > self.max_records:
+                self.dropped += len(results)
+                return
+            self.pending += len(results)
+        self.queue.put((datetime.now(UTC).replace(tzinfo=None), task, principal, model, version, inputs, results,
+                        id_field))
 
     def _drain(self) -> list[dict]:
-        items = []
+        entries = []
         while True:
             try:
-                items.append(self.queue.get_nowait())
+                now, task, principal, model, version, inputs, results, id_field = self.queue.get_nowait()
             except queue.Empty:
-                return items
+                break
+            for record, result in zip(inputs, results, strict=True):
+                if id_field is not None:
+                    record = {**record, id_field: result.get(id_field)}
+                entries.append({"time": now, "task": task, "principal": principal, "model": model,
+                                "version": version, "inputs": json.dumps(record, default=str),
+                                "probability": result["probability"], "risk_band": result["risk_band"],
+                                "reasons": json.dumps(result["reasons"]), "actions": json.dumps(result["actions"])})
+            with self._pending_lock:
+                self.pending -= len(results)
+        return entries
 
     def flush(self) -> int:
         """Write what is queued now; returns the entries written."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from training.explain import reason_codes
+from training.explain import reason_codes, reasons_from_contributions
 
 ACTIONS_FILE = Path(__file__).resolve().parent / "actions.yaml"
 SCORING_ROLES = ("sales_rep", "sales_manager", "executive", "application")
@@ -51,6 +52,19 @@ class Lookup:
     id_field: str
     features: pd.DataFrame
     owners: dict[str, str] = field(default_factory=dict)
+    matrix: np.ndarray | None = None
+    rows: list[dict] = field(default_factory=list)
+    position: dict[str, int] | None = None
+
+    def prepare(self, model) -> None:
+        """Transform the features once for the model (requests by id then only pick rows)."""
+        if self.position is not None:
+            return
+        self.rows = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()}
+                     for r in self.features.to_dict("records")]
+        pre = getattr(model, "preprocessor", None)
+        self.matrix = pre.transform(self.features).to_numpy() if pre is not None and len(self.features) else None
+        self.position = {str(k): i for i, k in enumerate(self.features.index)}
 
 
 @dataclass
@@ -88,7 +102,7 @@ def load_rules(path: Path = ACTIONS_FILE) -> list[dict]:
     return rules
 
 
-def next_best_actions(rules: list[dict], task: str, row: pd.Series, band: str) -> list[dict]:
+def next_best_actions(rules: list[dict], task: str, row: Mapping, band: str) -> list[dict]:
     """The actions whose conditions hold for a scored record."""
     out = []
     for rule in rules:
@@ -120,59 +134,92 @@ def check_role(role: str) -> None:
         raise RequestError(403, "authorization", f"role {role} may not call scoring endpoints")
 
 
-def resolve_records(records: list[dict], model, lookup: Lookup) -> tuple[pd.DataFrame, list[str]]:
-    """Turn request records into the model's feature frame.
+@dataclass
+class Resolved:
+    """Request records resolved to what the model reads.
+
+    Attributes:
+        ids: the entity id of each record, in request order.
+        rows: each record's raw feature values (for reasons and actions).
+        matrix: the model matrix (``None`` for models without a preprocessor; they read ``frame``).
+    """
+
+    ids: list[str]
+    rows: list[dict]
+    matrix: np.ndarray | None
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The records as a frame."""
+        return pd.DataFrame(self.rows)
+
+
+def _check_record(i: int, record: dict, features: list[str], numeric: set[str], categories: dict) -> dict:
+    row = {}
+    for feature in features:
+        if feature not in record:
+            raise RequestError(422, f"records.{i}.{feature}", "missing feature (send all features, or only the id)")
+        value = record[feature]
+        if feature in numeric:
+            if value is not None and (isinstance(value, str) or not isinstance(value, (int, float))):
+                raise RequestError(422, f"records.{i}.{feature}", "must be a number, a boolean or null")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise RequestError(422, f"records.{i}.{feature}", "must be a finite number")
+        elif value is not None:
+            if not isinstance(value, str):
+                raise RequestError(422, f"records.{i}.{feature}", "must be a string or null")
+            known = categories.get(feature)
+            if known is not None and value not in known:
+                raise RequestError(422, f"records.{i}.{feature}",
+                                   f"unknown category {value!r} (known: {', '.join(map(str, list(known)[:10]))})")
+        row[feature] = value
+    return row
+
+
+def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
+    """Turn request records into what the model reads.
 
     A record is either only the entity id (features come from the lookup) or a full feature record that also
-    carries the id.
-
-    Returns:
-        The feature frame (one row per record, in order) and the entity ids.
+    carries the id. Booleans count as numbers (0/1).
 
     Raises:
         RequestError: 422 naming the field for a missing id, an unknown id, a missing feature, a value of the
             wrong type, a non-finite number or an unknown category.
     """
-    pre = model.preprocessor if hasattr(model, "preprocessor") else None
+    pre = getattr(model, "preprocessor", None)
     numeric = set(pre.numeric) if pre else set()
-    categories = pre.categories_ if pre else {}
-    rows, ids, unknown = [], [], []
+    categories = pre._category_codes() if pre else {}
+    features = list(model.features)
+    lookup.prepare(model)
+    ids, rows, unknown, given, looked_up = [], [], [], [], []
     for i, record in enumerate(records):
         entity = record.get(lookup.id_field)
         if entity is None or entity == "":
             raise RequestError(422, f"records.{i}.{lookup.id_field}", f"every record needs {lookup.id_field}")
         entity = str(entity)
         ids.append(entity)
-        if set(record) == {lookup.id_field}:
-            if entity not in lookup.features.index:
+        if len(record) == 1:
+            at = lookup.position.get(entity)
+            if at is None:
                 unknown.append(entity)
                 continue
-            rows.append(lookup.features.loc[entity])
+            rows.append(lookup.rows[at])
+            looked_up.append((i, at))
             continue
-        row = {}
-        for feature in model.features:
-            if feature not in record:
-                raise RequestError(422, f"records.{i}.{feature}", "missing feature (send all features, or only the id)")
-            value = record[feature]
-            if feature in numeric:
-                if value is not None and (isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
-                    raise RequestError(422, f"records.{i}.{feature}", "must be a number or null")
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise RequestError(422, f"records.{i}.{feature}", "must be a finite number")
-            elif value is not None:
-                if not isinstance(value, str):
-                    raise RequestError(422, f"records.{i}.{feature}", "must be a string or null")
-                known = categories.get(feature)
-                if known is not None and value not in known:
-                    raise RequestError(422, f"records.{i}.{feature}",
-                                       f"unknown category {value!r} (known: {', '.join(map(str, known[:10]))})")
-            row[feature] = value
-        rows.append(pd.Series(row))
+        rows.append(_check_record(i, record, features, numeric, categories))
+        given.append(i)
     if unknown:
         raise RequestError(422, f"records.{lookup.id_field}", f"unknown {lookup.id_field}: {', '.join(unknown[:20])}",
                            unknown)
-    frame = pd.DataFrame(rows).reset_index(drop=True)
-    return frame, ids
+    if pre is None:
+        return Resolved(ids, rows, None)
+    if not given:
+        return Resolved(ids, rows, lookup.matrix[[at for _, at in looked_up]])
+    matrix = np.empty((len(rows), len(features)))
+    matrix[given] = pre.transform_records([rows[i] for i in given])
+    if looked_up:
+        matrix[[i for i, _ in looked_up]] = lookup.matrix[[at for _, at in looked_up]]
+    return Resolved(ids, rows, matrix)
 
 
 def out_of_scope(ids: list[str], scope: str, lookup: Lookup, hierarchy: Hierarchy) -> list[str]:
@@ -188,15 +235,19 @@ def risk_bands(p: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(p >= threshold, "high", np.where(p >= threshold / 2, "medium", "low"))
 
 
-def score_records(model, frame: pd.DataFrame, ids: list[str], task: str, name: str, version: str,
-                  rules: list[dict], id_field: str, k: int = 3) -> list[dict]:
-    """Probabilities, risk bands, top-k reasons and next-best actions for resolved records."""
-    p = model.predict_proba(frame)
+def score_records(model, resolved: Resolved, task: str, name: str, version: str, rules: list[dict], id_field: str,
+                  k: int = 3, approximate: bool = False) -> list[dict]:
+    """Probabilities, risk bands, top-k reasons and next-best actions for resolved records (``approximate``:
+    XGBoost's path-based contributions, see ``training.models.booster_predict``)."""
+    if resolved.matrix is not None and hasattr(model, "explain_matrix"):
+        p, contributions = model.explain_matrix(resolved.matrix, approximate)
+        reasons = reasons_from_contributions(contributions, list(model.features), resolved.rows, k)
+    else:
+        frame = resolved.frame
+        p = model.predict_proba(frame)
+        reasons = reason_codes(model, frame, k=k)
     bands = risk_bands(p, float(model.metadata.get("alert_threshold", 0.5)))
-    reasons = reason_codes(model, frame, k=k)
-    out = []
-    for i, (_, row) in enumerate(frame.iterrows()):
-        out.append({id_field: ids[i], "probability": round(float(p[i]), 6), "risk_band": str(bands[i]),
-                    "reasons": reasons[i], "actions": next_best_actions(rules, task, row, str(bands[i])),
-                    "model": name, "version": str(version)})
-    return out
+    version = str(version)
+    return [{id_field: resolved.ids[i], "probability": round(float(p[i]), 6), "risk_band": str(bands[i]),
+             "reasons": reasons[i], "actions": next_best_actions(rules, task, row, str(bands[i])),
+             "model": name, "version": version} for i, row in enumerate(resolved.rows)]

@@ -7,6 +7,7 @@ Run with ``salesml serve``.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import bentoml
@@ -34,6 +35,10 @@ class SalesML:
         self.server.start_reloading()
         self.inference_log = InferenceLogger(_settings.logs_dir, _settings.log_flush_seconds,
                                              _settings.log_queue_records)
+        # Long-lived objects (models, lookups, imported modules) move out of the collector's reach: full
+        # collections over them were the service's latency tail.
+        gc.collect()
+        gc.freeze()
         served = ", ".join(f"{s.name} v{s.version}" for s in self.server.state.served.values()) or "nothing"
         log.warning("salesml serving %s; refused: %s", served, self.server.state.refused or "none")
 

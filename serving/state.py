@@ -129,6 +129,7 @@ class ModelServer:
         model, info = load_version_model(self.client, name, str(info.version))
         task = info.tags.get(TAG_TASK) or model.metadata.get("task")
         lookup = load_lookup(store, task, model)
+        lookup.prepare(model)
         return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
                       info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"))
 

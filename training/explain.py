@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ def _number(value: object, fmt: str = "{:.0f}") -> str:
 
 
 def _change(label: str, now: str, before: str) -> callable:
-    def sentence(row: pd.Series) -> str:
+    def sentence(row: Mapping) -> str:
         a, b = row.get(before), row.get(now)
         if a is None or b is None or pd.isna(a) or pd.isna(b):
             return f"{label}: {_number(b)}"
@@ -69,14 +70,14 @@ TEMPLATES: dict[str, callable] = {
 }
 
 
-def _generic(feature: str, row: pd.Series) -> str:
+def _generic(feature: str, row: Mapping) -> str:
     name = re.sub(r"_", " ", feature)
     value = row.get(feature)
     shown = value if isinstance(value, str) else _number(value, "{:.3g}")
     return f"{name} is {shown}"
 
 
-def sentence_for(feature: str, row: pd.Series) -> str:
+def sentence_for(feature: str, row: Mapping) -> str:
     """A readable sentence for ``feature`` on this row."""
     template = TEMPLATES.get(feature)
     return template(row) if template else _generic(feature, row)
@@ -90,18 +91,25 @@ def reason_codes(model: ChurnModel, frame: pd.DataFrame, k: int = 3) -> list[lis
         contribution; direction is ``raises_risk`` or ``lowers_risk``.
     """
     contributions = model.contributions(frame)
-    values = contributions.to_numpy()
-    order = np.argsort(-np.abs(values), axis=1)[:, :k]
-    names = np.asarray(contributions.columns)
+    return reasons_from_contributions(contributions.to_numpy(), list(contributions.columns),
+                                      frame.to_dict("records"), k)
+
+
+def reasons_from_contributions(values: np.ndarray, names: list[str], rows: list[dict], k: int = 3
+                               ) -> list[list[dict]]:
+    """``reason_codes`` from contributions already computed (rows x features) and the rows' raw values."""
+    if k <= 0 or not len(rows):
+        return [[] for _ in rows]
+    top = np.argsort(-np.abs(values), axis=1)[:, :k]
     out = []
-    for i, (_, row) in enumerate(frame.iterrows()):
+    for i, row in enumerate(rows):
         reasons = []
-        for j in order[i]:
+        for j in top[i]:
             c = float(values[i, j])
             if c == 0:
                 continue
-            reasons.append({"feature": str(names[j]), "contribution": round(c, 6),
+            reasons.append({"feature": names[j], "contribution": round(c, 6),
                             "direction": "raises_risk" if c > 0 else "lowers_risk",
-                            "sentence": sentence_for(str(names[j]), row)})
+                            "sentence": sentence_for(names[j], row)})
         out.append(reasons)
     return out

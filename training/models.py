@@ -85,12 +85,20 @@ def native_booster(estimator, family: str):
     return estimator.booster_ if family == "lightgbm" else estimator.get_booster()
 
 
-def booster_predict(booster, family: str, matrix: pd.DataFrame, contributions: bool = False) -> np.ndarray:
-    """Raw probabilities, or per-feature log-odds contributions plus bias (last column), from a native booster."""
+def booster_predict(booster, family: str, matrix: pd.DataFrame | np.ndarray, contributions: bool = False,
+                    approximate: bool = False) -> np.ndarray:
+    """Raw probabilities, or per-feature log-odds contributions plus bias (last column), from a native booster.
+
+    A numpy ``matrix`` must hold the model's columns in order (``TabularPreprocessor.transform_records``).
+    ``approximate`` asks XGBoost for its path-based (Saabas) contributions instead of exact TreeSHAP: several
+    times cheaper, and they still sum to the raw log-odds; LightGBM only has exact ones.
+    """
     if family == "lightgbm":
         return np.asarray(booster.predict(matrix, pred_contrib=contributions, num_threads=1))
+    named = isinstance(matrix, pd.DataFrame)
     dmatrix = xgb.DMatrix(matrix, nthread=1)
-    return np.asarray(booster.predict(dmatrix, pred_contribs=contributions))
+    return np.asarray(booster.predict(dmatrix, pred_contribs=contributions, approx_contribs=approximate,
+                                      validate_features=named))
 
 
 class ChurnModel:
@@ -129,6 +137,14 @@ class ChurnModel:
         """Per-feature contributions to the log-odds of the raw score (the booster's own SHAP values)."""
         values = booster_predict(self.booster, self.family, self.preprocessor.transform(frame), contributions=True)
         return pd.DataFrame(values[:, :-1], columns=self.features, index=frame.index)
+
+    def explain_matrix(self, matrix: np.ndarray, approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Calibrated probabilities and per-feature contributions from one booster pass over a model matrix
+        (``preprocessor.transform_records``): the contributions plus the bias sum to the raw log-odds, so the
+        probability needs no second prediction. ``approximate``: see ``booster_predict``."""
+        values = booster_predict(self.booster, self.family, matrix, contributions=True, approximate=approximate)
+        raw = 1.0 / (1.0 + np.exp(-values.sum(axis=1)))
+        return self.calibrator.predict(raw), values[:, :-1]
 
     def save(self, folder: Path) -> dict[str, str]:
         """Write the artifact files into ``folder``.

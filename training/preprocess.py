@@ -5,7 +5,7 @@ The fitted state is plain JSON, saved inside the model artifact, so training and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,7 @@ class TabularPreprocessor:
         if missing:
             raise ValueError(f"training data lacks feature columns: {', '.join(missing)}")
         self.categories_ = {}
+        self._codes = None
         for column in self.categorical:
             counts = frame[column].dropna().astype(str).value_counts(sort=True)
             self.categories_[column] = sorted(counts.index[: self.max_categories].tolist())
@@ -63,6 +64,29 @@ class TabularPreprocessor:
             out[column] = codes
         return pd.DataFrame(out, index=frame.index, columns=self.feature_names_)
 
+    def transform_records(self, records: Sequence[Mapping]) -> np.ndarray:
+        """The model matrix of records given as mappings (what a scoring request carries), column by column
+        without building a frame: the same values ``transform`` gives, at a fraction of the cost for a few rows.
+
+        Numbers and booleans become float64 (``None`` stays NaN); categories become their code, NaN when missing
+        or unseen. Every record must hold every feature.
+        """
+        codes = self._category_codes()
+        out = np.empty((len(records), len(self.feature_names_)), dtype="float64")
+        for j, column in enumerate(self.numeric):
+            out[:, j] = np.array([r[column] for r in records], dtype="float64")
+        offset = len(self.numeric)
+        for j, column in enumerate(self.categorical):
+            known = codes[column]
+            out[:, offset + j] = [known.get(v if v is None or isinstance(v, str) else str(v), np.nan)
+                                  for v in (r[column] for r in records)]
+        return out
+
+    def _category_codes(self) -> dict[str, dict]:
+        if getattr(self, "_codes", None) is None:
+            self._codes = {c: {v: float(i) for i, v in enumerate(cats)} for c, cats in self.categories_.items()}
+        return self._codes
+
     def fit_transform(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``fit`` then ``transform``."""
         return self.fit(frame).transform(frame)
@@ -77,5 +101,6 @@ class TabularPreprocessor:
         """Rebuild a fitted preprocessor from ``to_dict`` output."""
         pre = cls(data["numeric"], data["categorical"], data["max_categories"])
         pre.categories_ = {k: list(v) for k, v in data["categories"].items()}
+        pre._codes = None
         pre.feature_names_ = pre.numeric + pre.categorical
         return pre

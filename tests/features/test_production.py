@@ -17,11 +17,9 @@ def _log_on(folder, day: str, n: int, start: int = 0) -> None:
     logger = InferenceLogger(folder, flush_seconds=60)
     inputs = [{"opportunity_id": f"O{start + i}", "meetings_30d": float(i)} for i in range(n)]
     logger.log("opportunity_loss", "crm", "churn.opportunity_loss", "3", inputs, [RESULT] * n)
-    items = logger._drain()
-    for item in items:
-        item["time"] = datetime.fromisoformat(f"{day}T12:00:00")
-    for item in items:
-        logger.queue.put_nowait(item)
+    when = datetime.fromisoformat(f"{day}T12:00:00")
+    queued = logger.queue.get()
+    logger.queue.put((when, *queued[1:]))
     logger.close()
 
 
@@ -42,13 +40,17 @@ def test_the_queue_is_bounded_and_never_blocks_a_request(tmp_path):
     done = threading.Event()
 
     def flood() -> None:
-        logger.log("opportunity_loss", "crm", "m", "1", [{"opportunity_id": str(i)} for i in range(50)],
-                   [RESULT] * 50)
+        for batch in range(5):
+            inputs = [{"meetings_30d": float(i)} for i in range(4)]
+            results = [{**RESULT, "opportunity_id": f"O{batch}-{i}"} for i in range(4)]
+            logger.log("opportunity_loss", "crm", "m", "1", inputs, results, "opportunity_id")
         done.set()
 
     threading.Thread(target=flood).start()
     assert done.wait(5)
-    assert logger.queue.qsize() == 10 and logger.dropped == 40
+    assert logger.pending == 8 and logger.dropped == 12
     logger.close()
-    assert logger.written == 10 and len(read_inference_log(tmp_path, "opportunity_loss")) == 10
+    logged = read_inference_log(tmp_path, "opportunity_loss")
+    assert logger.written == 8 and logger.pending == 0 and len(logged) == 8
+    assert sorted(logged["opportunity_id"])[:2] == ["O0-0", "O0-1"]
     assert pd.api.types.is_datetime64_any_dtype(read_inference_log(tmp_path, "opportunity_loss")["time"])

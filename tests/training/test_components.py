@@ -35,6 +35,9 @@ def test_preprocessor_round_trips_and_handles_unseen_categories():
     pd.testing.assert_frame_equal(pre.transform(x), again.transform(x))
     with pytest.raises(ValueError, match="discount"):
         pre.transform(x.drop(columns="discount"))
+    records = unseen.astype(object).where(unseen.notna(), None).to_dict("records")
+    np.testing.assert_array_equal(again.transform_records(records), out.to_numpy())
+    np.testing.assert_array_equal(pre.transform_records(x.to_dict("records")), pre.transform(x).to_numpy())
 
 
 def test_calibrators_are_monotone_round_trip_and_the_better_brier_wins():
@@ -68,6 +71,11 @@ def test_native_artifact_gives_identical_predictions_and_checks_digests(tmp_path
     (tmp_path / "m" / "model.json").write_text((tmp_path / "m" / "model.json").read_text().replace("toy", "t0y"))
     with pytest.raises(ValueError, match="model.json"):
         verify_digests(tmp_path / "m", digests)
+    p, values = loaded.explain_matrix(pre.transform_records(x.head(50).to_dict("records")))
+    np.testing.assert_allclose(p, model.predict_proba(x.head(50)), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(values, loaded.contributions(x.head(50)).to_numpy(), rtol=0, atol=1e-9)
+    fast, _ = loaded.explain_matrix(pre.transform_records(x.head(50).to_dict("records")), approximate=True)
+    np.testing.assert_allclose(fast, p, rtol=0, atol=1e-6)  # path-based contributions keep the same sum
     reasons = reason_codes(loaded, x.head(4), k=2)
     assert all(1 <= len(r) <= 2 for r in reasons)
     assert {r["direction"] for rs in reasons for r in rs} <= {"raises_risk", "lowers_risk"}
