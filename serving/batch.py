@@ -14,8 +14,7 @@ from experiments.registered import RegistryError, get_alias, load_version_model
 from experiments.registry import CHAMPION, churn_model_name
 from experiments.tracking import configure_mlflow
 from salesml.settings import Settings
-from serving.predict import load_rules, next_best_actions, risk_bands
-from training.explain import reason_codes
+from serving.predict import Resolved, load_rules, score_records
 
 
 def _chunks(path: Path, rows: int):
@@ -38,7 +37,8 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
     """Score every row of ``source`` with the champion of ``task`` and write ``target``.
 
     The output holds the input's id columns (and every input column that is not a model feature), the
-    probability, the risk band, the reasons and the next-best actions (as JSON text).
+    probability, the risk band, the reasons and the next-best actions (as JSON text). Scoring, reasons and
+    actions are the service's own (``serving.predict.score_records``), chunk by chunk.
 
     Raises:
         RegistryError: when the task has no champion or its artifact fails its checks.
@@ -54,7 +54,6 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
         raise RegistryError(f"{name} has no champion: promote a version first")
     model, info = load_version_model(client, name, str(champion.version))
     rules = load_rules()
-    threshold = float(model.metadata.get("alert_threshold", 0.5))
     total, done = _total(source), 0
     writer = None
     csv_out = target.name.lower().endswith(".csv")
@@ -66,16 +65,19 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
             missing = [f for f in model.features if f not in chunk.columns]
             if missing:
                 raise ValueError(f"{source}: missing model features: {', '.join(missing[:10])}")
-            p = model.predict_proba(chunk)
-            bands = risk_bands(p, threshold)
+            rows = chunk[model.features].astype(object).where(chunk[model.features].notna(), None).to_dict("records")
+            pre = getattr(model, "preprocessor", None)
+            resolved = Resolved([str(i) for i in chunk.index], rows,
+                                pre.transform(chunk).to_numpy() if pre is not None else None)
+            results = score_records(model, resolved, task, name, str(info.version), rules, "_row", k,
+                                    approximate=settings.reasons == "fast")
             out = chunk[[c for c in chunk.columns if c not in model.features]].copy()
-            out["probability"] = p
-            out["risk_band"] = bands
+            out["probability"] = [r["probability"] for r in results]
+            out["risk_band"] = [r["risk_band"] for r in results]
             if k:
-                codes = reason_codes(model, chunk, k)
-                out["reasons"] = [json.dumps([r["sentence"] for r in rs]) for rs in codes]
-                out["actions"] = [json.dumps([a["id"] for a in next_best_actions(rules, task, row, b)])
-                                  for (_, row), b in zip(chunk.iterrows(), bands, strict=True)]
+                out["reasons"] = [json.dumps([x["sentence"] for x in r["reasons"]]) for r in results]
+                out["actions"] = [json.dumps([a["id"] for a in r["actions"]]) for r in results]
+            del rows, resolved, results
             out["model"], out["version"] = name, str(info.version)
             if csv_out:
                 out.to_csv(target, mode="a", header=done == 0, index=False)
