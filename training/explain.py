@@ -18,6 +18,8 @@ from training.models import ChurnModel
 
 
 def _number(value: object, fmt: str = "{:.0f}") -> str:
+    if value is None:
+        return "unknown"
     try:
         x = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

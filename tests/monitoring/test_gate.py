@@ -207,3 +207,22 @@ def test_the_report_renders_offline_in_headless_chromium(clean, chromium, tmp_pa
     shot = tmp_path / "report.png"
     chromium(f"--screenshot={shot}", "--window-size=1200,2000", outcome.report.as_uri())
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_auto_promote_promotes_a_pass_version_only_when_the_policy_says_so(clean, tmp_path):
+    home, version, outcome = clean
+    settings = get_settings(home=home)
+    client = mlflow.MlflowClient(settings.tracking_uri_resolved)
+    assert "promoted" not in outcome.result  # off by default
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias("churn.opportunity_loss", CHAMPION)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("default:\n  auto_promote: true\n  checks:\n    performance:\n      metric: roc_auc\n"
+                      "      min_value: 0.6\n      max_degradation: 0.01\n      min_improvement: 0.0\n"
+                      "      on_fail: fail\n")
+    again = gate.audit_version(settings, "churn.opportunity_loss", version, policy)
+    assert again.gate == "PASS" and again.result["promoted"]["champion"] == version
+    assert str(client.get_model_version_by_alias("churn.opportunity_loss", CHAMPION).version) == version
+    last = [e for e in gate.read_audit_log(settings) if e["action"] == "promote"][-1]
+    assert last["version"] == version and last["principal"] == "policy:auto_promote"
