@@ -20,13 +20,16 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from experiments.registered import load_version_model
 from experiments.registry import (
     TAG_CODE_VERSION,
     TAG_FEATURE_VERSION,
     TAG_GATE,
     TAG_KIND,
+    TAG_MITIGATION,
     TAG_TASK,
     TAG_TRAINER,
+    TAG_VARIANT_OF,
     TAG_WINDOW,
     churn_model_name,
     sha_tag,
@@ -46,6 +49,7 @@ from training.baseline import StageBaseline
 from training.churn import TrainingResult, split_rows, train_churn_model
 from training.evaluate import classification_metrics
 from training.explain import reason_codes
+from training.models import GROUP_THRESHOLDS
 from training.tasks import ChurnConfig, TaskData, load_task_data, resolve_task, with_home
 
 log = logging.getLogger(__name__)
@@ -121,8 +125,9 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
         say("logging the model")
         digests, model_uri = _log_model(result_model, test_frame)
         say("registering")
-        version = _register(client, name, model_uri, run.info.run_id, digests, data, trainer,
-                            "stage_baseline" if baseline else "tuned")
+        tags = {TAG_WINDOW: data.window, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
+                TAG_KIND: "stage_baseline" if baseline else "tuned"}
+        version = _register(client, name, model_uri, run.info.run_id, digests, spec.name, tags)
     return {
         "model": name,
         "version": str(version),
@@ -207,22 +212,58 @@ def _log_model(model, test_frame: pd.DataFrame) -> tuple[dict[str, str], str]:
     return digests, info.model_uri
 
 
-def _register(client, name: str, model_uri: str, run_id: str, digests: dict[str, str], data: TaskData,
-              trainer: str, kind: str) -> str:
-    version = mlflow.register_model(model_uri, name, tags={TAG_TASK: data.spec.name})
+def _register(client, name: str, model_uri: str, run_id: str, digests: dict[str, str], task: str, tags: dict
+              ) -> str:
+    version = mlflow.register_model(model_uri, name, tags={TAG_TASK: task})
     try:
-        tags = {TAG_WINDOW: data.window, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
-                TAG_CODE_VERSION: code_version(), TAG_GATE: "pending", TAG_KIND: kind, "salesml.run_id": run_id}
+        tags = {**tags, TAG_CODE_VERSION: code_version(), TAG_GATE: "pending", "salesml.run_id": run_id}
         tags.update({sha_tag(file): digest for file, digest in digests.items()})
         for key, value in tags.items():
             client.set_model_version_tag(name, version.version, key, value)
         client.update_model_version(name, version.version, description=json.dumps(
-            {"task": data.spec.name, "feature_version": data.feature_version, "trainer": trainer}))
+            {"task": task, "feature_version": tags.get(TAG_FEATURE_VERSION), "trainer": tags.get(TAG_TRAINER),
+             "variant_of": tags.get(TAG_VARIANT_OF)}))
     except BaseException:
         # A version without its tags (digests, trainer) must not stay in the registry.
         client.delete_model_version(name, version.version)
         raise
     return version.version
+
+
+def register_threshold_variant(settings: Settings, name: str, version: str, mitigation: dict,
+                               example: pd.DataFrame) -> str:
+    """Register a fairness-mitigated variant of a version as a new candidate version.
+
+    The variant is the same artifact with one alert threshold per group of the mitigated attribute
+    (``training.models.GROUP_THRESHOLDS``), logged in its own run and tagged with the version it derives from.
+    It keeps the original trainer, so its trainer still cannot approve it, and it starts with gate ``pending``:
+    it is audited like any candidate.
+
+    Args:
+        settings: where MLflow lives.
+        name: registered model.
+        version: the version the variant derives from.
+        mitigation: ``attribute``, ``thresholds`` (group to threshold) and ``method`` from the fairness audit.
+        example: a few feature rows, as the model's input example.
+
+    Returns:
+        The new version.
+    """
+    client = configure_mlflow(settings)
+    model, info = load_version_model(client, name, version)
+    model.metadata = {**model.metadata, GROUP_THRESHOLDS: {
+        "attribute": mitigation["attribute"], "thresholds": mitigation["thresholds"],
+        "method": mitigation.get("method", ""), "variant_of": str(version)}}
+    experiment_id = ensure_experiment(settings, name)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"v{version}-threshold-variant") as run:
+        mlflow.set_tags({"salesml.variant_of": str(version), "salesml.task": info.tags.get(TAG_TASK, "")})
+        mlflow.log_dict(model.metadata[GROUP_THRESHOLDS], "fairness/group_thresholds.json")
+        digests, model_uri = _log_model(model, example)
+        tags = {key: info.tags[key] for key in (TAG_WINDOW, TAG_FEATURE_VERSION, TAG_TRAINER) if key in info.tags}
+        tags.update({TAG_KIND: "threshold_variant", TAG_VARIANT_OF: str(version),
+                     TAG_MITIGATION: f"{mitigation.get('method', 'ThresholdOptimizer')} on {mitigation['attribute']}"})
+        return _register(client, name, model_uri, run.info.run_id, digests,
+                         info.tags.get(TAG_TASK) or model.metadata.get("task"), tags)
 
 
 def _train_baseline(data: TaskData, config: ChurnConfig):

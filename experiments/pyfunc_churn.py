@@ -11,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from training.models import ChurnModel
+from training.models import ChurnModel, alert_thresholds
 
 
 class ChurnPyfunc(mlflow.pyfunc.PythonModel):
@@ -22,7 +22,7 @@ class ChurnPyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         p = self.model.predict_proba(model_input)
-        threshold = float(self.model.metadata.get("alert_threshold", 0.5))
+        threshold = alert_thresholds(self.model, model_input)
         band = np.where(p >= threshold, "high", np.where(p >= threshold / 2, "medium", "low"))
         return pd.DataFrame({"probability": p, "risk_band": band}, index=model_input.index)
 

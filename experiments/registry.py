@@ -23,6 +23,8 @@ TAG_DECIDED_AT = "salesml.review.at"
 TAG_DECISION_REASON = "salesml.review.reason"
 TAG_PROMOTED_BY = "salesml.promotion.by"
 TAG_PROMOTED_AT = "salesml.promotion.at"
+TAG_VARIANT_OF = "salesml.variant_of"
+TAG_MITIGATION = "salesml.mitigation"
 
 
 def churn_model_name(task: str) -> str:

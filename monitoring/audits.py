@@ -147,6 +147,9 @@ class _Scores(ClassifierMixin, BaseEstimator):
 
     classes_ = np.array([0, 1])
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return True
+
     def fit(self, x, y, **kwargs):
         return self
 
@@ -182,7 +185,8 @@ def audit_proxies(frame: pd.DataFrame, attributes: list[str], features: pd.DataF
     return CheckResult("proxies", "pass", figures, "no feature proxies a sensitive attribute")
 
 
-def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float, attributes: list[str],
+def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray,
+                   attributes: list[str],
                    policy: dict, seed: int = 0, entity: str | None = None) -> CheckResult:
     """Group metrics per sensitive attribute, the four-fifths rule, equalised odds, and a mitigation.
 
@@ -190,7 +194,8 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
         frame: rows holding the sensitive attributes.
         y: labels.
         p: calibrated probabilities.
-        threshold: the model's alert threshold (a row is "selected" at or above it).
+        threshold: the model's alert threshold, or one per row for a mitigated variant (a row is "selected" at or
+            above it).
         entity: the id column; rows of one entity (a deal seen at several month ends) are not independent, so
             significance tests count entities, not rows.
         attributes: sensitive attributes to audit (missing ones are reported as skipped).
@@ -200,7 +205,8 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
     y = np.asarray(y, dtype=int)
     pred = (np.asarray(p) >= threshold).astype(int)
     min_group = int(policy.get("min_group_size", 30))
-    figures: dict = {"threshold": threshold, "attributes": {}}
+    figures: dict = {"threshold": float(threshold) if np.ndim(threshold) == 0 else "per group",
+                     "attributes": {}}
     tables: dict[str, pd.DataFrame] = {}
     charts: dict[str, dict[str, float]] = {}
     failures: list[str] = []
@@ -256,12 +262,18 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
 
 
 def _mitigate(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, attributes: list[str], seed: int) -> dict:
-    """A ThresholdOptimizer variant (demographic parity) for the first failing attribute: fitted on half the rows,
-    judged on the other half."""
+    """A ThresholdOptimizer variant (demographic parity) for the first failing attribute, fitted on half the rows
+    and judged on the other half.
+
+    ThresholdOptimizer's thresholds are randomised (each group mixes two thresholds). A served model needs one
+    decision per record, so each group gets the single threshold that selects, on the fitting half, the share of
+    the group the optimiser selects in expectation. Those thresholds are what the figures judge and what the
+    registered variant carries.
+    """
     from fairlearn.postprocessing import ThresholdOptimizer
 
     attr = attributes[0]
-    groups = frame[attr].astype(str).to_numpy()
+    groups = frame[attr].astype("object").where(frame[attr].notna(), "missing").astype(str).to_numpy()
     rng = np.random.default_rng(seed)
     fit = rng.random(len(y)) < 0.5
     optimizer = ThresholdOptimizer(estimator=_Scores(), constraints="demographic_parity", prefit=True,
@@ -269,16 +281,25 @@ def _mitigate(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, attributes: lis
     x = p.reshape(-1, 1)
     try:
         optimizer.fit(x[fit], y[fit], sensitive_features=groups[fit])
-        mitigated = optimizer.predict(x[~fit], sensitive_features=groups[~fit], random_state=seed)
+        expected = optimizer._pmf_predict(x[fit], sensitive_features=groups[fit])[:, 1]
     except (ValueError, ZeroDivisionError) as exc:
         return {"attribute": attr, "error": str(exc)}
+    thresholds = {}
+    for group in np.unique(groups[fit]):
+        scores = p[fit][groups[fit] == group]
+        rate = float(expected[groups[fit] == group].mean())
+        thresholds[str(group)] = float(np.quantile(scores, 1 - rate)) if rate > 0 else float(scores.max() + 1e-9)
+    held = ~fit
+    mitigated = (p[held] >= np.array([thresholds.get(g, 1.0) for g in groups[held]])).astype(int)
     return {
         "attribute": attr,
-        "method": "fairlearn ThresholdOptimizer (demographic parity), offered as a separate candidate",
-        "demographic_parity_ratio": float(demographic_parity_ratio(y[~fit], mitigated, sensitive_features=groups[~fit])),
-        "equalized_odds_difference": float(equalized_odds_difference(y[~fit], mitigated,
-                                                                     sensitive_features=groups[~fit])),
-        "accuracy": float((mitigated == y[~fit]).mean()),
+        "method": "fairlearn ThresholdOptimizer (demographic parity), one threshold per group",
+        "thresholds": thresholds,
+        "demographic_parity_ratio": float(demographic_parity_ratio(y[held], mitigated,
+                                                                   sensitive_features=groups[held])),
+        "equalized_odds_difference": float(equalized_odds_difference(y[held], mitigated,
+                                                                     sensitive_features=groups[held])),
+        "accuracy": float((mitigated == y[held]).mean()),
     }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow import MlflowClient
 
+from experiments.churn_run import register_threshold_variant
 from experiments.registered import get_alias, get_version, load_version_model
 from experiments.registry import (
     CHAMPION,
@@ -52,6 +53,7 @@ from monitoring.report import render_report
 from salesml.access import AccessError, Principal
 from salesml.settings import Settings
 from training.churn import split_rows
+from training.models import GROUP_THRESHOLDS, alert_thresholds
 from training.tasks import ChurnConfig, load_config, load_task_data, resolve_task, with_home
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     if "fairness" in settings_checks:
         fairness = settings_checks["fairness"]
         attributes = fairness.get("attributes") or spec.sensitive
-        checks.append(audit_fairness(window, y, p_candidate, float(candidate.metadata.get("alert_threshold", 0.5)),
+        checks.append(audit_fairness(window, y, p_candidate, alert_thresholds(candidate, window),
                                      list(attributes), fairness, config.seed, spec.id_column))
         checks.append(audit_proxies(window, list(attributes), window[candidate.features], fairness))
     if "drift" in settings_checks:
@@ -182,6 +184,7 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     if "explanations" in settings_checks:
         explain = settings_checks["explanations"]
         checks.append(audit_explanations(candidate, window, explain.get("monotone") or {}, explain, config.seed))
+    _offer_mitigation(settings, name, str(version), candidate, checks, policy, window)
     gate = gate_of([c.status for c in checks])
     context = {"task": task, "trainer": info.tags.get(TAG_TRAINER, ""), "training window": info.tags.get(TAG_WINDOW, ""),
                "audit window": f"{len(window)} labelled rows ({split.description.get('test', 'held-out test split')})",
@@ -207,6 +210,25 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
         result["promoted"] = promote(settings, name, str(version), Principal("policy:auto_promote",
                                                                              "model_validator", "all", ""))
     return AuditOutcome(gate, checks, result, report)
+
+
+def _offer_mitigation(settings: Settings, name: str, version: str, candidate, checks: list[CheckResult],
+                      policy: dict, window: pd.DataFrame) -> None:
+    """When fairness fails, register the ThresholdOptimizer variant as a separate candidate (unless the policy
+    says ``offer_mitigation: false``, or the candidate already is such a variant)."""
+    fairness = next((c for c in checks if c.name == "fairness"), None)
+    if fairness is None or fairness.status != "fail" or candidate.metadata.get(GROUP_THRESHOLDS):
+        return
+    mitigation = fairness.figures.get("mitigation") or {}
+    if "thresholds" not in mitigation or not policy["checks"]["fairness"].get("offer_mitigation", True):
+        return
+    variant = register_threshold_variant(settings, name, version, mitigation,
+                                         window[candidate.features].head(5).reset_index(drop=True))
+    mitigation["candidate_version"] = variant
+    fairness.reason += (f"; a ThresholdOptimizer variant (one threshold per {mitigation['attribute']}) is offered "
+                        f"as version {variant}: audit it with `salesml audit {name} {variant}`")
+    append_audit_log(settings, {"action": "offer_mitigation", "model": name, "version": variant,
+                                "variant_of": version, "attribute": mitigation["attribute"]})
 
 
 # ------------------------------------------------------------------------------------------------ review

@@ -13,6 +13,7 @@ from salesml.access import Principal
 from salesml.settings import Settings
 from serving.predict import risk_bands
 from training.explain import reason_codes
+from training.models import alert_thresholds
 
 TOP_DEALS = 10
 
@@ -48,7 +49,7 @@ def dashboard_data(settings: Settings, state, principal: Principal) -> dict:
     out["pipeline_by_stage"] = [{"stage": k, "value": float(v["sum"]), "count": int(v["count"])}
                                 for k, v in by_stage.iterrows()]
     p = served.model.predict_proba(features)
-    bands = risk_bands(p, float(served.model.metadata.get("alert_threshold", 0.5)))
+    bands = risk_bands(p, alert_thresholds(served.model, features))
     risky = features.assign(_p=p)[bands == "high"]
     out["at_risk"] = {"count": int(len(risky)), "value": float(risky["amount"].sum())}
     top = risky.nlargest(TOP_DEALS, "_p")

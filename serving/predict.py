@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from training.explain import reason_codes, reasons_from_contributions
+from training.models import GROUP_THRESHOLDS, alert_thresholds
 
 ACTIONS_FILE = Path(__file__).resolve().parent / "actions.yaml"
 SCORING_ROLES = ("sales_rep", "sales_manager", "executive", "application")
@@ -180,7 +181,8 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
     """Turn request records into what the model reads.
 
     A record is either only the entity id (features come from the lookup) or a full feature record that also
-    carries the id. Booleans count as numbers (0/1).
+    carries the id. Booleans count as numbers (0/1). For a fairness-mitigated variant, a full record may also
+    carry the group attribute its thresholds depend on; without it the model's base threshold applies.
 
     Raises:
         RequestError: 422 naming the field for a missing id, an unknown id, a missing feature, a value of the
@@ -190,6 +192,8 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
     numeric = set(pre.numeric) if pre else set()
     categories = pre._category_codes() if pre else {}
     features = list(model.features)
+    # A fairness-mitigated variant sets its alert threshold by a group the record may carry (not a feature).
+    group_attribute = (model.metadata.get(GROUP_THRESHOLDS) or {}).get("attribute")
     lookup.prepare(model)
     ids, rows, unknown, given, looked_up = [], [], [], [], []
     for i, record in enumerate(records):
@@ -206,7 +210,13 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
             rows.append(lookup.rows[at])
             looked_up.append((i, at))
             continue
-        rows.append(_check_record(i, record, features, numeric, categories))
+        row = _check_record(i, record, features, numeric, categories)
+        if group_attribute and group_attribute not in row:
+            value = record.get(group_attribute)
+            if value is not None and not isinstance(value, str):
+                raise RequestError(422, f"records.{i}.{group_attribute}", "must be a string or null")
+            row[group_attribute] = value
+        rows.append(row)
         given.append(i)
     if unknown:
         raise RequestError(422, f"records.{lookup.id_field}", f"unknown {lookup.id_field}: {', '.join(unknown[:20])}",
@@ -230,8 +240,8 @@ def out_of_scope(ids: list[str], scope: str, lookup: Lookup, hierarchy: Hierarch
     return sorted({i for i in ids if lookup.owners.get(i) not in allowed})
 
 
-def risk_bands(p: np.ndarray, threshold: float) -> np.ndarray:
-    """high at or above the alert threshold, medium above half of it, else low."""
+def risk_bands(p: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
+    """high at or above the alert threshold (one, or one per row), medium above half of it, else low."""
     return np.where(p >= threshold, "high", np.where(p >= threshold / 2, "medium", "low"))
 
 
@@ -246,7 +256,7 @@ def score_records(model, resolved: Resolved, task: str, name: str, version: str,
         frame = resolved.frame
         p = model.predict_proba(frame)
         reasons = reason_codes(model, frame, k=k)
-    bands = risk_bands(p, float(model.metadata.get("alert_threshold", 0.5)))
+    bands = risk_bands(p, alert_thresholds(model, resolved.rows))
     version = str(version)
     return [{id_field: resolved.ids[i], "probability": round(float(p[i]), 6), "risk_band": str(bands[i]),
              "reasons": reasons[i], "actions": next_best_actions(rules, task, row, str(bands[i])),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightgbm as lgb
@@ -22,6 +23,8 @@ from training.preprocess import TabularPreprocessor
 FAMILIES = ("lightgbm", "xgboost")
 BOOSTER_FILE = {"lightgbm": "booster.txt", "xgboost": "booster.json"}
 MODEL_FILE = "model.json"
+#: Metadata key of a fairness-mitigated variant: {"attribute", "thresholds": {group: threshold}, ...}.
+GROUP_THRESHOLDS = "group_thresholds"
 
 
 def make_estimator(family: str, params: dict, *, threads: int, seed: int, n_estimators: int,
@@ -99,6 +102,21 @@ def booster_predict(booster, family: str, matrix: pd.DataFrame | np.ndarray, con
     dmatrix = xgb.DMatrix(matrix, nthread=1)
     return np.asarray(booster.predict(dmatrix, pred_contribs=contributions, approx_contribs=approximate,
                                       validate_features=named))
+
+
+def alert_thresholds(model, rows: pd.DataFrame | Sequence[Mapping]) -> np.ndarray:
+    """Each row's alert threshold: the model's ``alert_threshold``, or for a fairness-mitigated variant the
+    threshold of the row's group (rows whose group is missing or unseen keep the model's threshold)."""
+    base = float(model.metadata.get("alert_threshold", 0.5))
+    spec = model.metadata.get(GROUP_THRESHOLDS)
+    if not spec:
+        return np.full(len(rows), base)
+    attribute, table = spec["attribute"], spec["thresholds"]
+    if isinstance(rows, pd.DataFrame):
+        values = rows[attribute].tolist() if attribute in rows.columns else [None] * len(rows)
+    else:
+        values = [r.get(attribute) for r in rows]
+    return np.array([base if v is None else float(table.get(str(v), base)) for v in values], dtype=float)
 
 
 class ChurnModel:

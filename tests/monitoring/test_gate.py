@@ -9,6 +9,7 @@ import pytest
 
 import monitoring.gate as gate
 from experiments.churn_run import run_churn_training
+from experiments.registered import load_version_model
 from experiments.registry import CHAMPION, PREVIOUS
 from features.ingest import discover_sources, ingest
 from features.pipeline import train_text_model
@@ -119,9 +120,29 @@ def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path)
     assert fairness["status"] == "fail" and outcome.gate == "FAIL"
     assert "size_band: demographic-parity ratio" in fairness["reason"]
     assert fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"] < 0.8
-    assert "mitigation" in fairness["figures"]
     with pytest.raises(gate.GateError, match="gate is FAIL"):
         gate.promote(get_settings(home=home), "churn.opportunity_loss", version, VALIDATOR)
+
+    # The mitigation is offered as a separate candidate: same booster, one threshold per size band.
+    mitigation = fairness["figures"]["mitigation"]
+    variant = mitigation["candidate_version"]
+    assert mitigation["attribute"] == "size_band" and len(mitigation["thresholds"]) >= 3
+    assert mitigation["demographic_parity_ratio"] > fairness["figures"]["attributes"]["size_band"][
+        "demographic_parity_ratio"]
+    settings = get_settings(home=home)
+    client = mlflow.MlflowClient(settings.tracking_uri_resolved)
+    tags = client.get_model_version("churn.opportunity_loss", variant).tags
+    assert tags["salesml.variant_of"] == version and tags["salesml.trainer"] == "alice"
+    assert tags["salesml.gate"] == "pending"
+    model, _ = load_version_model(client, "churn.opportunity_loss", variant)
+    assert model.metadata["group_thresholds"]["thresholds"] == pytest.approx(mitigation["thresholds"], abs=1e-6)
+    audited = gate.audit_version(settings, "churn.opportunity_loss", variant)
+    again = _check(audited, "fairness")
+    assert again["figures"]["threshold"] == "per group"
+    assert (again["figures"]["attributes"]["size_band"]["demographic_parity_ratio"]
+            > fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"])
+    assert "candidate_version" not in again["figures"].get("mitigation", {})  # no variant of a variant
+    assert ("offer_mitigation", variant) in [(e["action"], e["version"]) for e in gate.read_audit_log(settings)]
 
 
 @pytest.mark.slow

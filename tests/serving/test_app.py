@@ -107,3 +107,21 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(client):
                                            schemathesis.checks.response_schema_conformance])
 
         check()
+
+
+def test_a_mitigated_variant_bands_each_record_by_its_groups_threshold(toy_model, served_state):
+    import copy
+
+    from serving.predict import load_rules, resolve_records, score_records
+
+    variant = copy.copy(toy_model)
+    variant.metadata = {**toy_model.metadata, "group_thresholds": {"attribute": "size_band",
+                                                                  "thresholds": {"small": 0.99, "large": 0.0}}}
+    record = {"opportunity_id": "O1", "meetings_30d": 0.0, "discount": 0.35, "dm_departures": 1.0, "stage": "lead"}
+    records = [{**record, "size_band": "small"}, {**record, "size_band": "large"}, record]
+    resolved = resolve_records(records, variant, served_state.served["opportunity_loss"].lookup)
+    results = score_records(variant, resolved, "opportunity_loss", "m", "2", load_rules(), "opportunity_id")
+    assert len({r["probability"] for r in results}) == 1  # same booster, same probability
+    base = "high" if results[0]["probability"] >= 0.5 else ("medium" if results[0]["probability"] >= 0.25 else "low")
+    assert [r["risk_band"] for r in results] == [
+        "low" if results[0]["probability"] < 0.495 else "medium", "high", base]
