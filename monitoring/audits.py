@@ -254,7 +254,9 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
                             f"{policy['max_equalized_odds_difference']:.2f} (p={p_eo:.2g})")
     figures["skipped_attributes"] = skipped
     if failures:
-        figures["mitigation"] = _mitigate(frame, y, p, [f.split(":")[0] for f in failures], seed)
+        failing = sorted({f.split(":")[0] for f in failures},
+                         key=lambda a: figures["attributes"][a]["demographic_parity_ratio"])
+        figures["mitigation"] = _mitigate(frame, y, p, failing, seed)
         return CheckResult("fairness", policy["on_fail"], figures, "; ".join(failures), tables, charts)
     judged_attrs = ", ".join(figures["attributes"]) or "none"
     return CheckResult("fairness", "pass", figures, f"four-fifths rule and equalised odds hold for {judged_attrs}",
@@ -262,8 +264,8 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
 
 
 def _mitigate(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, attributes: list[str], seed: int) -> dict:
-    """A ThresholdOptimizer variant (demographic parity) for the first failing attribute, fitted on half the rows
-    and judged on the other half.
+    """A ThresholdOptimizer variant (demographic parity) for the first of the failing attributes (the caller puts
+    the worst parity first), fitted on half the rows and judged on the other half.
 
     ThresholdOptimizer's thresholds are randomised (each group mixes two thresholds). A served model needs one
     decision per record, so each group gets the single threshold that selects, on the fitting half, the share of

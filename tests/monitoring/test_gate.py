@@ -9,7 +9,7 @@ import pytest
 
 import monitoring.gate as gate
 from experiments.churn_run import run_churn_training
-from experiments.registered import load_version_model
+from experiments.registered import get_alias, load_version_model
 from experiments.registry import CHAMPION, PREVIOUS
 from features.ingest import discover_sources, ingest
 from features.pipeline import train_text_model
@@ -232,18 +232,25 @@ def test_the_report_renders_offline_in_headless_chromium(clean, chromium, tmp_pa
 
 @pytest.mark.slow
 def test_auto_promote_promotes_a_pass_version_only_when_the_policy_says_so(clean, tmp_path):
-    home, version, outcome = clean
+    home, _, _ = clean
     settings = get_settings(home=home)
     client = mlflow.MlflowClient(settings.tracking_uri_resolved)
-    assert "promoted" not in outcome.result  # off by default
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        client.get_model_version_by_alias("churn.opportunity_loss", CHAMPION)
+    name = "churn.opportunity_loss"
+    before = get_alias(client, name, CHAMPION)
+    version = train(home, trainer="bob", trials=1)
     policy = tmp_path / "policy.yaml"
-    policy.write_text("default:\n  auto_promote: true\n  checks:\n    performance:\n      metric: roc_auc\n"
-                      "      min_value: 0.6\n      max_degradation: 0.01\n      min_improvement: 0.0\n"
+    policy.write_text("default:\n  auto_promote: AUTO\n  checks:\n    performance:\n      metric: roc_auc\n"
+                      "      min_value: 0.6\n      max_degradation: 1.0\n      min_improvement: -1.0\n"
                       "      on_fail: fail\n")
-    again = gate.audit_version(settings, "churn.opportunity_loss", version, policy)
+    manual = policy.read_text().replace("AUTO", "false")
+    policy.write_text(manual)
+    first = gate.audit_version(settings, name, version, policy)
+    assert first.gate == "PASS" and "promoted" not in first.result
+    after = get_alias(client, name, CHAMPION)
+    assert (after.version if after else None) == (before.version if before else None)  # nothing moved
+    policy.write_text(manual.replace("auto_promote: false", "auto_promote: true"))
+    again = gate.audit_version(settings, name, version, policy)
     assert again.gate == "PASS" and again.result["promoted"]["champion"] == version
-    assert str(client.get_model_version_by_alias("churn.opportunity_loss", CHAMPION).version) == version
+    assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
     last = [e for e in gate.read_audit_log(settings) if e["action"] == "promote"][-1]
     assert last["version"] == version and last["principal"] == "policy:auto_promote"
