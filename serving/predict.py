@@ -190,7 +190,7 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
     """
     pre = getattr(model, "preprocessor", None)
     numeric = set(pre.numeric) if pre else set()
-    categories = pre._category_codes() if pre else {}
+    categories = pre.category_codes() if pre else {}
     features = list(model.features)
     # A fairness-mitigated variant sets its alert threshold by a group the record may carry (not a feature).
     group_attribute = (model.metadata.get(GROUP_THRESHOLDS) or {}).get("attribute")

@@ -71,7 +71,7 @@ class TabularPreprocessor:
         Numbers and booleans become float64 (``None`` stays NaN); categories become their code, NaN when missing
         or unseen. Every record must hold every feature.
         """
-        codes = self._category_codes()
+        codes = self.category_codes()
         out = np.empty((len(records), len(self.feature_names_)), dtype="float64")
         for j, column in enumerate(self.numeric):
             out[:, j] = np.array([r[column] for r in records], dtype="float64")
@@ -82,7 +82,8 @@ class TabularPreprocessor:
                                   for v in (r[column] for r in records)]
         return out
 
-    def _category_codes(self) -> dict[str, dict]:
+    def category_codes(self) -> dict[str, dict]:
+        """Each categorical column's vocabulary as {category: code}."""
         if getattr(self, "_codes", None) is None:
             self._codes = {c: {v: float(i) for i, v in enumerate(cats)} for c, cats in self.categories_.items()}
         return self._codes
