@@ -227,7 +227,7 @@ def _register(client, name: str, model_uri: str, run_id: str, digests: dict[str,
         # A version without its tags (digests, trainer) must not stay in the registry.
         client.delete_model_version(name, version.version)
         raise
-    return version.version
+    return str(version.version)
 
 
 def register_threshold_variant(settings: Settings, name: str, version: str, mitigation: dict,

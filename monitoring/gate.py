@@ -35,6 +35,7 @@ from experiments.registry import (
     TAG_REPORT,
     TAG_TASK,
     TAG_TRAINER,
+    TAG_VARIANT_OF,
     TAG_WINDOW,
 )
 from experiments.tracking import configure_mlflow
@@ -221,6 +222,13 @@ def _offer_mitigation(settings: Settings, name: str, version: str, candidate, ch
         return
     mitigation = fairness.figures.get("mitigation") or {}
     if "thresholds" not in mitigation or not policy["checks"]["fairness"].get("offer_mitigation", True):
+        return
+    client = configure_mlflow(settings)
+    earlier = sorted((v for v in client.search_model_versions(f"name='{name}'")
+                      if v.tags.get(TAG_VARIANT_OF) == version), key=lambda v: int(v.version))
+    if earlier:  # a re-audit offers the variant it offered before
+        mitigation["candidate_version"] = str(earlier[0].version)
+        fairness.reason += f"; its ThresholdOptimizer variant is version {earlier[0].version}"
         return
     variant = register_threshold_variant(settings, name, version, mitigation,
                                          window[candidate.features].head(5).reset_index(drop=True))

@@ -143,6 +143,8 @@ def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path)
             > fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"])
     assert "candidate_version" not in again["figures"].get("mitigation", {})  # no variant of a variant
     assert ("offer_mitigation", variant) in [(e["action"], e["version"]) for e in gate.read_audit_log(settings)]
+    reaudit = _check(gate.audit_version(settings, "churn.opportunity_loss", version), "fairness")
+    assert reaudit["figures"]["mitigation"]["candidate_version"] == variant  # offered once, not again
 
 
 @pytest.mark.slow
