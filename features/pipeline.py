@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import views as views_module
-from features.store import FeatureStore
+from features.store import FEATURE_VERSIONS, FeatureStore
 from features.text import SentimentModel, template_corpus, train_sentiment_model
 from features.views import (
     VIEWS,
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 TEXT_MODELS = "text_models"
 TEXT_SENTIMENT = "text_sentiment"
-FEATURE_VERSIONS = "feature_versions"
 BOOLEAN_COLUMNS = ("is_customer", "marketing_opt_in")
 
 

@@ -30,6 +30,7 @@ IBIS_TYPES = {
 QUARANTINE = "quarantine"
 LOADS = "loads"
 TASK_TABLES = "task_tables"
+FEATURE_VERSIONS = "feature_versions"
 _QUARANTINE_SCHEMA = ibis.schema(
     {
         "table_name": "string",
@@ -262,3 +263,12 @@ class FeatureStore:
         if not self.has_table(TASK_TABLES):
             return []
         return sorted(self.con.table(TASK_TABLES).execute()["name"])
+
+    def latest_view_table(self, view: str) -> str | None:
+        """The table holding the newest materialised version of a feature view, or ``None`` when it was never
+        materialised."""
+        if not self.has_table(FEATURE_VERSIONS):
+            return None
+        versions = self.table(FEATURE_VERSIONS)
+        rows = versions.filter(versions["view"] == view).order_by(versions.built_at.desc()).limit(1).execute()
+        return str(rows["table_name"].iloc[0]) if len(rows) else None

@@ -54,14 +54,11 @@ def load_lookup(store: FeatureStore, task: str, model) -> Lookup:
     """Current features by entity id, and each entity's owner, for a task."""
     if task in VIEW_OF_TASK:
         view, id_field = VIEW_OF_TASK[task]
-        versions = store.table("feature_versions") if store.has_table("feature_versions") else None
         features = pd.DataFrame(columns=[id_field, *model.features])
-        if versions is not None:
-            rows = versions.filter(versions["view"] == view).order_by(versions.built_at.desc()).limit(1).execute()
-            if len(rows):
-                table = store.table(rows["table_name"].iloc[0])
-                latest = table.filter(table.cutoff == table.cutoff.max()).execute()
-                features = latest
+        name = store.latest_view_table(view)
+        if name is not None:
+            table = store.table(name)
+            features = table.filter(table.cutoff == table.cutoff.max()).execute()
         features = features.drop_duplicates(id_field, keep="last").set_index(id_field, drop=False)
         owners = {}
         source = "opportunities" if task == "opportunity_loss" else "accounts"

@@ -43,8 +43,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "salesml.cli", "demo", "--accounts", "1500", "--trials", "4",
                         "--no-serve", "--json"], env=env, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
     with FeatureStore(get_settings(home=home).feature_store_path, read_only=True) as store:
-        versions = store.table("feature_versions").execute()
-        table = versions[versions["view"] == "opportunity"].sort_values("built_at")["table_name"].iloc[-1]
+        table = store.latest_view_table("opportunity")
         frame = store.table(table).execute()
     work = Path(tempfile.mkdtemp(prefix="salesml-batch-"))
     source = work / f"in.{args.format}"

@@ -80,8 +80,7 @@ def feature_records(home: Path, n: int) -> tuple[list[dict], Path]:
     folder = Path(tempfile.mkdtemp(prefix="salesml-bench-model-"))
     model, _ = load_version_model(client, NAME, str(champion.version), folder)
     with FeatureStore(settings.feature_store_path, read_only=True) as store:
-        versions = store.table("feature_versions").execute()
-        table = versions[versions["view"] == "opportunity"].sort_values("built_at")["table_name"].iloc[-1]
+        table = store.latest_view_table("opportunity")
         frame = store.table(table).execute()
     frame = frame[frame["cutoff"] == frame["cutoff"].max()][["opportunity_id", *model.features]]
     frame = frame.sample(n, replace=len(frame) < n, random_state=0)

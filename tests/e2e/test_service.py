@@ -50,8 +50,7 @@ def service(tmp_path_factory):
     from features.store import FeatureStore
 
     with FeatureStore(settings.feature_store_path, read_only=True) as store:
-        versions = store.table("feature_versions").execute()
-        table = versions[versions["view"] == "opportunity"].sort_values("built_at")["table_name"].iloc[-1]
+        table = store.latest_view_table("opportunity")
         frame = store.table(table).execute()
         frame = frame[frame["cutoff"] == frame["cutoff"].max()]
     people = json.loads((home / "demo-tokens.json").read_text())

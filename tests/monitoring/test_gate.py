@@ -89,8 +89,7 @@ def test_drift_reads_the_inference_log_as_production_data_once_it_holds_enough(c
     home, version, _ = clean
     settings = get_settings(home=home)
     with FeatureStore(settings.feature_store_path, read_only=True) as store:
-        versions = store.table("feature_versions").execute()
-        table = versions[versions["view"] == "opportunity"].sort_values("built_at")["table_name"].iloc[-1]
+        table = store.latest_view_table("opportunity")
         latest = store.table(table).execute()
     latest = latest[latest["cutoff"] == latest["cutoff"].max()].head(400)
     # Production traffic that has moved: deep discounts and no meetings.
