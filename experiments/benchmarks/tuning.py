@@ -50,7 +50,6 @@ def _task_data(name: str, root: Path, sensitive_as_features: bool) -> tuple[Task
     source = imported.sources[0]
     frame, _ = parse_frame(source.frame, source.table)
     frame = frame[frame["label"].notna()]
-    frame = frame[~frame["row_id"].duplicated(keep=False)].reset_index(drop=True)
     features = dict(mapping.features)
     if sensitive_as_features:
         features.update(mapping.sensitive_types)

@@ -50,6 +50,9 @@ WIN_LOSS = TaskMapping(
     kind="task",
     name="ibm_sales_win_loss",
     id="Opportunity Number",
+    # 183 opportunities have several rows (one per product line or amount); the literature's split uses all
+    # 78,025 rows, so each is kept.
+    repeated_ids=True,
     label=LabelMapping(column="Opportunity Result", positive="Loss", negative=["Won"]),
     features={
         "Supplies Subgroup": "category", "Supplies Group": "category", "Route To Market": "category",

@@ -73,6 +73,10 @@ class TaskMapping(BaseModel):
     kind: Literal["task"]
     name: str
     id: str
+    repeated_ids: bool = Field(False, description=(
+        "Rows may share an id (e.g. one row per product line of an opportunity): every row is kept, and the "
+        "second and later rows of an id get the row id '<id>#<n>' (n = 2, 3, ... in file order). Without it a "
+        "repeated id is quarantined under unique_key."))
     timestamp: str | None = None
     label: LabelMapping
     features: dict[str, MappedType]
@@ -235,7 +239,8 @@ def task_source(frame: pd.DataFrame, path: Path, mapping: TaskMapping, lines: pd
     _require_columns(frame, needed, path)
     table, spec, rules = build_task_table(mapping.name, mapping.id, mapping.label, dict(mapping.features),
                                           sensitive, mapping.timestamp, source or str(path))
-    out = pd.DataFrame({"row_id": frame[mapping.id], "source_row": range(1, len(frame) + 1)}, index=frame.index)
+    out = pd.DataFrame({"row_id": _row_ids(frame[mapping.id], mapping.repeated_ids),
+                        "source_row": range(1, len(frame) + 1)}, index=frame.index)
     if mapping.timestamp:
         out["event_time"] = frame[mapping.timestamp]
     out = out.join(label_frame(frame[mapping.label.column], mapping.label))
@@ -243,6 +248,16 @@ def task_source(frame: pd.DataFrame, path: Path, mapping: TaskMapping, lines: pd
         out[col] = frame[col]
     _check_types(out, table, path)
     return Source(table, path, out, lines=lines, rules=[*generic_rules(table), *rules]), spec
+
+
+def _row_ids(ids: pd.Series, repeated: bool) -> pd.Series:
+    """Row ids from the id column; with ``repeated``, later rows of an id get '#<n>' (file order)."""
+    if not repeated:
+        return ids
+    text = ids.astype("string")
+    occurrence = text.groupby(text, dropna=False).cumcount() + 1
+    suffixed = text + "#" + occurrence.astype("string")
+    return text.where((occurrence == 1) | text.isna(), suffixed)
 
 
 # ------------------------------------------------------------------------------------------------ canonical

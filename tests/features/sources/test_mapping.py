@@ -85,6 +85,25 @@ def test_a_task_mapping_imports_a_file_the_user_brings(tmp_path, store):
     assert [f["name"] for f in spec["features"]] == ["Plan", "Seats", "Monthly Fee"]
 
 
+def test_repeated_ids_keep_every_row_with_a_numbered_row_id(tmp_path, store):
+    csv = _write(tmp_path, "churn.csv", (
+        "Customer Ref;Snapshot;Churned?;Plan;Seats;Monthly Fee;Gender\n"
+        "C1;2025-01-31;yes;pro;10;99.5;f\n"
+        "C2;2025-01-31;no;basic;2;19;m\n"
+        "C1;2025-02-28;no;pro;12;99.5;f\n"
+        "C1;2025-03-31;no;pro;12;99.5;f\n"))
+    yaml_text = TASK_YAML.replace("id: Customer Ref", "id: Customer Ref\nrepeated_ids: true")
+    assert "repeated_ids" in yaml_text
+    imported = sources_from_mapping(load_mapping(_write(tmp_path, "m.yaml", yaml_text)), csv)
+    store.register_task(imported.tasks[0]["name"], imported.tasks[0])
+    report = ingest(imported.sources, store, as_of=pd.Timestamp("2025-12-31"))
+    t = report.tables["task_crm_churn"]
+    assert (t.read, t.stored, t.quarantined) == (4, 4, 0)
+    rows = store.table("task_crm_churn").execute().sort_values("source_row")
+    assert rows["row_id"].tolist() == ["C1", "C2", "C1#2", "C1#3"]
+    assert rows["Seats"].tolist() == [10, 2, 12, 12]
+
+
 def test_a_canonical_mapping_imports_a_crm_export(tmp_path, store, small_org):
     parents = [Source(TABLES[n], tmp_path / f"{n}.parquet", small_org.tables[n]) for n in ("sales_reps", "accounts")]
     ingest(parents, store, pd.Timestamp("2026-01-01"))
