@@ -8,12 +8,12 @@ the reason, never 500.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -196,7 +196,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
                        served.lookup.id_field)
         # The results are built to the ScoreResponse schema; re-validating 10,000 of them would cost more than
         # scoring them, so they go out as they are.
-        return Response(json.dumps({"results": results}, separators=(",", ":")), media_type="application/json")
+        return Response(orjson.dumps({"results": results}), media_type="application/json")
 
     @app.get("/models", response_model=ModelsResponse)
     def models() -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,26 +103,42 @@ def load_rules(path: Path = ACTIONS_FILE) -> list[dict]:
     return rules
 
 
-def next_best_actions(rules: list[dict], task: str, row: Mapping, band: str) -> list[dict]:
-    """The actions whose conditions hold for a scored record."""
-    out = []
+def next_best_actions(rules: list[dict], task: str, rows: list[Mapping], bands: Sequence[str]) -> list[list[dict]]:
+    """The actions whose conditions hold, for each scored record (rule by rule over the whole batch).
+
+    A condition on a missing value (None or NaN) does not hold.
+    """
+    n = len(rows)
+    out: list[list[dict]] = [[] for _ in range(n)]
+    columns: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    band_array = np.asarray(bands, dtype=object)
     for rule in rules:
         if rule.get("task") not in (None, task):
             continue
-        if rule.get("band") and rule["band"] != band:
-            continue
-        ok = True
+        holds = np.ones(n, dtype=bool)
+        if rule.get("band"):
+            holds &= band_array == rule["band"]
         for feature, condition in (rule.get("when") or {}).items():
-            value = row.get(feature)
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                ok = False
-                break
-            if not all(_OPS[op](value, target) for op, target in condition.items()):
-                ok = False
-                break
-        if ok:
-            out.append({"id": rule["id"], "action": rule["action"]})
+            if feature not in columns:
+                columns[feature] = _column(rows, feature)
+            values, present = columns[feature]
+            holds &= present
+            for op, target in condition.items():
+                with np.errstate(invalid="ignore"):
+                    holds &= np.asarray(_OPS[op](values, target), dtype=bool)
+        action = {"id": rule["id"], "action": rule["action"]}
+        for i in np.flatnonzero(holds).tolist():
+            out[i].append(dict(action))
     return out
+
+
+def _column(rows: list[Mapping], feature: str) -> tuple[np.ndarray, np.ndarray]:
+    """One feature over the rows (float when every value is numeric, else objects) and where it is present."""
+    values = [row.get(feature) for row in rows]
+    present = np.array([not (v is None or (isinstance(v, float) and math.isnan(v))) for v in values], dtype=bool)
+    if all(isinstance(v, (int, float)) for v, ok in zip(values, present, strict=True) if ok):
+        return np.array([v if ok else np.nan for v, ok in zip(values, present, strict=True)], dtype=float), present
+    return np.array(values, dtype=object), present
 
 
 def check_role(role: str) -> None:
@@ -256,8 +272,10 @@ def score_records(model, resolved: Resolved, task: str, name: str, version: str,
         frame = resolved.frame
         p = model.predict_proba(frame)
         reasons = reason_codes(model, frame, k=k)
-    bands = risk_bands(p, alert_thresholds(model, resolved.rows))
+    bands = risk_bands(p, alert_thresholds(model, resolved.rows)).tolist()
+    actions = next_best_actions(rules, task, resolved.rows, bands)
     version = str(version)
-    return [{id_field: resolved.ids[i], "probability": round(float(p[i]), 6), "risk_band": str(bands[i]),
-             "reasons": reasons[i], "actions": next_best_actions(rules, task, row, str(bands[i])),
-             "model": name, "version": version} for i, row in enumerate(resolved.rows)]
+    return [{id_field: entity, "probability": probability, "risk_band": band, "reasons": why, "actions": todo,
+             "model": name, "version": version}
+            for entity, probability, band, why, todo in zip(resolved.ids, np.round(p, 6).tolist(), bands, reasons,
+                                                          actions, strict=True)]

@@ -9,7 +9,7 @@ import pytest
 
 from training.calibration import Calibrator, choose_calibrator
 from training.evaluate import classification_metrics, early_warning, threshold_at_precision
-from training.explain import reason_codes, sentence_for
+from training.explain import reason_codes, reasons_from_contributions, sentence_for
 from training.models import ChurnModel, fit_estimator, make_estimator, native_booster, verify_digests
 from training.preprocess import TabularPreprocessor
 from training.search import SearchData, SearchSettings, make_objective, open_study, run_study
@@ -91,6 +91,24 @@ def test_reason_sentences_are_readable():
     record = {"dm_departures": None, "mystery_feature": None}  # a request's record, missing values as None
     assert sentence_for("dm_departures", record) == "unknown decision maker(s) left the account in the last 90 days"
     assert sentence_for("mystery_feature", record) == "mystery feature is unknown"
+
+
+def test_batch_reasons_are_the_largest_contributions_with_each_rows_own_sentence():
+    rng = np.random.default_rng(3)
+    names = ["meetings_30d", "discount", "mystery_feature", "dm_departures", "age_days"]
+    values = rng.normal(size=(200, len(names)))
+    values[0] = [0.0, 0.0, 0.5, 0.0, 0.0]  # a single non-zero contribution gives a single reason
+    rows = [{"meetings_30d": i % 4, "meetings_prev_30d": 3, "discount": 0.01 * (i % 30), "mystery_feature": i,
+             "dm_departures": 1, "age_days": 10.0} for i in range(200)]
+    reasons = reasons_from_contributions(values, names, rows, k=3)
+    assert [r["feature"] for r in reasons[0]] == ["mystery_feature"]
+    for i in range(1, 200):
+        expected = [names[j] for j in np.argsort(-np.abs(values[i]), kind="stable")[:3]]
+        assert [r["feature"] for r in reasons[i]] == expected
+        for r in reasons[i]:
+            assert r["sentence"] == sentence_for(r["feature"], rows[i])
+            assert r["direction"] == ("raises_risk" if r["contribution"] > 0 else "lowers_risk")
+    assert reasons_from_contributions(values[:, :2], names[:2], rows, k=3)[5][0]["feature"] in names[:2]
 
 
 def test_metrics_and_threshold_at_precision():
