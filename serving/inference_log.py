@@ -8,7 +8,6 @@ these files as production data (``features.production`` owns the layout and the 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -17,11 +16,25 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pandas as pd
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features.production import inference_log_file
 
 log = logging.getLogger(__name__)
+
+
+#: Columns of an inference log file.
+LOG_SCHEMA = pa.schema([("time", pa.timestamp("ns")), ("task", pa.string()), ("principal", pa.string()),
+                        ("model", pa.string()), ("version", pa.string()), ("inputs", pa.string()),
+                        ("probability", pa.float64()), ("risk_band", pa.string()), ("reasons", pa.string()),
+                        ("actions", pa.string())])
+
+
+def _json(value: object) -> str:
+    """JSON text of a logged value (orjson: the writer shares the GIL with the requests it must not slow down)."""
+    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 class InferenceLogger:
@@ -43,6 +56,7 @@ class InferenceLogger:
         self.written = 0
         self._counter = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="salesml-inference-log", daemon=True)
@@ -60,47 +74,73 @@ class InferenceLogger:
                 self.dropped += len(results)
                 return
             self.pending += len(results)
+            busy = self.pending >= self.max_records // 4
         self.queue.put((datetime.now(UTC).replace(tzinfo=None), task, principal, model, version, inputs, results,
                         id_field))
+        if busy:  # write now rather than at the next tick, before the queue fills and records are dropped
+            self._wake.set()
 
-    def _drain(self) -> list[dict]:
-        entries = []
+    def _drain(self) -> dict[tuple[str, str], dict[str, list]]:
+        """Take everything queued, as columns per (task, day)."""
+        groups: dict[tuple[str, str], dict[str, list]] = {}
+        # Results answered from precomputed scores share their inputs, reasons and actions objects between
+        # requests: each is serialised once per drain (the cache holds the object, so its id is not reused).
+        texts: dict[int, tuple[object, str]] = {}
+
+        def text(value: object) -> str:
+            hit = texts.get(id(value))
+            if hit is None:
+                hit = texts[id(value)] = (value, _json(value))
+            return hit[1]
+
         while True:
             try:
                 now, task, principal, model, version, inputs, results, id_field = self.queue.get_nowait()
             except queue.Empty:
                 break
+            columns = groups.get((task, now.strftime("%Y-%m-%d")))
+            if columns is None:
+                columns = groups[(task, now.strftime("%Y-%m-%d"))] = {name: [] for name in LOG_SCHEMA.names}
+            n = len(results)
+            for name, value in (("time", now), ("task", task), ("principal", principal), ("model", model),
+                                ("version", version)):
+                columns[name] += [value] * n
+            logged, probability, band, reasons, actions = (columns["inputs"], columns["probability"],
+                                                           columns["risk_band"], columns["reasons"],
+                                                           columns["actions"])
             for record, result in zip(inputs, results, strict=True):
-                if id_field is not None:
-                    record = {**record, id_field: result.get(id_field)}
-                entries.append({"time": now, "task": task, "principal": principal, "model": model,
-                                "version": version, "inputs": json.dumps(record, default=str),
-                                "probability": result["probability"], "risk_band": result["risk_band"],
-                                "reasons": json.dumps(result["reasons"]), "actions": json.dumps(result["actions"])})
+                if id_field is None or record.get(id_field) == result.get(id_field):
+                    logged.append(text(record))
+                else:
+                    logged.append(_json({**record, id_field: result.get(id_field)}))
+                probability.append(result["probability"])
+                band.append(result["risk_band"])
+                reasons.append(text(result["reasons"]))
+                actions.append(text(result["actions"]))
             with self._pending_lock:
-                self.pending -= len(results)
-        return entries
+                self.pending -= n
+        return groups
 
     def flush(self) -> int:
         """Write what is queued now; returns the entries written."""
         with self._lock:
-            items = self._drain()
-            if not items:
-                return 0
-            frame = pd.DataFrame(items)
-            for (task, day), part in frame.groupby([frame["task"], frame["time"].dt.strftime("%Y-%m-%d")]):
+            written = 0
+            for (task, day), columns in self._drain().items():
                 self._counter += 1
                 path = inference_log_file(self.folder, str(task), day,
                                           f"part-{os.getpid()}-{int(time.time() * 1000)}-{self._counter}.parquet")
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
-                part.to_parquet(tmp, index=False)
+                pq.write_table(pa.Table.from_pydict(columns, schema=LOG_SCHEMA), tmp)
                 tmp.replace(path)
-            self.written += len(items)
-            return len(items)
+                written += len(columns["time"])
+            self.written += written
+            return written
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
             try:
                 self.flush()
             except Exception:  # noqa: BLE001 - logging must never take the service down
@@ -109,6 +149,7 @@ class InferenceLogger:
     def close(self) -> None:
         """Stop the writer and flush what is left."""
         self._stop.set()
+        self._wake.set()
         self._thread.join(timeout=10)
         self.flush()
         if self.dropped:

@@ -24,6 +24,7 @@ _app = create_app(_settings, lambda: bentoml.get_current_service().server,
 
 
 @bentoml.service(name="salesml", workers=_settings.serve_workers, traffic={"timeout": 60},
+                 logging={"access": {"enabled": _settings.access_log}},
                  envs=[{"name": k, "value": v} for k, v in TELEMETRY_OFF.items()])
 @bentoml.asgi_app(_app, path="/")
 class SalesML:

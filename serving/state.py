@@ -20,7 +20,7 @@ from experiments.registry import CHAMPION, TAG_GATE, TAG_REPORT, TAG_TASK
 from experiments.tracking import configure_mlflow
 from features.store import FeatureStore
 from salesml.settings import Settings
-from serving.predict import Hierarchy, Lookup
+from serving.predict import Hierarchy, Lookup, load_rules, score_lookup
 
 log = logging.getLogger(__name__)
 VIEW_OF_TASK = {"opportunity_loss": ("opportunity", "opportunity_id"), "customer_churn": ("customer", "account_id")}
@@ -98,6 +98,7 @@ class ModelServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.client = configure_mlflow(settings)
+        self.rules = load_rules()
         self.ready = False
 
     def load_all(self) -> None:
@@ -127,6 +128,9 @@ class ModelServer:
         task = info.tags.get(TAG_TASK) or model.metadata.get("task")
         lookup = load_lookup(store, task, model)
         lookup.prepare(model)
+        if 0 < len(lookup.features) <= self.settings.score_cache_rows:
+            score_lookup(model, lookup, task, name, str(info.version), self.rules,
+                         approximate=self.settings.reasons == "fast")
         return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
                       info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"))
 

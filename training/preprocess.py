@@ -72,15 +72,17 @@ class TabularPreprocessor:
         or unseen. Every record must hold every feature.
         """
         codes = self.category_codes()
-        out = np.empty((len(records), len(self.feature_names_)), dtype="float64")
-        for j, column in enumerate(self.numeric):
-            out[:, j] = np.array([r[column] for r in records], dtype="float64")
-        offset = len(self.numeric)
-        for j, column in enumerate(self.categorical):
-            known = codes[column]
-            out[:, offset + j] = [known.get(v if v is None or isinstance(v, str) else str(v), np.nan)
-                                  for v in (r[column] for r in records)]
-        return out
+        numeric = self.numeric
+        categorical = [(column, codes[column]) for column in self.categorical]
+        # Row by row into one array call: a per-column array costs more than the values for a handful of rows.
+        rows = []
+        for r in records:
+            row = [r[column] for column in numeric]
+            for column, known in categorical:
+                v = r[column]
+                row.append(known.get(v if v is None or isinstance(v, str) else str(v), np.nan))
+            rows.append(row)
+        return np.array(rows, dtype="float64").reshape(len(records), len(self.feature_names_))
 
     def category_codes(self) -> dict[str, dict]:
         """Each categorical column's vocabulary as {category: code}."""

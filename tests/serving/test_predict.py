@@ -34,3 +34,24 @@ def test_the_shipped_rules_load_and_apply_to_an_empty_batch():
     rules = load_rules()
     assert len({r["id"] for r in rules}) == len(rules)
     assert next_best_actions(rules, "opportunity_loss", [], []) == []
+
+
+def test_requests_by_id_are_answered_from_the_scores_computed_at_load(toy_model, served_state):
+    from serving.predict import resolve_records, score_lookup, score_records, score_request
+
+    lookup = served_state.served["opportunity_loss"].lookup
+    rules = load_rules()
+    records = [{"opportunity_id": "O3"}, {"opportunity_id": "O1"}, {"opportunity_id": "O3"}]
+    live = score_records(toy_model, resolve_records(records, toy_model, lookup), "opportunity_loss", "m", "7", rules,
+                         "opportunity_id")
+    score_lookup(toy_model, lookup, "opportunity_loss", "m", "7", rules, chunk=2)
+    assert len(lookup.scores) == 3
+    cached = score_request(toy_model, resolve_records(records, toy_model, lookup), lookup, "opportunity_loss", "m",
+                           "7", rules)
+    assert cached == live
+    assert cached[0] is lookup.scores[2] and [r["opportunity_id"] for r in cached] == ["O3", "O1", "O3"]
+    full = {"opportunity_id": "O1", "meetings_30d": 9.0, "discount": 0.0, "dm_departures": 0.0, "stage": "lead"}
+    mixed = score_request(toy_model, resolve_records([full, records[1]], toy_model, lookup), lookup,
+                          "opportunity_loss", "m", "7", rules)
+    assert mixed[0]["probability"] != live[1]["probability"]  # the record's own features, scored live
+    assert mixed[1] == live[1]
