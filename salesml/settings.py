@@ -59,8 +59,8 @@ class Settings(BaseSettings):
         "those results, when the lookup holds at most this many entities (0: always score live)."))
     access_log: bool = Field(False, description=(
         "BentoML's access log line per HTTP request. Off by default: every scored record is already in the "
-        "inference log and every refused request in the service log, and the line costs about a fifth of the "
-        "single-record throughput. Prometheus metrics are kept either way."))
+        "inference log and every refused request in the service log, and every single-record call pays for the "
+        "line. Prometheus metrics are kept either way."))
     log_flush_seconds: float = Field(2.0, gt=0, description="Inference log: seconds between writes.")
     log_queue_records: int = Field(200_000, ge=1000, description="Inference log: records held in memory at most.")
 
