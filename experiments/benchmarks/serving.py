@@ -95,6 +95,7 @@ def start(command: list[str], env: dict, ready: callable, name: str) -> subproce
     with log.open("wb") as handle:
         proc = subprocess.Popen(command, env={**os.environ, **TELEMETRY_OFF, **env}, stdout=handle, stderr=handle,
                                 start_new_session=True, cwd=REPO)
+    proc.log_path = log
     deadline = time.time() + 180
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -232,6 +233,10 @@ def main() -> None:
                     len(ids) / 1e6, 2), **id_run, "records_per_s": id_run["requests_per_s"] * len(records)}
         finally:
             stop(proc)
+            if name == "salesml":
+                # Records the inference log dropped because its queue was full (each worker reports at shutdown).
+                dropped = re.findall(r"inference log dropped (\d+) entries", proc.log_path.read_text())
+                result["salesml_inference_log_dropped"] = sum(map(int, dropped))
     spread = max(probabilities.values()) - min(probabilities.values())
     s, m = result["services"]["salesml"], result["services"]["mlflow_models_serve"]
     result["same_probability"] = {"values": probabilities, "max_difference": spread, "agree": spread < 1e-5}
