@@ -129,8 +129,12 @@ class ModelServer:
         lookup = load_lookup(store, task, model)
         lookup.prepare(model)
         if 0 < len(lookup.features) <= self.settings.score_cache_rows:
-            score_lookup(model, lookup, task, name, str(info.version), self.rules,
-                         approximate=self.settings.reasons == "fast")
+            try:
+                score_lookup(model, lookup, task, name, str(info.version), self.rules,
+                             approximate=self.settings.reasons == "fast")
+            except Exception:  # noqa: BLE001 - the cache only saves time: without it requests are scored live
+                log.exception("could not precompute the scores of %s's lookup; scoring requests by id live", name)
+                lookup.scores = None
         return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
                       info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"))
 
