@@ -335,7 +335,6 @@ def _account_signals(tables: Mapping[str, ir.Table], acc_keys: ir.Table, config:
     bj = bj.filter(bj.obs_s < bj.cutoff_s, bj.obs_s >= bj.cutoff_s - config.signal_days * DAY)
     budget = bj.group_by(keys).aggregate(budget_change_pct=bj.budget_change_pct.sum(), budget_signals=bj.obs_s.count())
 
-
     news = tables["news_signals"]
     scores = _sentiment(tables, "news_signals")
     n = news.select("news_id", "subject_type", "account_id", "region", pub_s=epoch(news.published_at))
