@@ -256,7 +256,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         """Pipeline figures within the caller's scope (executives and managers; reps see their own deals)."""
         principal = principal_of(request)
         check_role(principal.role)
-        return dashboard_data(settings, server_provider().state, principal)
+        return dashboard_data(settings, server_provider().state, principal, rules)
 
     @app.get("/static/d3.min.js", include_in_schema=False)
     def d3() -> FileResponse:

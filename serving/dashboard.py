@@ -11,16 +11,14 @@ import pandas as pd
 
 from salesml.access import Principal
 from salesml.settings import Settings
-from serving.predict import risk_bands
-from training.explain import reason_codes
-from training.models import alert_thresholds
+from serving.predict import Resolved, score_request
 
 TOP_DEALS = 10
 
 
-def dashboard_data(settings: Settings, state, principal: Principal) -> dict:
+def dashboard_data(settings: Settings, state, principal: Principal, rules: list[dict]) -> dict:
     """Pipeline value by stage, at-risk value and count, monthly win rate, top at-risk deals with reasons, and
-    model status, all within the principal's scope."""
+    model status, all within the principal's scope. Scores and reasons are the API's own (``score_request``)."""
     allowed = state.hierarchy.owners_in(principal.scope)
     served = state.served.get("opportunity_loss")
     out: dict = {"viewer": {"name": principal.name, "role": principal.role, "scope": principal.scope},
@@ -48,15 +46,24 @@ def dashboard_data(settings: Settings, state, principal: Principal) -> dict:
     by_stage = features.groupby("stage")["amount"].agg(["sum", "count"])
     out["pipeline_by_stage"] = [{"stage": k, "value": float(v["sum"]), "count": int(v["count"])}
                                 for k, v in by_stage.iterrows()]
-    p = served.model.predict_proba(features)
-    bands = risk_bands(p, alert_thresholds(served.model, features))
-    risky = features.assign(_p=p)[bands == "high"]
+    # The same answers the API gives for these ids (precomputed at load when the service has them).
+    lookup = served.lookup
+    lookup.prepare(served.model)
+    ids = features[lookup.id_field].astype(str).tolist()
+    positions = [lookup.position[i] for i in ids]
+    resolved = Resolved(ids, [lookup.rows[at] for at in positions],
+                        lookup.matrix[positions] if lookup.matrix is not None else None, positions)
+    results = score_request(served.model, resolved, lookup, served.task, served.name, served.version, rules,
+                            approximate=settings.reasons == "fast")
+    p = np.array([r["probability"] for r in results], dtype=float)
+    high = np.array([r["risk_band"] == "high" for r in results], dtype=bool)
+    risky = features.assign(_p=p, _at=np.arange(len(features)))[high]
     out["at_risk"] = {"count": int(len(risky)), "value": float(risky["amount"].sum())}
     top = risky.nlargest(TOP_DEALS, "_p")
-    reasons = reason_codes(served.model, top.drop(columns="_p"), k=3) if len(top) else []
-    out["top_at_risk"] = [{"opportunity_id": str(row[served.lookup.id_field]), "owner": served.lookup.owners.get(
-        str(row[served.lookup.id_field])), "amount": float(row["amount"]), "probability": round(float(row["_p"]), 4),
-        "reasons": [r["sentence"] for r in rs]} for (_, row), rs in zip(top.iterrows(), reasons, strict=True)]
+    out["top_at_risk"] = [{"opportunity_id": ids[at], "owner": lookup.owners.get(ids[at]),
+                           "amount": float(amount), "probability": round(float(prob), 4),
+                           "reasons": [r["sentence"] for r in results[at]["reasons"]]}
+                          for at, amount, prob in zip(top["_at"], top["amount"], top["_p"], strict=True)]
     out["at_risk"]["share_of_pipeline"] = float(out["at_risk"]["value"] / max(np.sum(features["amount"]), 1.0))
     return out
 

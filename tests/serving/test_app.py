@@ -88,6 +88,13 @@ def test_dashboard_data_follows_the_scope(client):
     assert all(d["owner"] == "R1" for d in rep["top_at_risk"])
     assert client.get("/dashboard/data").status_code == 401
     assert "d3.min.js" in client.get("/dashboard").text
+    assert exec_["top_at_risk"], "the toy pipeline has a high-risk deal"
+    for deal in exec_["top_at_risk"]:  # the dashboard shows what the API answers for the same id
+        api = client.post("/churn/score", json={"task": "opportunity_loss",
+                                                "records": [{"opportunity_id": deal["opportunity_id"]}]},
+                          headers=auth("exec")).json()["results"][0]
+        assert deal["probability"] == round(api["probability"], 4)
+        assert deal["reasons"] == [r["sentence"] for r in api["reasons"]]
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(client):
