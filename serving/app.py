@@ -24,7 +24,7 @@ from salesml.access import AccessError, Principal, authenticate
 from salesml.settings import Settings
 from serving.dashboard import dashboard_data, dashboard_html
 from serving.inference_log import InferenceLogger
-from serving.predict import RequestError, check_role, load_rules, out_of_scope, resolve_records, score_request
+from serving.predict import RequestError, check_role, out_of_scope, resolve_records, score_request
 from serving.state import ModelServer
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,6 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
                   "checked by role and data scope.", docs_url=None, redoc_url=None)
     app.router.route_class = OrjsonRoute
     tokens = TokenCache(settings.access_file)
-    rules = load_rules()
 
     def error(exc: RequestError) -> JSONResponse:
         # With BentoML's access log off, this line is the record of a refused request.
@@ -209,7 +208,8 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         check_role(principal.role)
         if len(body.records) > settings.max_batch_rows:
             raise RequestError(413, "records", f"{len(body.records)} records; at most {settings.max_batch_rows} per request")
-        state = server_provider().state
+        server = server_provider()
+        state = server.state
         served = state.served.get(body.task)
         if served is None:
             known = ", ".join(sorted(state.served)) or "none"
@@ -219,8 +219,9 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         if outside:
             raise RequestError(403, "records", f"{principal.name} may not score these records (scope "
                                f"{principal.scope})", outside)
+        # The server's rules: those it precomputed the answers by id with.
         results = score_request(served.model, resolved, served.lookup, served.task, served.name, served.version,
-                                rules, approximate=settings.reasons == "fast")
+                                server.rules, approximate=settings.reasons == "fast")
         logger = logger_provider()
         if logger is not None:
             logger.log(served.task, principal.name, served.name, served.version, resolved.rows, results,
@@ -256,7 +257,8 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         """Pipeline figures within the caller's scope (executives and managers; reps see their own deals)."""
         principal = principal_of(request)
         check_role(principal.role)
-        return dashboard_data(settings, server_provider().state, principal, rules)
+        server = server_provider()
+        return dashboard_data(settings, server.state, principal, server.rules)
 
     @app.get("/static/d3.min.js", include_in_schema=False)
     def d3() -> FileResponse:

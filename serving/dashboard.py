@@ -11,7 +11,7 @@ import pandas as pd
 
 from salesml.access import Principal
 from salesml.settings import Settings
-from serving.predict import Resolved, score_request
+from serving.predict import resolve_records, score_request
 
 TOP_DEALS = 10
 
@@ -48,11 +48,8 @@ def dashboard_data(settings: Settings, state, principal: Principal, rules: list[
                                 for k, v in by_stage.iterrows()]
     # The same answers the API gives for these ids (precomputed at load when the service has them).
     lookup = served.lookup
-    lookup.prepare(served.model)
     ids = features[lookup.id_field].astype(str).tolist()
-    positions = [lookup.position[i] for i in ids]
-    resolved = Resolved(ids, [lookup.rows[at] for at in positions],
-                        lookup.matrix[positions] if lookup.matrix is not None else None, positions)
+    resolved = resolve_records([{lookup.id_field: i} for i in ids], served.model, lookup)
     results = score_request(served.model, resolved, lookup, served.task, served.name, served.version, rules,
                             approximate=settings.reasons == "fast")
     p = np.array([r["probability"] for r in results], dtype=float)

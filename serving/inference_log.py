@@ -98,9 +98,10 @@ class InferenceLogger:
                 now, task, principal, model, version, inputs, results, id_field = self.queue.get_nowait()
             except queue.Empty:
                 break
-            columns = groups.get((task, now.strftime("%Y-%m-%d")))
+            key = (task, now.strftime("%Y-%m-%d"))
+            columns = groups.get(key)
             if columns is None:
-                columns = groups[(task, now.strftime("%Y-%m-%d"))] = {name: [] for name in LOG_SCHEMA.names}
+                columns = groups[key] = {name: [] for name in LOG_SCHEMA.names}
             n = len(results)
             for name, value in (("time", now), ("task", task), ("principal", principal), ("model", model),
                                 ("version", version)):

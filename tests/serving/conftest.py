@@ -9,7 +9,7 @@ import pytest
 from salesml.access import Principal, hash_token, save_principals
 from salesml.settings import get_settings
 from serving.app import create_app
-from serving.predict import Hierarchy, Lookup
+from serving.predict import Hierarchy, Lookup, load_rules
 from serving.state import Served, ServingState
 from training.calibration import Calibrator
 from training.models import ChurnModel, fit_estimator, make_estimator, native_booster
@@ -64,6 +64,7 @@ def client(tmp_path, monkeypatch, served_state):
 
     class Server:
         state = served_state
+        rules = load_rules()
 
     return TestClient(create_app(settings, lambda: Server))
 
