@@ -3,6 +3,12 @@
 Both calibrators are fitted on the validation predictions; the choice between them is made by their Brier
 score out of fold (5-fold cross-validation within the validation set), so isotonic's in-sample advantage does not
 decide. The fitted calibrator is plain JSON.
+
+Isotonic regression is a step function: every raw score inside a flat step gets the same probability, and those
+ties cost ranking quality (on Telco, 0.848 ROC AUC raw against 0.847 calibrated). The isotonic map here breaks
+them with the raw score, ``(1 - TIE_BREAK) * isotonic(s) + TIE_BREAK * s``: still a probability, never more than
+``TIE_BREAK`` from the isotonic one, and strictly increasing, so the calibrated model ranks exactly as the booster
+does.
 """
 
 from __future__ import annotations
@@ -14,6 +20,9 @@ from sklearn.metrics import brier_score_loss
 from sklearn.model_selection import StratifiedKFold
 
 _EPS = 1e-6
+#: Weight of the raw score in the isotonic map (see the module docstring). Artifacts saved before it existed
+#: load with 0, which keeps their predictions unchanged.
+TIE_BREAK = 1e-4
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -40,6 +49,7 @@ class Calibrator:
             iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(scores, y)
             self.x_ = iso.X_thresholds_.astype(float)
             self.y_ = iso.y_thresholds_.astype(float)
+            self.tie_break_ = TIE_BREAK
         else:
             lr = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(scores).reshape(-1, 1), y)
             self.a_ = float(lr.coef_[0, 0])
@@ -50,13 +60,13 @@ class Calibrator:
         """Calibrated probabilities."""
         scores = np.asarray(scores, dtype=float)
         if self.method == "isotonic":
-            return np.interp(scores, self.x_, self.y_)
+            return (1.0 - self.tie_break_) * np.interp(scores, self.x_, self.y_) + self.tie_break_ * scores
         return 1.0 / (1.0 + np.exp(-(self.a_ * _logit(scores) + self.b_)))
 
     def to_dict(self) -> dict:
         """JSON-ready state."""
         if self.method == "isotonic":
-            return {"method": "isotonic", "x": self.x_.tolist(), "y": self.y_.tolist()}
+            return {"method": "isotonic", "x": self.x_.tolist(), "y": self.y_.tolist(), "tie_break": self.tie_break_}
         return {"method": "sigmoid", "a": self.a_, "b": self.b_}
 
     @classmethod
@@ -65,6 +75,7 @@ class Calibrator:
         cal = cls(data["method"])
         if cal.method == "isotonic":
             cal.x_, cal.y_ = np.asarray(data["x"], dtype=float), np.asarray(data["y"], dtype=float)
+            cal.tie_break_ = float(data.get("tie_break", 0.0))
         else:
             cal.a_, cal.b_ = float(data["a"]), float(data["b"])
         return cal

@@ -6,6 +6,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from training.calibration import Calibrator, choose_calibrator
 from training.evaluate import classification_metrics, early_warning, threshold_at_precision
@@ -52,6 +53,21 @@ def test_calibrators_are_monotone_round_trip_and_the_better_brier_wins():
     np.testing.assert_allclose(again.predict(raw), calibrated)
     grid = np.linspace(0, 1, 50)
     assert np.all(np.diff(again.predict(grid)) >= -1e-12)
+
+
+def test_isotonic_calibration_keeps_the_booster_ranking():
+    rng = np.random.default_rng(2)
+    raw = rng.uniform(0, 1, 2000)
+    y = (rng.random(2000) < raw**2).astype(int)
+    iso = Calibrator("isotonic").fit(raw, y)
+    calibrated = iso.predict(raw)
+    assert len(np.unique(np.interp(raw, iso.x_, iso.y_))) < 200  # the plain step function ties most scores
+    assert np.all(np.diff(iso.predict(np.sort(raw))) > 0)  # the tie-broken one ties none
+    assert roc_auc_score(y, calibrated) == roc_auc_score(y, raw)
+    assert np.max(np.abs(calibrated - np.interp(raw, iso.x_, iso.y_))) <= 1e-4
+    old = iso.to_dict()
+    del old["tie_break"]  # an artifact saved before tie-breaking predicts as it did
+    np.testing.assert_array_equal(Calibrator.from_dict(old).predict(raw), np.interp(raw, iso.x_, iso.y_))
 
 
 @pytest.mark.parametrize("family", ["lightgbm", "xgboost"])
@@ -150,3 +166,14 @@ def test_a_study_resumes_to_its_target(tmp_path):
     assert len(finished) == len(again.trials) == 5
     assert run_study(again, make_objective(data, settings), settings.families, trials=5) == 0
     assert {t.params["family"] for t in finished[:2]} == {"lightgbm", "xgboost"}  # default trials first
+
+
+def test_both_pruning_callbacks_report_every_tenth_round_at_the_same_steps(tmp_path):
+    x, y = _toy(400)
+    pre = TabularPreprocessor(["meetings_30d", "meetings_prev_30d", "discount"], ["stage"]).fit(x)
+    data = SearchData.cross_validated(pre.transform(x), y, ["stage"], 3, 0)
+    settings = SearchSettings(["lightgbm", "xgboost"], 45, 1000, 1, 0)  # no early stop before round 45
+    study = open_study("reports", f"sqlite:///{tmp_path / 'optuna.db'}", 0, True)
+    run_study(study, make_objective(data, settings), settings.families, trials=2)
+    steps = {t.params["family"]: sorted(t.intermediate_values) for t in study.trials}
+    assert steps == {"lightgbm": [9, 19, 29, 39], "xgboost": [9, 19, 29, 39]}
