@@ -45,7 +45,7 @@ chromium:
 	@command -v curl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq curl)
 
 test: install-dev java chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=20
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -111,6 +111,8 @@ class ModelsResponse(BaseModel):
     refused: dict[str, str]
 
 
+#: Paths that need a bearer token.
+AUTHENTICATED = frozenset({"/churn/score", "/dashboard/data"})
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422)}
 
 
@@ -183,7 +185,14 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         return error(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI validates the body before the endpoint runs; who is asking is still answered first, so an
+        # unauthenticated caller learns nothing about the request schema.
+        if request.url.path in AUTHENTICATED:
+            try:
+                principal_of(request)
+            except RequestError as denied:
+                return error(denied)
         first = exc.errors()[0] if exc.errors() else {"loc": ["body"], "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body") or "body"
         log.warning("refused 422: %s %s", where, first.get("msg", "invalid"))

@@ -42,6 +42,10 @@ def test_missing_or_invalid_tokens_get_401(client, headers, status):
     response = client.post("/churn/score", json={"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}]},
                            headers=headers)
     assert response.status_code == status and response.json()["error"]["field"] == "authorization"
+    invalid_body = client.post("/churn/score", json={"task": "opportunity_loss"}, headers=headers)
+    assert invalid_body.status_code == 401  # who is asking comes before what is wrong with the body
+    malformed = client.post("/churn/score", content="not json", headers={**headers, "content-type": "application/json"})
+    assert malformed.status_code == 401 and malformed.headers["www-authenticate"] == "Bearer"
 
 
 @pytest.mark.parametrize(("body", "status", "field"), [
