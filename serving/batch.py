@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,8 +75,8 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
             out["probability"] = [r["probability"] for r in results]
             out["risk_band"] = [r["risk_band"] for r in results]
             if k:
-                out["reasons"] = [json.dumps([x["sentence"] for x in r["reasons"]]) for r in results]
-                out["actions"] = [json.dumps([a["id"] for a in r["actions"]]) for r in results]
+                out["reasons"] = [orjson.dumps([x["sentence"] for x in r["reasons"]]).decode() for r in results]
+                out["actions"] = [orjson.dumps([a["id"] for a in r["actions"]]).decode() for r in results]
             del rows, resolved, results
             out["model"], out["version"] = name, str(info.version)
             if csv_out:
