@@ -116,9 +116,12 @@ def test_scoring_scopes_and_errors_over_http(service):
     anonymous = httpx.post(f"{service['base']}/churn/score", json={"task": "opportunity_loss", "records": [
         {"opportunity_id": service["mine"][0]}]}, timeout=10)
     assert anonymous.status_code == 401
-    bad = httpx.post(f"{service['base']}/churn/score", content=b"{not json",
-                     headers={"Authorization": "Bearer e2e-exec", "content-type": "application/json"}, timeout=10)
+    bad = httpx.post(f"{service['base']}/churn/score", content=b"{not json", timeout=10,
+                     headers={"Authorization": f"Bearer {service['tokens']['exec']}", "content-type": "application/json"})
     assert bad.status_code == 422
+    stranger = httpx.post(f"{service['base']}/churn/score", content=b"{not json", timeout=10,
+                          headers={"Authorization": "Bearer not-a-token", "content-type": "application/json"})
+    assert stranger.status_code == 401  # who is asking is answered before what is wrong with the body
     assert _score(service, "exec", [{"opportunity_id": "O-NOPE"}]).status_code == 422
     models = httpx.get(f"{service['base']}/models", timeout=10).json()["models"]
     assert models[0]["version"] == "1" and models[0]["audit_report"].endswith("audit.html")
