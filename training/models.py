@@ -89,17 +89,19 @@ def native_booster(estimator, family: str):
 
 
 def booster_predict(booster, family: str, matrix: pd.DataFrame | np.ndarray, contributions: bool = False,
-                    approximate: bool = False) -> np.ndarray:
+                    approximate: bool = False, threads: int = 1) -> np.ndarray:
     """Raw probabilities, or per-feature log-odds contributions plus bias (last column), from a native booster.
 
     A numpy ``matrix`` must hold the model's columns in order (``TabularPreprocessor.transform_records``).
     ``approximate`` asks XGBoost for its path-based (Saabas) contributions instead of exact TreeSHAP: several
-    times cheaper, and they still sum to the raw log-odds; LightGBM only has exact ones.
+    times cheaper, and they still sum to the raw log-odds; LightGBM only has exact ones. ``threads``:
+    LightGBM's prediction threads and XGBoost's matrix-building threads (XGBoost predicts with the booster's own
+    ``nthread``); one by default, as each serving worker has its core.
     """
     if family == "lightgbm":
-        return np.asarray(booster.predict(matrix, pred_contrib=contributions, num_threads=1))
+        return np.asarray(booster.predict(matrix, pred_contrib=contributions, num_threads=threads))
     named = isinstance(matrix, pd.DataFrame)
-    dmatrix = xgb.DMatrix(matrix, nthread=1)
+    dmatrix = xgb.DMatrix(matrix, nthread=threads)
     return np.asarray(booster.predict(dmatrix, pred_contribs=contributions, approx_contribs=approximate,
                                       validate_features=named))
 
@@ -151,9 +153,10 @@ class ChurnModel:
         """Calibrated probabilities of the positive class (loss or churn)."""
         return self.calibrator.predict(self.raw_scores(frame))
 
-    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+    def contributions(self, frame: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
         """Per-feature contributions to the log-odds of the raw score (the booster's own SHAP values)."""
-        values = booster_predict(self.booster, self.family, self.preprocessor.transform(frame), contributions=True)
+        values = booster_predict(self.booster, self.family, self.preprocessor.transform(frame), contributions=True,
+                                 threads=threads)
         return pd.DataFrame(values[:, :-1], columns=self.features, index=frame.index)
 
     def explain_matrix(self, matrix: np.ndarray, approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
