@@ -306,4 +306,3 @@ def score_request(model, resolved: Resolved, lookup: Lookup, task: str, name: st
         scores = lookup.scores
         return [scores[at] for at in resolved.positions]
     return score_records(model, resolved, task, name, version, rules, lookup.id_field, approximate=approximate)
-
