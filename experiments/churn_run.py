@@ -21,6 +21,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from experiments.plots import calibration_figure, log_figure, roc_figure, shap_summary_figure
 from experiments.registered import load_version_model
 from experiments.registry import (
     TAG_CODE_VERSION,
@@ -35,15 +36,7 @@ from experiments.registry import (
     churn_model_name,
     sha_tag,
 )
-from experiments.tracking import (
-    calibration_figure,
-    code_version,
-    configure_mlflow,
-    ensure_experiment,
-    log_figure,
-    roc_figure,
-    shap_summary_figure,
-)
+from experiments.tracking import code_version, configure_mlflow, ensure_experiment
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.baseline import StageBaseline

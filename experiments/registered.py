@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
@@ -11,7 +12,9 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from experiments.registry import TAG_SHA_PREFIX
-from training.models import MODEL_FILE, ChurnModel
+
+if TYPE_CHECKING:
+    from training.models import ChurnModel
 
 
 class RegistryError(LookupError):
@@ -50,6 +53,10 @@ def load_version_model(client: MlflowClient, name: str, version: str, folder: Pa
     Raises:
         RegistryError: when the version does not exist, has no digests, or a file does not match.
     """
+    # Imported here, not at the top: it brings in LightGBM, XGBoost and scikit-learn (about a second), which the
+    # registry lookups above (reviews, promotions, listings) do not need.
+    from training.models import MODEL_FILE, ChurnModel
+
     info = get_version(client, name, version)
     digests = expected_digests(info)
     if not digests:

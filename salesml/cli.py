@@ -100,20 +100,28 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+# The errors a command reports as a clear message (exit 2) rather than a traceback, by module. They are looked up
+# only in modules already imported: an error class whose module was never loaded cannot have been raised, and
+# importing every stage here would cost each command seconds (MLflow, scikit-learn, Evidently) before it starts.
+EXPECTED_ERRORS = (("experiments.registered", "RegistryError"), ("features.ingest", "IngestionError"),
+                   ("features.pipeline", "FeatureError"), ("features.sources.mapping", "MappingError"),
+                   ("monitoring.review", "GateError"), ("salesml.access", "AccessError"))
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes ``failures`` turns into a message: built-in ones plus those of loaded stages."""
+    loaded = tuple(getattr(sys.modules[module], name) for module, name in EXPECTED_ERRORS if module in sys.modules)
+    return (CommandError, ValueError, FileNotFoundError, *loaded)
+
+
 @contextmanager
 def failures(as_json: bool) -> Iterator[None]:
     """Turn expected errors into one clear message and exit code 2 (a JSON error object with ``--json``)."""
-    from experiments.registered import RegistryError
-    from features.ingest import IngestionError
-    from features.pipeline import FeatureError
-    from features.sources.mapping import MappingError
-    from monitoring.gate import GateError
-    from salesml.access import AccessError
-
     try:
         yield
-    except (CommandError, IngestionError, MappingError, FeatureError, ValueError, FileNotFoundError,
-            AccessError, GateError, RegistryError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, expected_errors()):
+            raise
         message = str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False)
         if as_json:
@@ -621,7 +629,7 @@ def audit(
 @review_app.command("list")
 def review_list(as_json: JsonOpt = False) -> None:
     """List registered versions with their gate, review decision and alias."""
-    from monitoring.gate import list_candidates
+    from monitoring.review import list_candidates
 
     settings = get_settings()
     with failures(as_json):
@@ -646,7 +654,7 @@ def review_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version's audit summary and the path of its HTML report."""
-    from monitoring.gate import show_audit
+    from monitoring.review import show_audit
 
     settings = get_settings()
     with failures(as_json):
@@ -665,7 +673,7 @@ def review_show(
 
 
 def _decide(decision: str, model: str, version: str, reason: str, as_json: bool) -> None:
-    from monitoring.gate import review
+    from monitoring.review import review
 
     settings = get_settings()
     with failures(as_json):
@@ -703,7 +711,7 @@ def promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Set the alias champion (gate PASS, or REVIEW with an approval); the old champion becomes previous."""
-    from monitoring.gate import promote as run_promote
+    from monitoring.review import promote as run_promote
 
     settings = get_settings()
     with failures(as_json):
@@ -719,7 +727,7 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Restore the previous champion."""
-    from monitoring.gate import rollback as run_rollback
+    from monitoring.review import rollback as run_rollback
 
     settings = get_settings()
     with failures(as_json):

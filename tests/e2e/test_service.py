@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 import monitoring.gate as gate
+import monitoring.review as review
 from features.production import read_inference_log
 from salesml.access import Principal, issue_token
 from salesml.settings import get_settings
@@ -36,8 +37,8 @@ def _promote(home: Path, version: str) -> None:
     settings = get_settings(home=home)
     outcome = gate.audit_version(settings, NAME, version)
     if outcome.gate == "REVIEW":
-        gate.review(settings, NAME, version, "approve", "e2e", VALIDATOR)
-    gate.promote(settings, NAME, version, VALIDATOR)
+        review.review(settings, NAME, version, "approve", "e2e", VALIDATOR)
+    review.promote(settings, NAME, version, VALIDATOR)
 
 
 @pytest.fixture(scope="module")

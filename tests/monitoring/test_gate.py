@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 import monitoring.gate as gate
+import monitoring.review as review
 from experiments.churn_run import run_churn_training
 from experiments.registered import get_alias, load_version_model
 from experiments.registry import CHAMPION, PREVIOUS
@@ -119,8 +120,8 @@ def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path)
     assert fairness["status"] == "fail" and outcome.gate == "FAIL"
     assert "size_band: demographic-parity ratio" in fairness["reason"]
     assert fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"] < 0.8
-    with pytest.raises(gate.GateError, match="gate is FAIL"):
-        gate.promote(get_settings(home=home), "churn.opportunity_loss", version, VALIDATOR)
+    with pytest.raises(review.GateError, match="gate is FAIL"):
+        review.promote(get_settings(home=home), "churn.opportunity_loss", version, VALIDATOR)
 
     # The mitigation is offered as a separate candidate: same booster, one threshold per size band.
     mitigation = fairness["figures"]["mitigation"]
@@ -141,7 +142,7 @@ def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path)
     assert (again["figures"]["attributes"]["size_band"]["demographic_parity_ratio"]
             > fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"])
     assert "candidate_version" not in again["figures"].get("mitigation", {})  # no variant of a variant
-    assert ("offer_mitigation", variant) in [(e["action"], e["version"]) for e in gate.read_audit_log(settings)]
+    assert ("offer_mitigation", variant) in [(e["action"], e["version"]) for e in review.read_audit_log(settings)]
     reaudit = _check(gate.audit_version(settings, "churn.opportunity_loss", version), "fairness")
     assert reaudit["figures"]["mitigation"]["candidate_version"] == variant  # offered once, not again
 
@@ -174,14 +175,14 @@ def test_reviews_promotion_rollback_and_the_audit_log(clean, monkeypatch):
     settings = get_settings(home=home)
     name = "churn.opportunity_loss"
     assert outcome.gate == "REVIEW"  # proxies need a validator's eyes
-    with pytest.raises(gate.GateError, match="needs a validator's approval"):
-        gate.promote(settings, name, v1, VALIDATOR)
-    with pytest.raises(gate.GateError, match="alice trained"):
-        gate.review(settings, name, v1, "approve", "looks fine", TRAINER)
+    with pytest.raises(review.GateError, match="needs a validator's approval"):
+        review.promote(settings, name, v1, VALIDATOR)
+    with pytest.raises(review.GateError, match="alice trained"):
+        review.review(settings, name, v1, "approve", "looks fine", TRAINER)
     with pytest.raises(AccessError, match="only a model_validator"):
-        gate.review(settings, name, v1, "approve", "ok", Principal("sam", "data_scientist", "all", ""))
-    gate.review(settings, name, v1, "approve", "proxies are business attributes", VALIDATOR)
-    assert gate.promote(settings, name, v1, VALIDATOR)["champion"] == v1
+        review.review(settings, name, v1, "approve", "ok", Principal("sam", "data_scientist", "all", ""))
+    review.review(settings, name, v1, "approve", "proxies are business attributes", VALIDATOR)
+    assert review.promote(settings, name, v1, VALIDATOR)["champion"] == v1
 
     # A deliberately weaker candidate fails the performance check against the champion.
     weak = train(home, trainer="bob", trials=1, exclude_features=[
@@ -195,24 +196,24 @@ def test_reviews_promotion_rollback_and_the_audit_log(clean, monkeypatch):
 
     v3 = train(home, trainer="bob")
     gate.audit_version(settings, name, v3)
-    gate.review(settings, name, v3, "approve", "better engagement signals", VALIDATOR)
+    review.review(settings, name, v3, "approve", "better engagement signals", VALIDATOR)
 
     def crash() -> None:
         raise RuntimeError("injected crash between the tag step and the alias step")
 
-    monkeypatch.setattr(gate, "_between_tag_and_alias_steps", crash)
+    monkeypatch.setattr(review, "_between_tag_and_alias_steps", crash)
     with pytest.raises(RuntimeError, match="injected"):
-        gate.promote(settings, name, v3, VALIDATOR)
+        review.promote(settings, name, v3, VALIDATOR)
     client = mlflow.MlflowClient(settings.tracking_uri_resolved)
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == v1  # unchanged
     monkeypatch.undo()
-    assert gate.promote(settings, name, v3, VALIDATOR) == {"model": name, "champion": v3, "previous": v1,
+    assert review.promote(settings, name, v3, VALIDATOR) == {"model": name, "champion": v3, "previous": v1,
                                                             "changed": True}
     assert str(client.get_model_version_by_alias(name, PREVIOUS).version) == v1
-    back = gate.rollback(settings, name, VALIDATOR, "new champion misbehaves")
+    back = review.rollback(settings, name, VALIDATOR, "new champion misbehaves")
     assert back["champion"] == v1 and str(client.get_model_version_by_alias(name, CHAMPION).version) == v1
     assert str(client.get_model_version_by_alias(name, PREVIOUS).version) == v3
-    actions = [(e["action"], e["version"]) for e in gate.read_audit_log(settings)]
+    actions = [(e["action"], e["version"]) for e in review.read_audit_log(settings)]
     assert ("approve", v1) in actions and ("promote", v1) in actions and ("promote", v3) in actions
     assert ("rollback", v1) in actions and ("audit", weak) in actions
     assert client.get_model_version(name, v1).tags["salesml.review.by"] == "vera"
@@ -253,5 +254,5 @@ def test_auto_promote_promotes_a_pass_version_only_when_the_policy_says_so(clean
     again = gate.audit_version(settings, name, version, policy)
     assert again.gate == "PASS" and again.result["promoted"]["champion"] == version
     assert str(client.get_model_version_by_alias(name, CHAMPION).version) == version
-    last = [e for e in gate.read_audit_log(settings) if e["action"] == "promote"][-1]
+    last = [e for e in review.read_audit_log(settings) if e["action"] == "promote"][-1]
     assert last["version"] == version and last["principal"] == "policy:auto_promote"
