@@ -60,8 +60,12 @@ class ViewColumn:
 
 
 def epoch(column: ir.Value) -> ir.IntegerValue:
-    """Seconds since 1970 of a date or timestamp column (UTC, naive)."""
-    return column.cast("timestamp").epoch_seconds()
+    """Whole seconds since 1970 of a date or timestamp column (UTC, naive; any fraction of a second dropped).
+
+    Integers, as Spark's ``unix_timestamp`` gives: DuckDB's ``epoch`` is a double, and comparing doubles with the
+    integer cutoffs made every point-in-time filter and join cast (about 5% of a build).
+    """
+    return column.cast("timestamp").epoch_seconds().floor()
 
 
 def cutoff_table(cutoffs: Sequence[date], as_of: date, horizon_days: int) -> ir.Table:
