@@ -125,11 +125,18 @@ def definition_hash(view: str, config: ViewConfig, categories: list[str]) -> str
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def text_model_version(store: FeatureStore) -> str | None:
+    """The version of the stored sentiment model (``None`` when none was trained), without loading the model."""
+    if not store.has_table(TEXT_MODELS):
+        return None
+    versions = store.table(TEXT_MODELS).select("version").execute()["version"]
+    return str(versions.iloc[0]) if len(versions) else None
+
+
 def snapshot_hash(store: FeatureStore) -> str:
     """Hash of the data snapshot: every load in the store, and the sentiment model that scored its texts."""
     loads = store.loads()["load_id"].astype(str).sort_values().tolist()
-    model = load_text_model(store)
-    payload = json.dumps({"loads": loads, "text_model": model.version if model else None})
+    payload = json.dumps({"loads": loads, "text_model": text_model_version(store)})
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -902,7 +902,7 @@ def demo(
     from features.ingest import ingest as run_ingest
     from features.pipeline import build_view, materialize, resolve_cutoffs, train_text_model
     from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
-    from monitoring import gate
+    from monitoring import gate, review
     from salesml.access import load_principals
     from training.tasks import load_config
 
@@ -946,7 +946,7 @@ def demo(
         decision = None
         if outcome.gate == "REVIEW":
             stderr.print(f"[bold]7/{steps}[/] gate REVIEW: approving as the demo validator")
-            decision = gate.review(settings, DEMO_MODEL, version, "approve", "demo: approved by the demo validator "
+            decision = review.review(settings, DEMO_MODEL, version, "approve", "demo: approved by the demo validator "
                                    "after reading the audit report", validator)
         elif outcome.gate == "FAIL":
             failed = "; ".join(f"{c['name']}: {c['reason']}" for c in outcome.result["checks"] if c["status"] == "fail")
@@ -954,7 +954,7 @@ def demo(
                                f"report: {outcome.report}")
         else:
             stderr.print(f"[bold]7/{steps}[/] gate PASS: no approval needed")
-        promoted = gate.promote(settings, DEMO_MODEL, version, validator)
+        promoted = review.promote(settings, DEMO_MODEL, version, validator)
     result = {"simulated": written["tables"], "ingest": report.to_dict(), "sentiment": sentiment,
               "features": built_views, "home": str(settings.home), "trained": trained,
               "audit": {"gate": outcome.gate, "report": str(outcome.report)}, "review": decision,
