@@ -1,0 +1,40 @@
+"""The CLI's error handling: expected errors become one message and exit code 2, anything else stays a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import typer
+
+from salesml.cli import EXPECTED_ERRORS, expected_errors, failures
+
+
+def test_every_stage_error_is_recognised_once_its_module_is_loaded():
+    import importlib
+
+    for module, name in EXPECTED_ERRORS:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception)
+        assert cls in expected_errors(), (module, name)
+
+
+def test_expected_errors_exit_2_with_a_json_message_and_others_propagate(capsys):
+    from monitoring.review import GateError
+
+    with pytest.raises(typer.Exit) as stopped, failures(as_json=True):
+        raise GateError("its gate is FAIL")
+    assert stopped.value.exit_code == 2
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"error": "its gate is FAIL"}
+    with pytest.raises(KeyError), failures(as_json=True):
+        raise KeyError("a bug, not a user's mistake")
+
+
+def test_a_registry_command_does_not_load_the_training_or_audit_stack():
+    code = ("import sys, salesml.cli, monitoring.review; "
+            "print(sorted(m for m in ('lightgbm', 'xgboost', 'sklearn', 'evidently', 'monitoring.gate', 'shap') "
+            "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"
