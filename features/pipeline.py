@@ -242,7 +242,8 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
         tables = {name: store.table(name) for name in names}
 
         def execute(expr: ibis.Table) -> pd.DataFrame:
-            return store.con.to_pyarrow(expr).to_pandas()
+            # Strings straight to pandas' string dtype (what normalise_frame gives them), not Python objects.
+            return store.con.to_pyarrow(expr).to_pandas(types_mapper=_STRING_TYPES.get)
     else:
         raise FeatureError(f"--backend must be duckdb or spark, not {backend!r}")
     try:
@@ -264,6 +265,9 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
     version = hashlib.sha256(f"{definition}:{snapshot}:{as_of}".encode()).hexdigest()[:16]
     labels = [c.name for c in spec.columns(config, *([categories] if view == "customer" else [])) if c.role == "label"]
     return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings)
+
+
+_STRING_TYPES = {pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
 
 
 def normalise_frame(frame: pd.DataFrame, view: str, config: ViewConfig, categories: list[str]) -> pd.DataFrame:
