@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from salesml.access import AccessError, Principal, authenticate
@@ -111,8 +112,9 @@ class ModelsResponse(BaseModel):
     refused: dict[str, str]
 
 
-#: Paths that need a bearer token.
-AUTHENTICATED = frozenset({"/churn/score", "/dashboard/data"})
+#: Marks a route as needing a bearer token, in the OpenAPI document too. It never refuses by itself
+#: (``auto_error=False``): ``principal_of`` answers 401 with the field and the reason.
+BEARER = HTTPBearer(auto_error=False, description="A token from `salesml access add`.")
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422)}
 
 
@@ -172,6 +174,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
                   "checked by role and data scope.", docs_url=None, redoc_url=None)
     app.router.route_class = OrjsonRoute
     tokens = TokenCache(settings.access_file)
+    authenticated: set[str] = set()  # the paths of routes marked with BEARER, filled once they are declared
 
     def error(exc: RequestError) -> JSONResponse:
         # With BentoML's access log off, this line is the record of a refused request.
@@ -188,7 +191,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI validates the body before the endpoint runs; who is asking is still answered first, so an
         # unauthenticated caller learns nothing about the request schema.
-        if request.url.path in AUTHENTICATED:
+        if request.url.path in authenticated:
             try:
                 principal_of(request)
             except RequestError as denied:
@@ -210,7 +213,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         except AccessError:
             raise RequestError(401, "authorization", "invalid token") from None
 
-    @app.post("/churn/score", response_model=ScoreResponse, responses=ERRORS)
+    @app.post("/churn/score", response_model=ScoreResponse, responses=ERRORS, dependencies=[Security(BEARER)])
     async def score(body: ScoreRequest, request: Request) -> Response:
         """Score records with the champion of a risk task (deal loss, churn)."""
         principal = principal_of(request)
@@ -261,7 +264,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         """The pipeline dashboard page (the data comes from /dashboard/data with the viewer's token)."""
         return dashboard_html()
 
-    @app.get("/dashboard/data", responses=ERRORS)
+    @app.get("/dashboard/data", responses=ERRORS, dependencies=[Security(BEARER)])
     def data(request: Request) -> dict:
         """Pipeline figures within the caller's scope (executives and managers; reps see their own deals)."""
         principal = principal_of(request)
@@ -275,4 +278,6 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
             raise RequestError(404, "path", "D3 is not installed: run `make install` (npm ci in serving/web)")
         return FileResponse(D3, media_type="text/javascript")
 
+    authenticated.update(route.path for route in app.routes if isinstance(route, APIRoute)
+                         and any(d.dependency is BEARER for d in route.dependencies))
     return app

@@ -48,6 +48,17 @@ def test_missing_or_invalid_tokens_get_401(client, headers, status):
     assert malformed.status_code == 401 and malformed.headers["www-authenticate"] == "Bearer"
 
 
+def test_the_openapi_document_names_exactly_the_routes_that_need_a_token(client):
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"] == {
+        "type": "http", "scheme": "bearer", "description": "A token from `salesml access add`."}
+    secured = {(path, method) for path, item in schema["paths"].items() for method, op in item.items()
+               if op.get("security")}
+    assert secured == {("/churn/score", "post"), ("/dashboard/data", "get")}
+    for path, method in secured:  # and each of them refuses a request without one
+        assert client.request(method.upper(), path, json={}).status_code == 401
+
+
 @pytest.mark.parametrize(("body", "status", "field"), [
     ({"task": "opportunity_loss"}, 422, "records"),
     ({"task": "opportunity_loss", "records": "O1"}, 422, "records"),
