@@ -1,7 +1,7 @@
 """Validators' decisions and the MLflow aliases: review, promotion, rollback, the audit log and the candidate list.
 
-Registry operations only, so that the commands that run them start in about a second: they import MLflow but none
-of the training or audit stack. ``monitoring.gate`` audits a version and sets its gate; ``review`` records an
+Registry operations only: they import MLflow but none of the training or audit stack, so the commands that run
+them take 2-3.5 s rather than 5-6. ``monitoring.gate`` audits a version and sets its gate; ``review`` records an
 approval or rejection by a model validator; ``promote`` and ``rollback`` move the ``champion`` and ``previous``
 aliases. Every decision is appended to ``SALESML_HOME/audit.log`` and written to the version's tags.
 """
