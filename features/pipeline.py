@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 TEXT_MODELS = "text_models"
 TEXT_SENTIMENT = "text_sentiment"
+_STRING_TYPES = {pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
 BOOLEAN_COLUMNS = ("is_customer", "marketing_opt_in")
 
 
@@ -86,14 +87,6 @@ def train_text_model(store: FeatureStore, corpus: pd.DataFrame | None = None, so
     store.con.create_table(TEXT_MODELS, frame, overwrite=True)
     scored = score_texts(store, model)
     return {"model_version": model.version, "trained_on": len(corpus), "source": source, "scored": scored}
-
-
-def load_text_model(store: FeatureStore) -> SentimentModel | None:
-    """The stored sentiment model, if one was trained."""
-    if not store.has_table(TEXT_MODELS):
-        return None
-    rows = store.table(TEXT_MODELS).execute()
-    return SentimentModel.from_json(rows["model"].iloc[0]) if len(rows) else None
 
 
 def score_texts(store: FeatureStore, model: SentimentModel) -> dict[str, int]:
@@ -265,9 +258,6 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
     version = hashlib.sha256(f"{definition}:{snapshot}:{as_of}".encode()).hexdigest()[:16]
     labels = [c.name for c in spec.columns(config, *([categories] if view == "customer" else [])) if c.role == "label"]
     return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings)
-
-
-_STRING_TYPES = {pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
 
 
 def normalise_frame(frame: pd.DataFrame, view: str, config: ViewConfig, categories: list[str]) -> pd.DataFrame:

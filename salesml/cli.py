@@ -946,8 +946,8 @@ def demo(
         decision = None
         if outcome.gate == "REVIEW":
             stderr.print(f"[bold]7/{steps}[/] gate REVIEW: approving as the demo validator")
-            decision = review.review(settings, DEMO_MODEL, version, "approve", "demo: approved by the demo validator "
-                                   "after reading the audit report", validator)
+            decision = review.review(settings, DEMO_MODEL, version, "approve",
+                                     "demo: approved by the demo validator after reading the audit report", validator)
         elif outcome.gate == "FAIL":
             failed = "; ".join(f"{c['name']}: {c['reason']}" for c in outcome.result["checks"] if c["status"] == "fail")
             raise CommandError(f"the audit failed, so the demo cannot promote version {version} ({failed}); "
