@@ -1,11 +1,17 @@
 """Optuna search: one study per (task, data snapshot) in RDB storage, TPE, the model family as a hyperparameter.
 
 Each family has its own search space. Trials stop early on the validation AUC (early stopping) and are pruned by
-Optuna's LightGBM and XGBoost pruning callbacks. The callbacks report every ``REPORT_EVERY`` boosting rounds, not
-every round: each report and pruning decision is a round trip to the RDB storage (about 15 ms on SQLite), which
-per round cost more than the boosting itself. Because the study lives in the RDB storage (SQLite by default,
+Optuna's LightGBM and XGBoost pruning callbacks. Because the study lives in the RDB storage (SQLite by default,
 PostgreSQL at scale), a killed run resumes it and several worker processes can share it; trials left running by a
 dead worker are failed through heartbeats.
+
+The pruner compares trials at equal learning progress, not at equal boosting rounds. At a given round a trial
+with a small learning rate is always behind one with a large rate, though it often ends higher: on Sales
+Win/Loss, a resumed study drew its best configuration so far (learning rate 0.028, CV AUC 0.945) again and
+pruned it at round 30, where it stood at 0.911 against the completed trials' median of 0.917. So the callbacks
+see the trial through ``ProgressSteps``, which turns rounds into steps of shrinkage (learning rate x rounds, one
+step per ``REPORT_SHRINKAGE``). That also spaces the reports: each is a round trip to the RDB storage (about
+15 ms on SQLite), which per round would cost more than the boosting itself.
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ from training.models import best_iteration, fit_estimator, make_estimator
 
 log = logging.getLogger(__name__)
 
-#: Boosting rounds between two reports to the pruner.
-REPORT_EVERY = 10
+#: Shrinkage (learning rate x boosting rounds) between two reports to the pruner: every 10 rounds at a learning
+#: rate of 0.05, every 50 at 0.01.
+REPORT_SHRINKAGE = 0.5
+#: Reports (in shrinkage steps) before the pruner may stop a trial.
+PRUNING_WARMUP_STEPS = 4
 
 #: Starting points tried first in a new study, one per family: sensible defaults that TPE improves on.
 DEFAULT_TRIALS = {
@@ -82,18 +91,36 @@ def params_from_trial(params: dict, positive_rate: float) -> tuple[str, dict]:
     return suggest_params(fixed, [params["family"]], positive_rate)
 
 
-class SparseXGBoostPruningCallback(XGBoostPruningCallback):
-    """Optuna's XGBoost pruning callback, reporting every ``interval`` rounds (LightGBM's has ``report_interval``)."""
+class ProgressSteps:
+    """A trial as Optuna's pruning callbacks see it, with boosting rounds turned into steps of learning progress.
 
-    def __init__(self, trial: optuna.Trial, observation_key: str, interval: int = REPORT_EVERY):
-        super().__init__(trial, observation_key)
-        self._interval = interval
+    The callbacks report the validation AUC at every round; this passes a report on only when the shrinkage
+    (learning rate x rounds) reaches the next multiple of ``REPORT_SHRINKAGE``, as that multiple's step, and asks
+    the pruner only then. Trials with different learning rates are so compared at equal progress.
+    """
 
-    def after_iteration(self, model, epoch: int, evals_log: dict) -> bool:
-        """Report (and maybe prune) on every ``interval``-th round only, the rounds LightGBM's callback reports."""
-        if (epoch + 1) % self._interval:
-            return False
-        return super().after_iteration(model, epoch, evals_log)
+    def __init__(self, trial: optuna.Trial, learning_rate: float):
+        self._trial = trial
+        self._rate = learning_rate
+        self._step = 0
+        self._reported = False
+
+    @property
+    def study(self) -> optuna.Study:
+        """The trial's study (the callbacks check its direction)."""
+        return self._trial.study
+
+    def report(self, value: float, step: int) -> None:
+        """Report ``value`` of boosting round ``step`` (0-based) when it completes a new progress step."""
+        progress = int((step + 1) * self._rate / REPORT_SHRINKAGE + 1e-9)
+        self._reported = progress > self._step
+        if self._reported:
+            self._step = progress
+            self._trial.report(value, progress)
+
+    def should_prune(self) -> bool:
+        """The pruner's verdict, asked right after a report only."""
+        return self._reported and self._trial.should_prune()
 
 
 @dataclass
@@ -142,8 +169,9 @@ def fit_trial_model(family: str, params: dict, data: SearchData, settings: Searc
         xv, yv = data.x_train.iloc[valid_idx], data.y_train[valid_idx]
     callbacks = None
     if trial is not None and settings.pruning:
-        callbacks = [LightGBMPruningCallback(trial, "auc", valid_name="valid_0", report_interval=REPORT_EVERY)
-                     if family == "lightgbm" else SparseXGBoostPruningCallback(trial, "validation_0-auc")]
+        progress = ProgressSteps(trial, params["learning_rate"])
+        callbacks = [LightGBMPruningCallback(progress, "auc", valid_name="valid_0") if family == "lightgbm"
+                     else XGBoostPruningCallback(progress, "validation_0-auc")]
     if settings.monotone:
         params = {**params, "monotone_constraints": settings.monotone if family == "lightgbm"
                   else tuple(settings.monotone)}
@@ -181,16 +209,27 @@ def make_objective(data: SearchData, settings: SearchSettings) -> Callable[[optu
 
 
 def open_study(name: str, storage_url: str, seed: int, pruning: bool, heartbeat_seconds: int = 30) -> optuna.Study:
-    """Create or load a study in RDB storage, failing trials whose worker stopped sending heartbeats."""
+    """Create or load a study in RDB storage, failing trials whose worker stopped sending heartbeats.
+
+    The sampler's seed is ``seed`` plus the trials the study already holds: a new study is reproducible, and a
+    resumed one does not draw again the random start-up trials it drew before the interruption (with the same seed
+    it would, and spend the resumed trials on parameter sets it has already scored).
+    """
     storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=heartbeat_seconds,
                                          grace_period=2 * heartbeat_seconds)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=20) if pruning
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=PRUNING_WARMUP_STEPS) if pruning
               else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                                                   group=True), pruner=pruner)
+                                sampler=_sampler(seed), pruner=pruner)
     optuna.storages.fail_stale_trials(study)
+    held = len(study.get_trials(deepcopy=False))
+    if held:
+        study.sampler = _sampler(seed + held)
     return study
+
+
+def _sampler(seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
 
 
 def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], families: list[str], trials: int,

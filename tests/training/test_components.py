@@ -13,7 +13,7 @@ from training.evaluate import classification_metrics, early_warning, threshold_a
 from training.explain import reason_codes, reasons_from_contributions, sentence_for
 from training.models import ChurnModel, fit_estimator, make_estimator, native_booster, verify_digests
 from training.preprocess import TabularPreprocessor
-from training.search import SearchData, SearchSettings, make_objective, open_study, run_study
+from training.search import ProgressSteps, SearchData, SearchSettings, make_objective, open_study, run_study
 
 
 def _toy(n: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -166,14 +166,32 @@ def test_a_study_resumes_to_its_target(tmp_path):
     assert len(finished) == len(again.trials) == 5
     assert run_study(again, make_objective(data, settings), settings.families, trials=5) == 0
     assert {t.params["family"] for t in finished[:2]} == {"lightgbm", "xgboost"}  # default trials first
+    # The resumed run draws new parameter sets, not again the random ones of the first run.
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 5
 
 
-def test_both_pruning_callbacks_report_every_tenth_round_at_the_same_steps(tmp_path):
+def test_both_pruning_callbacks_report_at_the_same_steps_of_learning_progress(tmp_path):
     x, y = _toy(400)
     pre = TabularPreprocessor(["meetings_30d", "meetings_prev_30d", "discount"], ["stage"]).fit(x)
     data = SearchData.cross_validated(pre.transform(x), y, ["stage"], 3, 0)
-    settings = SearchSettings(["lightgbm", "xgboost"], 45, 1000, 1, 0)  # no early stop before round 45
+    settings = SearchSettings(["lightgbm", "xgboost"], 100, 1000, 1, 0)  # no early stop before round 100
     study = open_study("reports", f"sqlite:///{tmp_path / 'optuna.db'}", 0, True)
     run_study(study, make_objective(data, settings), settings.families, trials=2)
+    # Both default trials learn at 0.03: one step per 0.5 of shrinkage is one per 16.7 rounds, 6 in 100 rounds.
     steps = {t.params["family"]: sorted(t.intermediate_values) for t in study.trials}
-    assert steps == {"lightgbm": [9, 19, 29, 39], "xgboost": [9, 19, 29, 39]}
+    assert steps == {"lightgbm": [1, 2, 3, 4, 5, 6], "xgboost": [1, 2, 3, 4, 5, 6]}
+
+
+def test_trials_with_different_learning_rates_report_at_equal_shrinkage(tmp_path):
+    study = open_study("progress", f"sqlite:///{tmp_path / 'optuna.db'}", 0, True)
+    reported = {}
+    for rate in (0.05, 0.01):
+        trial = study.ask()
+        progress = ProgressSteps(trial, rate)
+        for round_ in range(100):
+            progress.report(float(round_), round_)
+        reported[rate] = trial.storage.get_trial(trial._trial_id).intermediate_values
+        study.tell(trial, 0.5)
+    # Step k is the round where learning rate x rounds reaches k x 0.5: round 10k at 0.05, round 50k at 0.01.
+    assert reported[0.05] == {k: 10.0 * k - 1 for k in range(1, 11)}
+    assert reported[0.01] == {1: 49.0, 2: 99.0}
