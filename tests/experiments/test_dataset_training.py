@@ -40,11 +40,11 @@ def test_telco_churn_beats_the_published_defaults(shared_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_sales_win_loss_reaches_the_lightgbm_default(shared_data, tmp_path):
+def test_sales_win_loss_beats_the_lightgbm_default(shared_data, tmp_path):
     home = tmp_path / "home"
     _import(home, "ibm_sales_win_loss", shared_data / "ibm_sales_win_loss")
     config = load_config(CONFIGS / "ibm_sales_win_loss.yaml", trials=2)
     result = run_churn_training(get_settings(home=home), "ibm_sales_win_loss", config, trainer="ci")
     auc = result["metrics"]["test_roc_auc"]
     assert result["metrics"]["test_rows"] == 15605  # 20% of all 78,025 rows, repeated opportunity numbers included
-    assert auc >= 0.94, auc
+    assert auc >= 0.944, auc  # 0.9453 with these 2 trials (a 30-trial study: 0.9467); LightGBM defaults: 0.940
