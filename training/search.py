@@ -96,7 +96,7 @@ class ProgressSteps:
 
     The callbacks report the validation AUC at every round; this passes a report on only when the shrinkage
     (learning rate x rounds) reaches the next multiple of ``REPORT_SHRINKAGE``, as that multiple's step, and asks
-    the pruner only then. Trials with different learning rates are so compared at equal progress.
+    the pruner only then, so trials with different learning rates are compared at equal progress.
     """
 
     def __init__(self, trial: optuna.Trial, learning_rate: float):
