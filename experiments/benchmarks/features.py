@@ -2,7 +2,9 @@
 and a straightforward pandas implementation of the same features on the 1M organisation.
 
 Each size is simulated and ingested (only the tables the view reads) into its own feature store; the build is then
-timed in a fresh process so that its peak RSS is its own. The pandas result is checked equal to DuckDB's.
+timed in a fresh process so that its peak RSS is its own. The pandas result is checked equal to DuckDB's. The
+pandas time excludes reading its tables from the store (reported apart as ``load_seconds``), which DuckDB's
+includes; the speed-up target is judged on that stricter figure.
 Targets (issue 3): DuckDB at least 10x faster than pandas; 16M / 1M time at most 20x; peak RSS under 6 GB at 16M.
 Prints one JSON object.
 
@@ -74,7 +76,10 @@ cutoffs = monthly_cutoffs(date(2025, 1, 1), date(2025, 12, 31))
 with FeatureStore(folder / "features.duckdb", read_only=True) as store:
     names = ["opportunities", "opportunity_stage_history", "activities", "contacts", "accounts", "budget_signals",
              "news_signals", "text_sentiment"]
+    store.con
+    loading = time.perf_counter()
     tables = {n: store.table(n).execute() for n in names}
+    load_seconds = time.perf_counter() - loading
 start = time.perf_counter()
 frame = pandas_opportunity_view(tables, cutoffs, date(2025, 12, 31))
 seconds = time.perf_counter() - start
@@ -92,7 +97,7 @@ for c in cols:
         same = (a.astype(str) == b.astype(str))
     if not same.all():
         mismatch.append(c)
-print(json.dumps({"seconds": round(seconds, 3), "rows": len(frame), "same_rows": len(merged) == len(duck) == len(frame),
+print(json.dumps({"seconds": round(seconds, 3), "load_seconds": round(load_seconds, 3), "rows": len(frame), "same_rows": len(merged) == len(duck) == len(frame),
                   "mismatched_columns": mismatch,
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
@@ -142,6 +147,10 @@ def main() -> None:
                 pandas_run = pandas_run or timed
                 run["pandas"] = timed
                 run["speedup_vs_pandas"] = round(timed["seconds"] / build["seconds"], 1)
+                # DuckDB's time includes reading the tables from the store; pandas' ``seconds`` does not. The
+                # target is judged on the stricter figure; this one compares like with like.
+                run["speedup_vs_pandas_with_its_load"] = round((timed["seconds"] + timed["load_seconds"])
+                                                               / build["seconds"], 1)
             runs.append(run)
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
