@@ -189,8 +189,9 @@ def _log_explanations(result: TrainingResult, test_frame: pd.DataFrame, threads:
     sample = test_frame
     # Exact TreeSHAP over the whole test set is the costliest step of a large training (about 4 ms a row for the
     # IBM model on one thread), so it gets the training's threads.
-    contributions = model.contributions(sample, threads=threads)
-    log_figure(shap_summary_figure(contributions, model.preprocessor.transform(sample)), "shap_summary")
+    matrix = model.preprocessor.transform(sample)
+    contributions = model.contributions(sample, threads=threads, matrix=matrix)
+    log_figure(shap_summary_figure(contributions, matrix), "shap_summary")
     riskiest = test_frame.assign(_p=result.test_rows["probability"].to_numpy()).nlargest(20, "_p")
     reasons = reason_codes(model, riskiest.drop(columns="_p"), k=3)
     keys = [c for c in model.metadata.get("keys", []) if c in riskiest.columns]

@@ -153,10 +153,14 @@ class ChurnModel:
         """Calibrated probabilities of the positive class (loss or churn)."""
         return self.calibrator.predict(self.raw_scores(frame))
 
-    def contributions(self, frame: pd.DataFrame, threads: int = 1) -> pd.DataFrame:
-        """Per-feature contributions to the log-odds of the raw score (the booster's own SHAP values)."""
-        values = booster_predict(self.booster, self.family, self.preprocessor.transform(frame), contributions=True,
-                                 threads=threads)
+    def contributions(self, frame: pd.DataFrame, threads: int = 1, matrix: pd.DataFrame | None = None
+                      ) -> pd.DataFrame:
+        """Per-feature contributions to the log-odds of the raw score (the booster's own SHAP values).
+
+        ``matrix``: the frame's model matrix (``preprocessor.transform(frame)``), when the caller already has it.
+        """
+        matrix = self.preprocessor.transform(frame) if matrix is None else matrix
+        values = booster_predict(self.booster, self.family, matrix, contributions=True, threads=threads)
         return pd.DataFrame(values[:, :-1], columns=self.features, index=frame.index)
 
     def explain_matrix(self, matrix: np.ndarray, approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
