@@ -97,8 +97,8 @@ for c in cols:
         same = (a.astype(str) == b.astype(str))
     if not same.all():
         mismatch.append(c)
-print(json.dumps({"seconds": round(seconds, 3), "load_seconds": round(load_seconds, 3), "rows": len(frame), "same_rows": len(merged) == len(duck) == len(frame),
-                  "mismatched_columns": mismatch,
+print(json.dumps({"seconds": round(seconds, 3), "load_seconds": round(load_seconds, 3), "rows": len(frame),
+                  "same_rows": len(merged) == len(duck) == len(frame), "mismatched_columns": mismatch,
                   "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
 """
 

@@ -190,8 +190,9 @@ def test_trials_with_different_learning_rates_report_at_equal_shrinkage(tmp_path
         progress = ProgressSteps(trial, rate)
         for round_ in range(100):
             progress.report(float(round_), round_)
-        reported[rate] = trial.storage.get_trial(trial._trial_id).intermediate_values
         study.tell(trial, 0.5)
-    # Step k is the round where learning rate x rounds reaches k x 0.5: round 10k at 0.05, round 50k at 0.01.
+        reported[rate] = study.trials[-1].intermediate_values
+    # Step k is reported at the round where learning rate x rounds reaches k x 0.5: the 10k-th at 0.05, the
+    # 50k-th at 0.01 (the values are 0-based round numbers).
     assert reported[0.05] == {k: 10.0 * k - 1 for k in range(1, 11)}
     assert reported[0.01] == {1: 49.0, 2: 99.0}
