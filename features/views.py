@@ -62,8 +62,9 @@ class ViewColumn:
 def epoch(column: ir.Value) -> ir.IntegerValue:
     """Whole seconds since 1970 of a date or timestamp column (UTC, naive; any fraction of a second dropped).
 
-    Integers, as Spark's ``unix_timestamp`` gives: DuckDB's ``epoch`` is a double, and comparing doubles with the
-    integer cutoffs made every point-in-time filter and join cast (about 5% of a build).
+    Integers, as Spark's ``unix_timestamp`` gives (DuckDB's ``epoch`` is a double); a warm 1M-event opportunity
+    build measured about 5% faster than with doubles. DuckDB's optimiser may still cast the other side of a
+    comparison (its plans show ``occ_s < CAST(cutoff_s AS DOUBLE)``), so the gain is not the removal of every cast.
     """
     return column.cast("timestamp").epoch_seconds().floor()
 
