@@ -18,6 +18,7 @@ from pathlib import Path
 import ibis
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import views as views_module
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 
 TEXT_MODELS = "text_models"
 TEXT_SENTIMENT = "text_sentiment"
-_STRING_TYPES = {pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype()}
+# Arrow to pandas: strings to pandas' string dtype and flags to its nullable boolean, not Python objects.
+_PANDAS_TYPES = {pa.string(): pd.StringDtype(), pa.large_string(): pd.StringDtype(), pa.bool_(): pd.BooleanDtype()}
 BOOLEAN_COLUMNS = ("is_customer", "marketing_opt_in")
 
 
@@ -203,13 +205,14 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
     """
     spec = get_view(view)
     config = config or ViewConfig()
-    missing = [t for t in spec.tables if not store.has_table(t)]
+    held = set(store.con.list_tables())
+    missing = [t for t in spec.tables if t not in held]
     if missing:
         raise FeatureError(f"the {view} view needs tables the store does not hold: {', '.join(missing)}; "
                            "ingest or import them first")
     warnings: list[str] = []
     names = list(spec.tables)
-    if store.has_table(TEXT_SENTIMENT):
+    if TEXT_SENTIMENT in held:
         names.append(TEXT_SENTIMENT)
     elif view in ("opportunity", "customer"):
         warnings.append("no sentiment scores in the store (run `salesml features sentiment`): sentiment "
@@ -230,13 +233,10 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
         from features.spark import SparkTables
 
         spark = SparkTables(store, names, threads)
-        tables, execute = spark.tables, spark.con.execute
+        tables, execute = spark.tables, spark.con.to_pyarrow
     elif backend == "duckdb":
         tables = {name: store.table(name) for name in names}
-
-        def execute(expr: ibis.Table) -> pd.DataFrame:
-            # Strings straight to pandas' string dtype (what normalise_frame gives them), not Python objects.
-            return store.con.to_pyarrow(expr).to_pandas(types_mapper=_STRING_TYPES.get)
+        execute = store.con.to_pyarrow
     else:
         raise FeatureError(f"--backend must be duckdb or spark, not {backend!r}")
     try:
@@ -244,8 +244,9 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
             frame = execute(build_opportunity_view(tables, cutoff_table(days, as_of, config.horizon_days), config))
         elif view == "customer":
             cut = cutoff_table(days, as_of, config.horizon_days)
-            frame = execute(build_customer_view(tables, cut, config, categories))
-            items = execute(basket_items(tables, cut, config))
+            frame = execute(build_customer_view(tables, cut, config, categories)).to_pandas(
+                types_mapper=_PANDAS_TYPES.get)
+            items = execute(basket_items(tables, cut, config)).to_pandas(types_mapper=_PANDAS_TYPES.get)
             frame = add_association_affinity(frame, items, config)
         else:
             frame = execute(build_product_week_view(tables, week_table(days), config))
@@ -260,28 +261,36 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
     return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings)
 
 
-def normalise_frame(frame: pd.DataFrame, view: str, config: ViewConfig, categories: list[str]) -> pd.DataFrame:
+def normalise_frame(frame: pa.Table | pd.DataFrame, view: str, config: ViewConfig,
+                    categories: list[str]) -> pd.DataFrame:
     """Give a view's frame the same dtypes and row order whichever backend computed it.
 
-    Keys and categorical columns become strings, flags booleans, every other column float64, dates
-    datetime64[ns].
+    Keys and categorical columns become strings, flags booleans, every other number float64, dates
+    datetime64[ns]; rows are sorted by cutoff (or week) and entity. The casts and the sort run in Arrow: done
+    column by column in pandas they took a fifth of a 1M-event opportunity build.
     """
     spec = VIEWS[view]
     columns = spec.columns(config, categories) if view == "customer" else spec.columns(config)
-    frame = frame[[c.name for c in columns]].copy()
-    for name in frame.columns:
-        values = frame[name]
+    names = [c.name for c in columns]
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame[names], preserve_index=False)
+    arrays = []
+    for name in names:
+        values = table.column(name)
+        kind = values.type
         if name in ("cutoff", "week_start"):
-            frame[name] = pd.to_datetime(values).dt.normalize().astype("datetime64[ns]")
+            values = pc.floor_temporal(values.cast(pa.timestamp("ns")), unit="day")
         elif name in BOOLEAN_COLUMNS:
-            frame[name] = values.astype("boolean")
-        elif pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-            frame[name] = values.astype("float64")
+            values = values.cast(pa.bool_())
+        elif pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+            values = values.cast(pa.float64())
         else:
-            frame[name] = values.astype("string")
+            values = values.cast(pa.string())
+        arrays.append(values)
+    table = pa.Table.from_arrays(arrays, names=names)
     keys = [c.name for c in columns if c.role == "key"][:2]
-    order = ["cutoff", keys[0]] if "cutoff" in frame.columns else ["week_start", "product_id"]
-    return frame.sort_values(order, kind="stable").reset_index(drop=True)
+    order = ["cutoff", keys[0]] if "cutoff" in names else ["week_start", "product_id"]
+    table = table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in order]))
+    return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
 
 
 # ------------------------------------------------------------------------------------------------ materialise

@@ -3,8 +3,10 @@
 Each builder is a pure step: it takes Ibis tables (DuckDB by default, the same expressions on Spark) and a
 table of cutoffs, and returns an expression. A cutoff is a day D: a row for D sees only events strictly before
 the end of D (``cutoff_s``, the epoch second at midnight after D). Labels look forward from the cutoff and are
-left empty when the horizon reaches past the data's as-of date. Every column is documented once, in
-``view_columns``, which ``salesml features describe VIEW`` prints.
+left empty when the horizon reaches past the data's as-of date. Every column is documented once, in its
+view's ``*_columns`` function (``VIEWS[name].columns``), which ``salesml features describe VIEW`` prints. Rows
+come in no particular order (an ORDER BY cost DuckDB as much as a join); ``features.pipeline.normalise_frame``
+sorts them whichever backend ran.
 """
 
 from __future__ import annotations
@@ -250,9 +252,10 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
     recent = j.filter(age < 90 * DAY).select(*opp_keys, "contact_id").distinct()
     contacts = recent.group_by(opp_keys).aggregate(contacts_engaged_90d=recent.contact_id.count())
     activity = _attach(activity, contacts, opp_keys, fill={"contacts_engaged_90d": 0})
-    for _kind, label in ACTIVITY_KINDS:
-        activity = activity.mutate(**{f"{label}_trend_{config.trend_days}d":
-                                      activity[f"_{label}_last"] - activity[f"{label}_prev_{config.trend_days}d"]})
+    # One projection for all trends: each extra select layer costs Ibis compile time.
+    activity = activity.mutate(**{f"{label}_trend_{config.trend_days}d":
+                                  activity[f"_{label}_last"] - activity[f"{label}_prev_{config.trend_days}d"]
+                                  for _, label in ACTIVITY_KINDS})
     activity = activity.drop(*[f"_{label}_last" for _, label in ACTIVITY_KINDS])
 
     # Account-level signals per (account, cutoff).
@@ -321,7 +324,7 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
     )
     out = out.filter(~out.stage.isin(["closed_won", "closed_lost"]))
     names = [c.name for c in opportunity_columns(config)]
-    return out.select(*names).order_by(["cutoff", "opportunity_id"])
+    return out.select(*names)
 
 
 def _account_signals(tables: Mapping[str, ir.Table], acc_keys: ir.Table, config: ViewConfig) -> ir.Table:
@@ -348,15 +351,22 @@ def _account_signals(tables: Mapping[str, ir.Table], acc_keys: ir.Table, config:
     else:
         n = n.mutate(label=ibis.null("string"), score=ibis.null("float64"))
     window = config.news_days * DAY
-    regions = tables["accounts"].select("account_id", acc_region=tables["accounts"].region)
+    # Competitor news depends on the region only: aggregate per (region, cutoff), then hand it to the accounts.
+    # Joining it to every (account, cutoff) first multiplied the rows by the accounts per region. An account
+    # without a region sees only news without one (the empty-string key).
+    accounts = tables["accounts"]
+    regions = accounts.select("account_id", _region=accounts.region.fill_null(""))
     keyed = acc_keys.join(regions, "account_id")
+    region_keys = keyed.select("_region", "cutoff", "cutoff_s").distinct()
     comp = n.filter(n.subject_type == "competitor").select(n_region=n.region, c_pub_s=n.pub_s, c_label=n.label,
                                                            c_score=n.score)
-    cj = keyed.join(comp, (keyed.acc_region == comp.n_region) | comp.n_region.isnull())
+    cj = region_keys.join(comp, (region_keys._region == comp.n_region) | comp.n_region.isnull())
     cj = cj.filter(cj.c_pub_s < cj.cutoff_s, cj.c_pub_s >= cj.cutoff_s - window)
-    competitor = cj.group_by(keys).aggregate(competitor_news=cj.c_pub_s.count(),
-                                             competitor_news_negative=_count(cj.c_label == "negative"),
-                                             competitor_news_sentiment=cj.c_score.mean())
+    by_region = cj.group_by(["_region", "cutoff"]).aggregate(competitor_news=cj.c_pub_s.count(),
+                                                             competitor_news_negative=_count(cj.c_label == "negative"),
+                                                             competitor_news_sentiment=cj.c_score.mean())
+    competitor = _attach(keyed.select("account_id", "cutoff", "_region"), by_region, ["_region", "cutoff"]).drop(
+        "_region")
     own = n.filter(n.subject_type == "account").select("account_id", a_pub_s=n.pub_s, a_score=n.score)
     aj = acc_keys.join(own, "account_id")
     aj = aj.filter(aj.a_pub_s < aj.cutoff_s, aj.a_pub_s >= aj.cutoff_s - window)
@@ -536,7 +546,7 @@ def build_customer_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, confi
             out[f"_cat_{slug(cat)}"] / out._value_long.nullif(0), ibis.literal(0.0))
     out = out.mutate(**mutations)
     names = [c.name for c in customer_columns(config, categories)]
-    return out.select(*names).order_by(["cutoff", "account_id"])
+    return out.select(*names)
 
 
 def _price_exposure(tables: Mapping[str, ir.Table], keys: ir.Table, lines_in_window: ir.Table, long: int
@@ -722,7 +732,7 @@ def build_product_week_view(tables: Mapping[str, ir.Table], weeks: ir.Table, con
         avg_discount=out._disc_units / out.units.nullif(0),
     )
     names = [c.name for c in product_week_columns(config)]
-    return out.select(*names).order_by(["week_start", "product_id"])
+    return out.select(*names)
 
 
 def week_table(weeks: Sequence[date]) -> ir.Table:
