@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 
 from features.sources.datasets import TELCO, WIN_LOSS, load_dataset
 from features.standards import parse_frame
-from training.churn import split_rows
+from training.churn import Split, split_rows
 from training.models import fit_estimator, make_estimator
 from training.preprocess import TabularPreprocessor
 from training.search import (
@@ -44,7 +44,8 @@ from training.tasks import ChurnConfig, TaskData, TaskSpec
 DATASETS = {"telco_churn": (TELCO, "telco_churn"), "ibm_sales_win_loss": (WIN_LOSS, "ibm_sales_win_loss")}
 
 
-def _task_data(name: str, root: Path, sensitive_as_features: bool) -> tuple[TaskData, ChurnConfig]:
+def load_benchmark_task(name: str, root: Path, sensitive_as_features: bool) -> tuple[TaskData, ChurnConfig]:
+    """A shared dataset's task rows, read in place from ``root``, and the benchmark's training config."""
     mapping, folder = DATASETS[name]
     imported = load_dataset(name, root / folder)
     source = imported.sources[0]
@@ -61,13 +62,19 @@ def _task_data(name: str, root: Path, sensitive_as_features: bool) -> tuple[Task
     return TaskData(spec, frame, name, name, ""), config
 
 
-def _ours(data: TaskData, config: ChurnConfig, budget: float, pruning: bool) -> list[dict]:
+def prepare_search(data: TaskData, config: ChurnConfig) -> tuple[SearchData, pd.DataFrame, np.ndarray, Split]:
+    """The cross-validation folds inside the fixed 80%, with the model matrix, labels and split they come from."""
     split = split_rows(data, config)
     y = data.frame["label"].astype(int).to_numpy()
     pre = TabularPreprocessor(data.spec.numeric, data.spec.categorical).fit(data.frame.iloc[split.train])
     x = pre.transform(data.frame)
     search = SearchData.cross_validated(x.iloc[split.train], y[split.train], data.spec.categorical, config.cv_folds,
                                         config.seed)
+    return search, x, y, split
+
+
+def _ours(data: TaskData, config: ChurnConfig, budget: float, pruning: bool) -> list[dict]:
+    search, x, y, split = prepare_search(data, config)
     settings = SearchSettings(["lightgbm", "xgboost"], config.max_estimators, config.early_stopping_rounds, 2,
                               config.seed, pruning)
     improvements: list[tuple[float, optuna.trial.FrozenTrial]] = []
@@ -142,7 +149,7 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     results = {}
     for name in args.datasets:
-        data, config = _task_data(name, args.data, sensitive_as_features=name == "ibm_sales_win_loss")
+        data, config = load_benchmark_task(name, args.data, sensitive_as_features=name == "ibm_sales_win_loss")
         entry = {"rows": len(data.frame),
                  "ours_pruning": _ours(data, config, args.budget, True),
                  "ours_no_pruning": _ours(data, config, args.budget, False)}
