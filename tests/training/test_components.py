@@ -13,7 +13,16 @@ from training.evaluate import classification_metrics, early_warning, threshold_a
 from training.explain import reason_codes, reasons_from_contributions, sentence_for
 from training.models import ChurnModel, fit_estimator, make_estimator, native_booster, verify_digests
 from training.preprocess import TabularPreprocessor
-from training.search import ProgressSteps, SearchData, SearchSettings, make_objective, open_study, run_study
+from training.search import (
+    PRUNING_WARMUP_STEPS,
+    ProgressSteps,
+    SearchData,
+    SearchSettings,
+    make_objective,
+    make_pruner,
+    open_study,
+    run_study,
+)
 
 
 def _toy(n: int = 600, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -196,3 +205,18 @@ def test_trials_with_different_learning_rates_report_at_equal_shrinkage(tmp_path
     # 50k-th at 0.01 (the values are 0-based round numbers).
     assert reported[0.05] == {k: 10.0 * k - 1 for k in range(1, 11)}
     assert reported[0.01] == {1: 49.0, 2: 99.0}
+
+
+def test_the_pruner_waits_for_its_warm_up_then_stops_a_trial_below_the_median():
+    study = optuna.create_study(direction="maximize", pruner=make_pruner())
+    for value in (0.80, 0.81, 0.82, 0.83, 0.84):
+        study.add_trial(optuna.trial.create_trial(
+            value=value, intermediate_values={s: value - 0.1 + 0.002 * s for s in range(1, 40)}))
+    trial = study.ask()
+    pruned_at = None
+    for step in range(1, 40):
+        trial.report(0.5, step)  # far below every completed trial at every step
+        if trial.should_prune():
+            pruned_at = step
+            break
+    assert pruned_at == PRUNING_WARMUP_STEPS == 16
