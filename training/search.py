@@ -36,10 +36,10 @@ log = logging.getLogger(__name__)
 #: rate of 0.05, every 50 at 0.01.
 REPORT_SHRINKAGE = 0.5
 #: Reports (in shrinkage steps) before the pruner may stop a trial: 16 steps, a shrinkage of 8 (about 270 rounds at
-#: a learning rate of 0.03). Earlier, the ranking of trials does not yet hold. Replaying 30-trial studies that ran
-#: without pruning (`experiments/benchmarks/pruning.py` measures the same on a live study), a median pruner allowed
-#: from step 4 would have stopped Telco's 12 best trials and Sales Win/Loss's 3rd, 4th, 5th, 7th and 8th; from step
-#: 16 it stops only Telco's 9th best and below and Win/Loss's 18th and below, at 80% and 71% of the unpruned time.
+#: a learning rate of 0.03). Earlier, the ranking of trials does not yet hold. `experiments/benchmarks/pruning.py`
+#: replays the pruner over 30-trial studies run without pruning: allowed from step 4, it would have stopped Telco's
+#: 12 best trials and Sales Win/Loss's 3rd, 4th, 5th, 7th and 8th; from step 16, only Telco's 9th best and below
+#: and Win/Loss's 18th and below, at about 80% and 70% of the unpruned time.
 PRUNING_WARMUP_STEPS = 16
 
 #: Starting points tried first in a new study, one per family: sensible defaults that TPE improves on.
