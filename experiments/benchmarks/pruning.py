@@ -20,6 +20,7 @@ Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -56,9 +57,7 @@ def check_live(search: SearchData, settings: SearchSettings, trials: int) -> dic
     completed = [t.value for t in finished if t.state == TrialState.COMPLETE]
     pruned = [t for t in finished if t.state == TrialState.PRUNED]
     best, median = max(completed), float(np.median(completed))
-    unpruned = make_objective(search, SearchSettings(settings.families, settings.max_estimators,
-                                                     settings.early_stopping_rounds, settings.threads, settings.seed,
-                                                     pruning=False))
+    unpruned = make_objective(search, dataclasses.replace(settings, pruning=False))
     rows = []
     start = time.perf_counter()
     for trial in pruned:
