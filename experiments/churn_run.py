@@ -41,7 +41,7 @@ from features.store import FeatureStore
 from salesml.settings import Settings
 from training.baseline import StageBaseline
 from training.churn import TrainingResult, split_rows, train_churn_model
-from training.evaluate import classification_metrics
+from training.evaluate import auc_interval_metrics, classification_metrics
 from training.explain import reason_codes
 from training.models import GROUP_THRESHOLDS
 from training.tasks import ChurnConfig, TaskData, load_task_data, resolve_task, with_home
@@ -281,6 +281,7 @@ def _train_baseline(data: TaskData, config: ChurnConfig):
     test_frame = frame.iloc[split.test]
     p = model.predict_proba(test_frame)
     metrics = classification_metrics(y[split.test], p, "test_")
+    metrics.update(auc_interval_metrics(y[split.test], p, test_frame, spec.id_column, config.seed))
     metrics["oracle_roc_auc"] = None
     keep = [c for c in (*spec.keys, spec.label) if c in frame.columns]
     return model, metrics, test_frame[list(dict.fromkeys(keep))].assign(probability=p), test_frame

@@ -18,7 +18,12 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from training.calibration import choose_calibrator
-from training.evaluate import classification_metrics, early_warning, threshold_at_precision
+from training.evaluate import (
+    auc_interval_metrics,
+    classification_metrics,
+    early_warning,
+    threshold_at_precision,
+)
 from training.models import ChurnModel, fit_estimator, make_estimator, native_booster
 from training.preprocess import TabularPreprocessor
 from training.search import (
@@ -202,6 +207,7 @@ def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, stu
     test_frame = frame.iloc[split.test]
     p_test = model.predict_proba(test_frame)
     metrics.update(classification_metrics(y[split.test], p_test, "test_"))
+    metrics.update(auc_interval_metrics(y[split.test], p_test, test_frame, spec.id_column, config.seed))
     keep = [c for c in (*spec.keys, spec.id_column, spec.time_column, spec.label) if c and c in frame.columns]
     test_rows = test_frame[list(dict.fromkeys(keep))].assign(probability=p_test)
     metrics["oracle_roc_auc"] = None

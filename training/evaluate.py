@@ -33,6 +33,61 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, prefix: str = "") -> di
     return {f"{prefix}{k}": v for k, v in out.items()}
 
 
+def roc_auc_interval(y: np.ndarray, p: np.ndarray, groups: np.ndarray | None = None, level: float = 0.95,
+                     resamples: int = 500, seed: int = 0) -> tuple[float, float]:
+    """A percentile-bootstrap confidence interval of the ROC AUC, so that a gap between two figures can be read
+    against the test set's own noise.
+
+    Rows of one entity (an opportunity scored at several cutoffs) are not independent: with ``groups`` the
+    bootstrap draws entities, and each drawn entity brings all its rows (as weights, so no row is copied).
+
+    Args:
+        y: 0/1 labels.
+        p: scores.
+        groups: each row's entity; ``None`` resamples rows.
+        level: coverage of the interval.
+        resamples: bootstrap draws; draws left with a single class are skipped.
+        seed: random seed.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` when ``y`` holds a single class (or every draw did).
+    """
+    y, p = np.asarray(y, dtype=int), np.asarray(p, dtype=float)
+    if not 0 < y.sum() < len(y):
+        return float("nan"), float("nan")
+    codes = np.arange(len(y)) if groups is None else pd.factorize(np.asarray(groups), use_na_sentinel=False)[0]
+    n_groups = int(codes.max()) + 1
+    # The weighted Mann-Whitney statistic over the distinct scores (ties count half) is the weighted ROC AUC that
+    # scikit-learn computes, in one pass: 500 draws on 15,600 rows take 0.15 s instead of 3.6 s.
+    level_of = np.unique(p, return_inverse=True)[1]
+    n_levels = int(level_of.max()) + 1
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(resamples):
+        weights = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)[codes]
+        pos = np.bincount(level_of, weights=weights * y, minlength=n_levels)
+        neg = np.bincount(level_of, weights=weights * (1 - y), minlength=n_levels)
+        total_pos, total_neg = pos.sum(), neg.sum()
+        if total_pos == 0 or total_neg == 0:
+            continue
+        below = np.cumsum(neg) - neg
+        aucs.append(float((pos * (below + 0.5 * neg)).sum() / (total_pos * total_neg)))
+    if not aucs:
+        return float("nan"), float("nan")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(aucs, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def auc_interval_metrics(y: np.ndarray, p: np.ndarray, rows: pd.DataFrame, entity: str | None, seed: int
+                         ) -> dict[str, float]:
+    """``test_roc_auc_ci_low`` and ``test_roc_auc_ci_high``: the 95% bootstrap interval of the test AUC, drawing
+    entities (all cutoffs of an opportunity or account together) when the rows name them."""
+    groups = rows[entity].to_numpy() if entity and entity in rows.columns else None
+    low, high = roc_auc_interval(y, p, groups=groups, seed=seed)
+    return {"test_roc_auc_ci_low": low, "test_roc_auc_ci_high": high}
+
+
 def threshold_at_precision(y: np.ndarray, p: np.ndarray, precision: float) -> float:
     """The lowest score threshold whose precision reaches ``precision`` (so recall is highest).
 

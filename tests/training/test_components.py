@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from training.calibration import Calibrator, choose_calibrator
-from training.evaluate import classification_metrics, early_warning, threshold_at_precision
+from training.evaluate import classification_metrics, early_warning, roc_auc_interval, threshold_at_precision
 from training.explain import reason_codes, reasons_from_contributions, sentence_for
 from training.models import ChurnModel, fit_estimator, make_estimator, native_booster, verify_digests
 from training.preprocess import TabularPreprocessor
@@ -143,6 +143,32 @@ def test_metrics_and_threshold_at_precision():
     assert m["test_precision_top_decile"] == 1.0 and m["test_lift_top_decile"] == pytest.approx(2.5)
     t = threshold_at_precision(y, p, 0.75)
     assert (y[p >= t].mean() >= 0.75) and t == pytest.approx(p[4])
+
+
+def test_roc_auc_interval_is_the_weighted_auc_of_its_draws_and_widens_for_repeated_entities():
+    rng = np.random.default_rng(3)
+    y = (rng.random(2000) < 0.3).astype(int)
+    p = np.round(0.4 * y + rng.random(2000), 2)  # rounded: many tied scores
+    # One draw: the interval collapses to that draw's AUC, which must be scikit-learn's weighted AUC.
+    weights = np.bincount(np.random.default_rng(11).integers(0, 2000, 2000), minlength=2000)
+    low, high = roc_auc_interval(y, p, resamples=1, seed=11)
+    assert low == high == pytest.approx(roc_auc_score(y, p, sample_weight=weights), abs=1e-12)
+
+    point = roc_auc_score(y, p)
+    low, high = roc_auc_interval(y, p, seed=0)
+    assert low < point < high and 0.02 < high - low < 0.08
+    small_low, small_high = roc_auc_interval(y[:200], p[:200], seed=0)
+    assert small_high - small_low > 2 * (high - low)  # ten times fewer rows: about three times as wide
+
+    # Each entity scored at four cutoffs with the same outcome: drawing rows would pretend to 8,000 independent
+    # rows; drawing entities gives back the width of the 2,000 entities.
+    entity = np.repeat(np.arange(2000), 4)
+    y4, p4 = np.repeat(y, 4), np.repeat(p, 4)
+    rows_low, rows_high = roc_auc_interval(y4, p4, seed=0)
+    group_low, group_high = roc_auc_interval(y4, p4, groups=entity, seed=0)
+    assert group_high - group_low == pytest.approx(high - low, rel=0.25)
+    assert group_high - group_low > 1.6 * (rows_high - rows_low)
+    assert np.isnan(roc_auc_interval(np.zeros(10), rng.random(10))[0])
 
 
 def test_early_warning_counts_deals_flagged_thirty_days_before_close():
