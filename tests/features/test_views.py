@@ -144,6 +144,16 @@ def test_labels_are_empty_where_the_horizon_passes_the_as_of_date(full_store):
     assert set(early.unique()) == {0.0, 1.0}
 
 
+def test_a_built_view_is_an_ordinary_editable_frame(full_store):
+    frame = build_view(full_store, "opportunity", AS_OF, cutoffs=[date(2024, 4, 30)]).frame
+    assert frame["opportunity_id"].dtype == "string" and frame["amount"].dtype == "float64"
+    # Data scientists edit views in place; Arrow-backed read-only columns would refuse it.
+    frame.loc[frame.index[0], "amount"] = -1.0
+    frame.loc[frame.index[:2], "stage"] = "edited"
+    frame["emails_in_7d"] += 1
+    assert frame["amount"].iloc[0] == -1.0 and (frame["stage"].iloc[:2] == "edited").all()
+
+
 def test_opportunity_features_follow_their_definitions(small_org, full_store):
     cutoff = date(2024, 5, 31)
     frame = build_view(full_store, "opportunity", AS_OF, cutoffs=[cutoff]).frame.set_index("opportunity_id")
