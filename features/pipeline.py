@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 TEXT_MODELS = "text_models"
 TEXT_SENTIMENT = "text_sentiment"
 # Arrow to pandas: strings stay in Arrow (the canonical tables' string dtype), flags become pandas' nullable
-# boolean. Python string objects took 1.9-3.0 s of the conversion of a 16M-event opportunity build, Arrow ones 0.7 s.
+# boolean. On a 16M-event opportunity result, Python string objects made normalising take 3.1-5.0 s and 1.5 GB
+# (a 1,437 MB frame); Arrow strings take 1.8-2.3 s and 0.4 GB (a 605 MB frame).
 _PANDAS_TYPES = {pa.string(): STRING, pa.large_string(): STRING, pa.bool_(): pd.BooleanDtype()}
 BOOLEAN_COLUMNS = ("is_customer", "marketing_opt_in")
 
