@@ -50,24 +50,38 @@ def load_version_model(client: MlflowClient, name: str, version: str, folder: Pa
                        ) -> tuple[ChurnModel, ModelVersion]:
     """Download a version's artifact and load it, refusing files whose SHA-256 differs from the registered one.
 
+    Args:
+        client: the MLflow client.
+        name: the registered model.
+        version: its version.
+        folder: where to keep the downloaded files; by default they go to a temporary folder removed once the
+            model is loaded (both boosters read their file whole).
+
     Raises:
         RegistryError: when the version does not exist, has no digests, or a file does not match.
     """
-    # Imported here, not at the top: it brings in LightGBM, XGBoost and scikit-learn (about a second), which the
-    # registry lookups above (reviews, promotions, listings) do not need.
-    from training.models import MODEL_FILE, ChurnModel
-
     info = get_version(client, name, version)
     digests = expected_digests(info)
     if not digests:
         raise RegistryError(f"{name} version {version} has no registered SHA-256 tags; refusing to load it")
-    target = Path(folder or tempfile.mkdtemp(prefix="salesml-model-"))
+    if folder is not None:
+        return _download_model(Path(folder), name, version, digests), info
+    # A kept folder per load (every serving start, batch run and promotion gate) piled up in /tmp.
+    with tempfile.TemporaryDirectory(prefix="salesml-model-") as scratch:
+        return _download_model(Path(scratch), name, version, digests), info
+
+
+def _download_model(target: Path, name: str, version: str, digests: dict[str, str]) -> ChurnModel:
+    # Imported here, not at the top: it brings in LightGBM, XGBoost and scikit-learn (about a second), which the
+    # registry lookups above (reviews, promotions, listings) do not need.
+    from training.models import MODEL_FILE, ChurnModel
+
     # MLflow's tracking URI is the one configure_mlflow set.
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target)))
     found = next(local.rglob(MODEL_FILE), None)
     if found is None:
         raise RegistryError(f"{name} version {version} has no {MODEL_FILE} in its artifact")
     try:
-        return ChurnModel.load(found.parent, expected=digests), info
+        return ChurnModel.load(found.parent, expected=digests)
     except ValueError as exc:
         raise RegistryError(f"{name} version {version}: {exc}") from None

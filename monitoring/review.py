@@ -125,13 +125,15 @@ def show_audit(settings: Settings, name: str, version: str) -> dict:
     client = configure_mlflow(settings)
     info = get_version(client, name, version)
     path = settings.home / "reports" / name / str(version) / "audit.json"
-    if not path.is_file():
-        try:
-            path = Path(client.download_artifacts(info.run_id, f"audit/v{version}/audit.json",
-                                                  tempfile.mkdtemp(prefix="salesml-audit-")))
-        except Exception as exc:  # noqa: BLE001 - no artifact: not audited
-            raise GateError(f"{name} version {version} has not been audited") from exc
-    result = json.loads(path.read_text())
+    if path.is_file():
+        result = json.loads(path.read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="salesml-audit-") as scratch:
+            try:
+                path = Path(client.download_artifacts(info.run_id, f"audit/v{version}/audit.json", scratch))
+            except Exception as exc:  # noqa: BLE001 - no artifact: not audited
+                raise GateError(f"{name} version {version} has not been audited") from exc
+            result = json.loads(path.read_text())
     result["decision"] = {"decision": info.tags.get(TAG_DECISION), "by": info.tags.get(TAG_DECIDED_BY),
                           "at": info.tags.get(TAG_DECIDED_AT), "reason": info.tags.get(TAG_DECISION_REASON)}
     return result

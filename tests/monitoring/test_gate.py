@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -71,6 +72,24 @@ def test_audit_json_has_every_check_and_a_stored_report(clean):
 
 
 @pytest.mark.slow
+def test_show_audit_reads_the_tracked_copy_when_the_local_report_is_gone(clean, tmp_path, monkeypatch):
+    home, version, outcome = clean
+    settings = get_settings(home=home)
+    local = settings.home / "reports" / "churn.opportunity_loss" / version / "audit.json"
+    assert review.show_audit(settings, "churn.opportunity_loss", version)["gate"] == outcome.result["gate"]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    moved = local.rename(tmp_path / "audit.json")
+    try:
+        shown = review.show_audit(settings, "churn.opportunity_loss", version)
+    finally:
+        moved.rename(local)
+    assert shown["gate"] == outcome.result["gate"] and "decision" in shown
+    assert not list(scratch.iterdir())  # the downloaded copy does not outlive the call
+
+
+@pytest.mark.slow
 def test_clean_history_passes_fairness_and_flags_proxies(clean):
     _, _, outcome = clean
     fairness = _check(outcome, "fairness")
@@ -112,7 +131,7 @@ def test_drift_reads_the_inference_log_as_production_data_once_it_holds_enough(c
 
 
 @pytest.mark.slow
-def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path):
+def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path, monkeypatch):
     home = make_home(tmp_path, ["biased_history"])
     version = train(home)
     outcome = gate.audit_version(get_settings(home=home), "churn.opportunity_loss", version)
@@ -134,7 +153,11 @@ def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path)
     tags = client.get_model_version("churn.opportunity_loss", variant).tags
     assert tags["salesml.variant_of"] == version and tags["salesml.trainer"] == "alice"
     assert tags["salesml.gate"] == "pending"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     model, _ = load_version_model(client, "churn.opportunity_loss", variant)
+    assert not list(scratch.iterdir())  # the downloaded artifact does not outlive the load
     assert model.metadata["group_thresholds"]["thresholds"] == pytest.approx(mitigation["thresholds"], abs=1e-6)
     audited = gate.audit_version(settings, "churn.opportunity_loss", variant)
     again = _check(audited, "fairness")
