@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
@@ -122,11 +123,17 @@ def failures(as_json: bool) -> Iterator[None]:
     except Exception as exc:
         if not isinstance(exc, expected_errors()):
             raise
-        message = str(exc)
+        message = describe_invalid_options(exc) if isinstance(exc, ValidationError) else str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False)
         if as_json:
             print(json.dumps({"error": str(message)}))
         raise typer.Exit(2) from None
+
+
+def describe_invalid_options(exc: ValidationError) -> str:
+    """A pydantic error on a config built from options, one clause per field: ``accounts: ... (got 0)``."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']} (got {e.get('input')!r})"
+                     for e in exc.errors())
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from typing import Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from features.pipeline import build_view, materialize, resolve_cutoffs, snapshot_hash
 from features.store import FeatureStore
@@ -77,14 +77,25 @@ def load_config(path: Path | None, **overrides: object) -> ChurnConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config file {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: a training config is a YAML mapping")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data.update(given)
     try:
         return ChurnConfig(**data)
-    except Exception as exc:  # pydantic's message lists the fields
-        raise ValueError(f"{path or 'config'}: {exc}") from None
+    except ValidationError as exc:
+        # Name where each bad value came from: a command-line option, or the field in the file.
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "config"
+            top = str(error["loc"][0]) if error["loc"] else ""
+            where = f"--{top.replace('_', '-')}" if top in given else f"{path or 'config'}: {field}"
+            problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+        raise ValueError("; ".join(problems)) from None
 
 
 @dataclass

@@ -32,6 +32,17 @@ def test_expected_errors_exit_2_with_a_json_message_and_others_propagate(capsys)
         raise KeyError("a bug, not a user's mistake")
 
 
+def test_an_invalid_option_value_is_named_with_its_value_not_a_pydantic_dump(capsys):
+    from features.sources.simulator import SimulationConfig
+
+    with pytest.raises(typer.Exit) as stopped, failures(as_json=True):
+        SimulationConfig(accounts=0, months=1)
+    assert stopped.value.exit_code == 2
+    message = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert message == ("accounts: Input should be greater than or equal to 20 (got 0); "
+                       "months: Input should be greater than or equal to 3 (got 1)")
+
+
 def test_a_registry_command_does_not_load_the_training_or_audit_stack():
     code = ("import sys, salesml.cli, monitoring.review; "
             "print(sorted(m for m in ('lightgbm', 'xgboost', 'sklearn', 'evidently', 'monitoring.gate', 'shap') "
