@@ -808,13 +808,16 @@ def access_revoke(
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 3000,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    workers: Annotated[int | None, typer.Option(help="Worker processes (default: SALESML_SERVE_WORKERS).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: SALESML_SERVE_WORKERS).",
+                                                min=1)] = None,
 ) -> None:
     """Serve the champions with BentoML: POST /churn/score, GET /models, /dashboard, /healthz, /readyz, /metrics."""
     import subprocess
 
+    with failures(False):
+        check_port_free(host, port)
     settings = get_settings()
     env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(settings.bentoml_home.resolve()),
            "SALESML_HOME": str(settings.home.resolve())}
@@ -825,6 +828,28 @@ def serve(
                str(port)]
     stderr.print(f"serving on http://{host}:{port} (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(command, env=env))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on (BentoML's own error is a supervisor traceback).
+
+    Raises:
+        CommandError: naming the address and what to do.
+    """
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise CommandError(f"--host {host!r} does not resolve: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}; stop what uses it or pick another "
+                               "--port") from None
 
 
 @score_app.command("churn")

@@ -43,6 +43,20 @@ def test_an_invalid_option_value_is_named_with_its_value_not_a_pydantic_dump(cap
                        "months: Input should be greater than or equal to 3 (got 1)")
 
 
+def test_serving_refuses_a_port_in_use_before_starting_bentoml():
+    import socket
+
+    from salesml.cli import CommandError, check_port_free
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with pytest.raises(CommandError, match=f"cannot listen on 127.0.0.1:{port}: Address already in use"):
+            check_port_free("127.0.0.1", port)
+    check_port_free("127.0.0.1", port)  # free again once the listener closed
+
+
 def test_a_registry_command_does_not_load_the_training_or_audit_stack():
     code = ("import sys, salesml.cli, monitoring.review; "
             "print(sorted(m for m in ('lightgbm', 'xgboost', 'sklearn', 'evidently', 'monitoring.gate', 'shap') "
