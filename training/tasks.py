@@ -86,7 +86,7 @@ def load_config(path: Path | None, **overrides: object) -> ChurnConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     data.update(given)
     try:
-        return ChurnConfig(**data)
+        return ChurnConfig.model_validate(data)
     except ValidationError as exc:
         # Name where each bad value came from: a command-line option, or the field in the file.
         problems = []
