@@ -924,7 +924,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
     trials: Annotated[int, typer.Option(help="Optuna trials for the opportunity-loss model.")] = 10,
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve", help="Serve the champion at the end.")] = True,
-    port: Annotated[int, typer.Option(help="Port to serve on.")] = 3000,
+    port: Annotated[int, typer.Option(help="Port to serve on.", min=1, max=65535)] = 3000,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the main job end to end on the embedded defaults: simulate, ingest with quarantine, build the feature
@@ -942,6 +942,8 @@ def demo(
     out = settings.home / "demo_data"
     steps = 8
     with failures(as_json):
+        if serve_after:  # before minutes of work, not after
+            check_port_free("127.0.0.1", port)
         config = SimulationConfig(accounts=accounts, months=months, seed=seed)
         stderr.print(f"[bold]1/{steps}[/] simulating {accounts:,} accounts over {months} months into {out}")
         with stderr.status("simulating"):
