@@ -20,6 +20,7 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
+from mlflow.data.sources import LocalArtifactDatasetSource
 
 from experiments.plots import calibration_figure, log_figure, roc_figure, shap_summary_figure
 from experiments.registered import load_version_model
@@ -138,8 +139,11 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
 
 def _log_dataset(data: TaskData, store_path: Path) -> None:
     frame = data.frame
-    dataset = mlflow.data.from_pandas(frame, source=Path(store_path).resolve().as_uri(),
-                                      name=f"{data.spec.name}@{data.feature_version}", targets=data.spec.label)
+    # An explicit source: given a file URI, MLflow finds LocalArtifactDatasetSource twice and warns that it is
+    # ambiguous (mlflow/mlflow#9702).
+    source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
+    dataset = mlflow.data.from_pandas(frame, source=source, name=f"{data.spec.name}@{data.feature_version}",
+                                      targets=data.spec.label)
     mlflow.log_input(dataset, context="training", tags={"feature_version": data.feature_version,
                                                         "snapshot": data.snapshot})
 

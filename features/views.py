@@ -12,6 +12,7 @@ sorts them whichever backend ran.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
@@ -589,8 +590,11 @@ def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: Vi
     affinity is the highest lift of a rule whose antecedent it bought in that window and whose consequent it
     has not.
     """
-    from mlxtend.frequent_patterns import association_rules, fpgrowth
-    from mlxtend.preprocessing import TransactionEncoder
+    # mlxtend turns every DeprecationWarning of every library on at import (simplefilter("always")); keep the
+    # caller's filters, or a CLI run prints dozens of other libraries' warnings.
+    with warnings.catch_warnings():
+        from mlxtend.frequent_patterns import association_rules, fpgrowth
+        from mlxtend.preprocessing import TransactionEncoder
 
     view = view.copy()
     view["assoc_top_lift"] = 0.0

@@ -69,6 +69,9 @@ def main(
     """salesml: ML research and MLOps for sales teams - data, features, models, audits and serving."""
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
+    # MLflow draws a progress bar for every artifact download: a model is a few small files, and in the service's
+    # and batch runs' logs the bar is only noise. Inherited by `salesml serve`'s BentoML process.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     settings = get_settings()
     level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -76,6 +79,8 @@ def main(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Ibis 12 still calls DuckDB's fetch_arrow_table, which DuckDB 1.5 deprecates: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
+    # Optuna marks features we use on purpose (heartbeats, grouped TPE, its matplotlib plots) as experimental.
+    warnings.filterwarnings("ignore", message=r"(Argument ``\w+`` is an experimental feature|optuna\.\S+ is experimental)")
 
 
 # ------------------------------------------------------------------------------------------------ helpers

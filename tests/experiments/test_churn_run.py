@@ -59,7 +59,7 @@ def test_opportunity_loss_model_is_close_to_the_oracle_and_warns_early(trained):
 
 
 @pytest.mark.slow
-def test_the_run_and_version_carry_lineage_metrics_and_plots(trained):
+def test_the_run_and_version_carry_lineage_metrics_and_plots(trained, tmp_path):
     settings, result = trained
     client = mlflow.MlflowClient(settings.tracking_uri_resolved, settings.tracking_uri_resolved)
     version = client.get_model_version(churn_model_name("opportunity_loss"), result["version"])
@@ -72,7 +72,8 @@ def test_the_run_and_version_carry_lineage_metrics_and_plots(trained):
     assert {"plots/roc.png", "plots/calibration.png", "plots/shap_summary.png", "plots/optuna_history.png"} <= artifacts
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.name.endswith(result["feature_version"])
-    reasons = json.loads(Path(client.download_artifacts(result["run_id"], "explanations/reason_codes.json")).read_text())
+    reasons = json.loads(Path(client.download_artifacts(result["run_id"], "explanations/reason_codes.json", str(tmp_path))
+                              ).read_text())
     first = reasons["examples"][0]["reasons"]
     assert first and all(r["sentence"] and r["direction"] in ("raises_risk", "lowers_risk") for r in first)
 

@@ -257,3 +257,24 @@ def test_every_view_is_identical_on_duckdb_and_spark(full_store):
         assert len(duck.frame) > 0
         pd.testing.assert_frame_equal(duck.frame, spark.frame, check_exact=False, rtol=1e-9, obj=view)
         assert duck.version == spark.version
+
+
+def test_mining_association_rules_leaves_the_callers_warning_filters_alone():
+    # In a fresh interpreter: mlxtend switches every DeprecationWarning on when first imported.
+    import subprocess
+    import sys
+
+    code = """
+import warnings
+import pandas as pd
+from features.views import ViewConfig, add_association_affinity
+before = list(warnings.filters)
+view = pd.DataFrame({"account_id": ["A1"], "cutoff": [pd.Timestamp("2025-01-31")]})
+items = pd.DataFrame({"cutoff": [pd.Timestamp("2025-01-31")] * 2, "account_id": ["A1"] * 2,
+                      "order_id": ["O1"] * 2, "product_id": ["P1", "P2"]})
+add_association_affinity(view, items, ViewConfig())
+import mlxtend.frequent_patterns
+print(warnings.filters == before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
