@@ -52,8 +52,20 @@ score_app = typer.Typer(help="Score files in batch with a champion (same preproc
                         no_args_is_help=True)
 app.add_typer(score_app, name="score")
 
-stdout = Console(soft_wrap=True)
-stderr = Console(stderr=True)
+
+def make_console(**options: Any) -> Console:
+    """A rich console; written to a file or a pipe it is 160 columns wide (rich's 80 folds ids and paths).
+
+    ``COLUMNS`` in the environment still wins.
+    """
+    console = Console(**options)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160
+    return console
+
+
+stdout = make_console(soft_wrap=True)
+stderr = make_console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
@@ -84,6 +96,17 @@ def main(
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+
+
+def new_table(*columns: str, right: tuple[str, ...] = (), **options: Any) -> RichTable:
+    """A rich table whose cells wrap instead of being cut: ids, versions and paths are copied from it.
+
+    ``right`` names the columns to right-justify (counts and figures).
+    """
+    table = RichTable(**options)
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column in right else "left")
+    return table
 
 
 def emit(result: dict, as_json: bool, render: Callable[[dict], None] | None = None) -> None:
@@ -168,9 +191,8 @@ def open_store(settings: Settings, read_only: bool = False):
 
 def render_ingest(result: dict) -> None:
     """Print an ingestion report as a table."""
-    table = RichTable(title=f"Ingestion report (load {result['load_id']}, as of {result['as_of']})")
-    for col in ("table", "read", "stored", "quarantined", "by rule"):
-        table.add_column(col, justify="right" if col in ("read", "stored", "quarantined") else "left")
+    table = new_table("table", "read", "stored", "quarantined", "by rule", right=("read", "stored", "quarantined"),
+                      title=f"Ingestion report (load {result['load_id']}, as of {result['as_of']})")
     for name, t in result["tables"].items():
         rules = ", ".join(f"{k}: {v}" for k, v in t["by_rule"].items())
         flags = ", ".join(f"{k}: {v} (stored)" for k, v in t.get("flagged", {}).items() if v)
@@ -212,9 +234,7 @@ def simulate(
         result.pop("ground_truth")
 
     def render(r: dict) -> None:
-        table = RichTable(title=f"Simulated organisation in {r['out']}")
-        table.add_column("table")
-        table.add_column("rows", justify="right")
+        table = new_table("table", "rows", right=("rows",), title=f"Simulated organisation in {r['out']}")
         for name, rows in r["tables"].items():
             table.add_row(name, f"{rows:,}")
         stdout.print(table)
@@ -297,10 +317,9 @@ def data_standards(as_json: JsonOpt = False) -> None:
     result = {"rules": describe_rules()}
 
     def render(r: dict) -> None:
-        table = RichTable(title=f"Data standards ({len({x['name'] for x in r['rules']})} rules, "
+        table = new_table("name", "table", "description",
+                          title=f"Data standards ({len({x['name'] for x in r['rules']})} rules, "
                                 f"{len(r['rules'])} rule-table pairs)")
-        for col in ("name", "table", "description"):
-            table.add_column(col)
         for rule in r["rules"]:
             table.add_row(rule["name"], rule["table"], rule["description"])
         stdout.print(table)
@@ -335,9 +354,8 @@ def data_tables(
 
     def render(r: dict) -> None:
         for t in r["tables"]:
-            rich = RichTable(title=f"{t['name']}: {t['description']}", title_justify="left")
-            for col in ("column", "type", "required", "description"):
-                rich.add_column(col)
+            rich = new_table("column", "type", "required", "description", title=f"{t['name']}: {t['description']}",
+                             title_justify="left")
             for c in t["columns"]:
                 extra = f" One of: {', '.join(map(str, c['allowed']))}." if "allowed" in c else ""
                 rich.add_row(c["name"], c["type"], "yes" if c["required"] else "", c["description"] + extra)
@@ -354,9 +372,7 @@ def data_stages(as_json: JsonOpt = False) -> None:
     result = {"stages": list(STAGES), "transitions": legal_transitions()}
 
     def render(r: dict) -> None:
-        rich = RichTable(title="Opportunity stage machine")
-        for col in ("from", "to", "kind"):
-            rich.add_column(col)
+        rich = new_table("from", "to", "kind", title="Opportunity stage machine")
         for t in r["transitions"]:
             rich.add_row(t["from"] or "(created)", t["to"], t["kind"])
         stdout.print(rich)
@@ -379,9 +395,7 @@ def data_quarantine(
     result = {"rows": rows, "shown": len(rows)}
 
     def render(r: dict) -> None:
-        rich = RichTable(title=f"Quarantined rows (first {limit})")
-        for col in ("table", "file:line", "rules", "detail"):
-            rich.add_column(col, overflow="fold")
+        rich = new_table("table", "file:line", "rules", "detail", title=f"Quarantined rows (first {limit})")
         for row in r["rows"]:
             rich.add_row(row["table_name"], f"{row['source_file']}:{row['source_line']}", row["rules"], row["detail"])
         stdout.print(rich)
@@ -404,9 +418,8 @@ def data_loads(as_json: JsonOpt = False) -> None:
     result = {"loads": loads}
 
     def render(r: dict) -> None:
-        rich = RichTable(title="Loads")
-        for col in ("load", "as of", "finished", "read", "stored", "quarantined"):
-            rich.add_column(col)
+        rich = new_table("load", "as of", "finished", "read", "stored", "quarantined",
+                         right=("read", "stored", "quarantined"), title="Loads")
         for load in r["loads"]:
             t = load["tables"].values()
             rich.add_row(load["load_id"], load["as_of"], load["finished_at"][:19], str(sum(x["read"] for x in t)),
@@ -443,9 +456,7 @@ def features_describe(
 
     def render(r: dict) -> None:
         stdout.print(f"[bold]{r['view']}[/]: one row per {r['entity']}.\n{r['description']}")
-        rich = RichTable()
-        for col in ("column", "role", "window", "meaning"):
-            rich.add_column(col, overflow="fold")
+        rich = new_table("column", "role", "window", "meaning")
         for c in r["columns"]:
             rich.add_row(c["name"], c["role"], c["window"], c["meaning"])
         stdout.print(rich)
@@ -504,9 +515,8 @@ def features_list(as_json: JsonOpt = False) -> None:
     result = {"versions": rows}
 
     def render(r: dict) -> None:
-        rich = RichTable(title="Feature view versions")
-        for col in ("view", "version", "as_of", "rows", "backend", "built_at"):
-            rich.add_column(col)
+        rich = new_table("view", "version", "as_of", "rows", "backend", "built_at", right=("rows",),
+                         title="Feature view versions")
         for v in r["versions"]:
             rich.add_row(v["view"], v["version"], v["as_of"], v["rows"], v["backend"], (v["built_at"] or "")[:19])
         stdout.print(rich)
@@ -588,9 +598,7 @@ def train_churn(
     def render(r: dict) -> None:
         m = r["metrics"]
         stdout.print(f"registered [bold]{r['model']}[/] version {r['version']} (run {r['run_id']})")
-        rich = RichTable(title="Test metrics")
-        rich.add_column("metric")
-        rich.add_column("value", justify="right")
+        rich = new_table("metric", "value", right=("value",), title="Test metrics")
         for key, value in m.items():
             if key.startswith(("test_", "oracle", "early_warning", "lead_time")):
                 rich.add_row(key, "-" if value is None else f"{value:.4f}")
@@ -627,9 +635,7 @@ def audit(
 
     def render(r: dict) -> None:
         stdout.print(f"{r['model']} version {r['version']}: gate [bold]{r['gate']}[/]")
-        rich = RichTable()
-        for col in ("check", "status", "reason"):
-            rich.add_column(col, overflow="fold")
+        rich = new_table("check", "status", "reason")
         for c in r["checks"]:
             rich.add_row(c["name"], c["status"], c["reason"])
         stdout.print(rich)
@@ -648,9 +654,7 @@ def review_list(as_json: JsonOpt = False) -> None:
         rows = list_candidates(settings)
 
     def render(r: dict) -> None:
-        rich = RichTable(title="Candidates")
-        for col in ("model", "version", "gate", "decision", "alias", "trainer", "created"):
-            rich.add_column(col)
+        rich = new_table("model", "version", "gate", "decision", "alias", "trainer", "created", title="Candidates")
         for row in r["candidates"]:
             rich.add_row(*(str(row[c] or "") for c in ("model", "version", "gate", "decision", "alias", "trainer",
                                                        "created")))
@@ -781,9 +785,7 @@ def access_list(as_json: JsonOpt = False) -> None:
     rows = [{"name": p.name, "role": p.role, "scope": p.scope} for p in load_principals(settings.access_file)]
 
     def render(r: dict) -> None:
-        rich = RichTable(title="Principals")
-        for col in ("name", "role", "scope"):
-            rich.add_column(col)
+        rich = new_table("name", "role", "scope", title="Principals")
         for p in r["principals"]:
             rich.add_row(p["name"], p["role"], p["scope"])
         stdout.print(rich)
@@ -1001,9 +1003,7 @@ def demo(
 
     def render(r: dict) -> None:
         render_ingest(r["ingest"])
-        rich = RichTable(title="Feature views")
-        for col in ("view", "rows", "columns", "version", "file"):
-            rich.add_column(col)
+        rich = new_table("view", "rows", "columns", "version", "file", right=("rows", "columns"), title="Feature views")
         for v in r["features"].values():
             rich.add_row(v["view"], f"{v['rows']:,}", str(len(v["columns"])), v["version"], v["out"])
         stdout.print(rich)

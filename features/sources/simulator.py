@@ -1210,8 +1210,9 @@ def _commerce_tables(rng: np.random.Generator, accounts: pd.DataFrame, contacts:
         "unit_price": l_price[first_line],
         "discount": l_disc[first_line],
     })
-    orders = pd.concat([orders, r_orders], ignore_index=True)
-    lines = pd.concat([lines, r_lines], ignore_index=True)
+    if len(r_orders):  # a small organisation may have no returns; pandas warns about concatenating empty frames
+        orders = pd.concat([orders, r_orders], ignore_index=True)
+        lines = pd.concat([lines, r_lines], ignore_index=True)
     lines.insert(0, "line_id", _ids("L", len(lines), 10))
     # Tickets.
     t_acc = np.concatenate([t[0] for t in sim["tickets"]])

@@ -57,6 +57,24 @@ def test_serving_refuses_a_port_in_use_before_starting_bentoml():
     check_port_free("127.0.0.1", port)  # free again once the listener closed
 
 
+def test_piped_output_is_wide_and_tables_never_cut_a_value(monkeypatch):
+    import io
+
+    from salesml.cli import make_console, new_table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert make_console(file=io.StringIO()).width == 160
+    monkeypatch.setenv("COLUMNS", "50")
+    narrow = make_console(file=io.StringIO())
+    assert narrow.width == 50
+    table = new_table("model", "version", "rows", right=("rows",))
+    table.add_row("churn.opportunity_loss_with_a_long_name", "ace5722c78573903", "35256")
+    narrow.print(table)
+    body = [line.split("│") for line in narrow.file.getvalue().splitlines() if line.startswith("│")]
+    assert "".join(cells[1].strip() for cells in body) == "churn.opportunity_loss_with_a_long_name"  # folded, whole
+    assert body[0][3] == " 35256 "  # counts right-justified
+
+
 def test_a_registry_command_does_not_load_the_training_or_audit_stack():
     code = ("import sys, salesml.cli, monitoring.review; "
             "print(sorted(m for m in ('lightgbm', 'xgboost', 'sklearn', 'evidently', 'monitoring.gate', 'shap') "
