@@ -86,7 +86,7 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
     say = status or (lambda _: None)
     config = with_home(config, settings.home)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with FeatureStore(settings.feature_store_path, threads=settings.threads) as store:
+    with FeatureStore.from_settings(settings) as store:
         say(f"loading {task}")
         spec = resolve_task(task, store, config)
         data = load_task_data(store, spec, config)

@@ -16,6 +16,7 @@ import ibis
 import pandas as pd
 
 from features.model import TABLES, Table
+from salesml.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,19 @@ class FeatureStore:
         read_only: open without write access (several readers may share the file).
     """
 
-    def __init__(self, path: Path, *, threads: int = 2, memory_limit: str = "4GB", read_only: bool = False):
+    def __init__(self, path: Path, *, threads: int = 2, memory_limit: str = "3GB", read_only: bool = False):
         self.path = Path(path)
         self.threads = threads
         self.memory_limit = memory_limit
         self.read_only = read_only
         self._con: ibis.BaseBackend | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, threads: int | None = None, read_only: bool = False
+                      ) -> FeatureStore:
+        """The store the settings name, with their thread count (unless ``threads`` is given) and memory limit."""
+        return cls(settings.feature_store_path, threads=threads or settings.threads,
+                   memory_limit=settings.duckdb_memory_limit, read_only=read_only)
 
     @property
     def con(self) -> ibis.BaseBackend:

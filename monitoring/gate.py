@@ -95,7 +95,7 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     task = info.tags.get(TAG_TASK) or candidate.metadata.get("task")
     policy = load_policy(task, policy_path)
     config = with_home(config or task_config(task), settings.home)
-    with FeatureStore(settings.feature_store_path, threads=settings.threads) as store:
+    with FeatureStore.from_settings(settings) as store:
         spec = resolve_task(task, store, config)
         data = load_task_data(store, spec, config)
     split = split_rows(data, config)

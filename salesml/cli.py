@@ -84,7 +84,13 @@ def main(
     # MLflow draws a progress bar for every artifact download: a model is a few small files, and in the service's
     # and batch runs' logs the bar is only noise. Inherited by `salesml serve`'s BentoML process.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:  # a SALESML_* variable with a bad value: name the variable, not a traceback
+        problems = "; ".join(f"SALESML_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {e['input']!r})"
+                             for e in exc.errors())
+        stderr.print(f"[bold red]error:[/] invalid setting: {problems}", highlight=False)
+        raise typer.Exit(2) from None
     level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("urllib3", "alembic", "numba", "matplotlib", "PIL"):
@@ -186,7 +192,7 @@ def open_store(settings: Settings, read_only: bool = False):
     path = settings.feature_store_path
     if read_only and not path.exists():
         raise CommandError(f"no feature store at {path}; run `salesml ingest` or `salesml demo` first")
-    return FeatureStore(path, threads=settings.threads, read_only=read_only)
+    return FeatureStore.from_settings(settings, read_only=read_only)
 
 
 def render_ingest(result: dict) -> None:

@@ -104,7 +104,7 @@ class ModelServer:
     def load_all(self) -> None:
         """Load every champion (refusing versions that fail their checks) and the rep hierarchy."""
         state = ServingState()
-        with FeatureStore(self.settings.feature_store_path, threads=1, read_only=True) as store:
+        with FeatureStore.from_settings(self.settings, threads=1, read_only=True) as store:
             state.hierarchy = load_hierarchy(store)
             if store.has_table("opportunities"):
                 state.deals = store.table("opportunities").select(
@@ -155,7 +155,7 @@ class ModelServer:
             return []
         served = dict(current.served)
         refused = dict(current.refused)
-        with FeatureStore(self.settings.feature_store_path, threads=1, read_only=True) as store:
+        with FeatureStore.from_settings(self.settings, threads=1, read_only=True) as store:
             for name in todo:
                 try:
                     new = self._load(name, store)

@@ -75,6 +75,17 @@ def test_piped_output_is_wide_and_tables_never_cut_a_value(monkeypatch):
     assert body[0][3] == " 35256 "  # counts right-justified
 
 
+def test_an_invalid_setting_is_named_by_its_variable_with_exit_2(tmp_path):
+    import os
+
+    env = {**os.environ, "SALESML_HOME": str(tmp_path), "SALESML_THREADS": "0"}
+    result = subprocess.run([sys.executable, "-m", "salesml.cli", "features", "list"], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "invalid setting: SALESML_THREADS: Input should be greater than or equal to 1 (got '0')" in " ".join(
+        result.stderr.split())
+
+
 def test_a_registry_command_does_not_load_the_training_or_audit_stack():
     code = ("import sys, salesml.cli, monitoring.review; "
             "print(sorted(m for m in ('lightgbm', 'xgboost', 'sklearn', 'evidently', 'monitoring.gate', 'shap') "

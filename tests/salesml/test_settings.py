@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from salesml.settings import get_settings
 
 
@@ -25,3 +28,21 @@ def test_engines_are_pointed_elsewhere_by_settings_only(monkeypatch):
     assert s.tracking_uri_resolved == "postgresql://mlflow@db/mlflow"
     assert s.optuna_storage_resolved == "postgresql://optuna@db/optuna"
     assert s.feature_store_path == Path("/data/features.duckdb")
+
+
+def test_the_duckdb_memory_limit_reaches_the_feature_store_connection(monkeypatch, tmp_path):
+    from features.store import FeatureStore
+
+    monkeypatch.setenv("SALESML_HOME", str(tmp_path))
+    assert get_settings().duckdb_memory_limit == "3GB"
+    monkeypatch.setenv("SALESML_DUCKDB_MEMORY_LIMIT", " 512MiB ")
+    with FeatureStore.from_settings(get_settings(), threads=1) as store:
+        limit, threads = store.con.raw_sql(
+            "SELECT current_setting('memory_limit'), current_setting('threads')").fetchone()
+    assert (limit, threads) == ("512.0 MiB", 1)
+
+
+def test_a_bad_memory_limit_is_refused_with_examples(monkeypatch):
+    monkeypatch.setenv("SALESML_DUCKDB_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValidationError, match="expected a size such as 3GB, 500MB or 2GiB"):
+        get_settings()
