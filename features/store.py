@@ -16,7 +16,7 @@ import ibis
 import pandas as pd
 
 from features.model import TABLES, Table
-from salesml.settings import Settings
+from salesml.settings import DUCKDB_MEMORY_LIMIT, Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class FeatureStore:
         read_only: open without write access (several readers may share the file).
     """
 
-    def __init__(self, path: Path, *, threads: int = 2, memory_limit: str = "3GB", read_only: bool = False):
+    def __init__(self, path: Path, *, threads: int = 2, memory_limit: str = DUCKDB_MEMORY_LIMIT, read_only: bool = False):
         self.path = Path(path)
         self.threads = threads
         self.memory_limit = memory_limit

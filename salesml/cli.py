@@ -87,8 +87,7 @@ def main(
     try:
         settings = get_settings()
     except ValidationError as exc:  # a SALESML_* variable with a bad value: name the variable, not a traceback
-        problems = "; ".join(f"SALESML_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']} (got {e['input']!r})"
-                             for e in exc.errors())
+        problems = describe_invalid_values(exc, lambda loc: "SALESML_" + "_".join(loc).upper())
         stderr.print(f"[bold red]error:[/] invalid setting: {problems}", highlight=False)
         raise typer.Exit(2) from None
     level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
@@ -157,16 +156,20 @@ def failures(as_json: bool) -> Iterator[None]:
     except Exception as exc:
         if not isinstance(exc, expected_errors()):
             raise
-        message = describe_invalid_options(exc) if isinstance(exc, ValidationError) else str(exc)
+        message = describe_invalid_values(exc) if isinstance(exc, ValidationError) else str(exc)
         stderr.print(f"[bold red]error:[/] {message}", highlight=False)
         if as_json:
             print(json.dumps({"error": str(message)}))
         raise typer.Exit(2) from None
 
 
-def describe_invalid_options(exc: ValidationError) -> str:
-    """A pydantic error on a config built from options, one clause per field: ``accounts: ... (got 0)``."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']} (got {e.get('input')!r})"
+def describe_invalid_values(exc: ValidationError,
+                            label: Callable[[list[str]], str] = lambda loc: ".".join(loc) or "value") -> str:
+    """A pydantic error as one clause per bad value: ``accounts: ... (got 0)``.
+
+    ``label`` names a value from its location (the field path by default; ``SALESML_THREADS`` for a setting).
+    """
+    return "; ".join(f"{label([str(p) for p in e['loc']])}: {e['msg']} (got {e.get('input')!r})"
                      for e in exc.errors())
 
 

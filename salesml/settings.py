@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: DuckDB's memory limit unless SALESML_DUCKDB_MEMORY_LIMIT says otherwise (see that setting).
+DUCKDB_MEMORY_LIMIT = "3GB"
+
 #: Environment variables that switch off telemetry of the libraries we run. The CLI applies them before it
 #: imports those libraries: a sales platform must not phone home.
 TELEMETRY_OFF = {
@@ -40,7 +43,7 @@ class Settings(BaseSettings):
     optuna_storage: str | None = Field(None, description="Optuna RDB storage URL; default sqlite under home.")
     feature_store: Path | None = Field(None, description="DuckDB feature store file; default home/features.duckdb.")
     feature_backend: Literal["duckdb", "spark"] = Field("duckdb", description="Engine for feature views.")
-    duckdb_memory_limit: str = Field("3GB", description=(
+    duckdb_memory_limit: str = Field(DUCKDB_MEMORY_LIMIT, description=(
         "Memory DuckDB may hold before it spills to disk. At 3GB the 16M-event opportunity view builds in the "
         "same time as at 4GB with about 1 GB less peak memory (4.5-4.7 GB against 5.5 GB)."))
     shared_data: Path = Field(Path("../shared/data"), description="Folder of the public reference datasets.")
