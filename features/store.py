@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import ibis
+import ibis.expr.types as ir
 import pandas as pd
 
 from features.model import TABLES, Table
@@ -189,18 +190,29 @@ class FeatureStore:
         frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
         self.con.insert(QUARANTINE, frame)
 
-    def quarantine(self, table_name: str | None = None, rule: str | None = None, limit: int | None = None
-                   ) -> pd.DataFrame:
-        """Quarantined rows, optionally of one table and/or one rule."""
+    def _quarantined(self, table_name: str | None, rule: str | None) -> ir.Table | None:
         if not self.has_table(QUARANTINE):
-            return pd.DataFrame(columns=list(_QUARANTINE_SCHEMA.names))
+            return None
         q = self.con.table(QUARANTINE)
         if table_name:
             q = q.filter(q.table_name == table_name)
         if rule:
             q = q.filter(q.rules.split(",").contains(rule))
+        return q
+
+    def quarantine(self, table_name: str | None = None, rule: str | None = None, limit: int | None = None
+                   ) -> pd.DataFrame:
+        """Quarantined rows, optionally of one table and/or one rule."""
+        q = self._quarantined(table_name, rule)
+        if q is None:
+            return pd.DataFrame(columns=list(_QUARANTINE_SCHEMA.names))
         q = q.order_by([q.table_name, q.source_file, q.source_line])
         return q.limit(limit).execute() if limit else q.execute()
+
+    def count_quarantined(self, table_name: str | None = None, rule: str | None = None) -> int:
+        """How many rows are quarantined, optionally of one table and/or one rule."""
+        q = self._quarantined(table_name, rule)
+        return 0 if q is None else int(q.count().execute())
 
     # ---------------------------------------------------------------- reads for rules
 

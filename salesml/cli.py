@@ -92,7 +92,8 @@ def main(
         raise typer.Exit(2) from None
     level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("urllib3", "alembic", "numba", "matplotlib", "PIL"):
+    # mlflow.store.db.utils announces creating and migrating the tracking database on a new SALESML_HOME.
+    for noisy in ("urllib3", "alembic", "numba", "matplotlib", "PIL", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Ibis 12 still calls DuckDB's fetch_arrow_table, which DuckDB 1.5 deprecates: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
@@ -393,18 +394,24 @@ def data_stages(as_json: JsonOpt = False) -> None:
 def data_quarantine(
     table: Annotated[str | None, typer.Option(help="Only rows of this table.")] = None,
     rule: Annotated[str | None, typer.Option(help="Only rows that broke this rule.")] = None,
-    limit: Annotated[int, typer.Option(help="Most rows to show.")] = 20,
+    limit: Annotated[int, typer.Option(min=1, help="Most rows to show.")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
     """Show quarantined rows: the rules they broke, what was wrong, and their source file and line."""
     settings = get_settings()
     with failures(as_json), open_store(settings, read_only=True) as store:
         frame = store.quarantine(table, rule, limit)
+        total = store.count_quarantined(table, rule)
     rows = [{k: (None if v is None else str(v)) for k, v in r.items()} for r in frame.to_dict("records")]
-    result = {"rows": rows, "shown": len(rows)}
+    result = {"rows": rows, "shown": len(rows), "total": total}
 
     def render(r: dict) -> None:
-        rich = new_table("table", "file:line", "rules", "detail", title=f"Quarantined rows (first {limit})")
+        scope = "".join([f" of table {table}" if table else "", f" that broke rule {rule}" if rule else ""])
+        if not r["total"]:
+            stdout.print(f"No quarantined rows{scope}.", highlight=False)
+            return
+        rich = new_table("table", "file:line", "rules", "detail",
+                         title=f"Quarantined rows{scope}: {r['shown']:,} of {r['total']:,}")
         for row in r["rows"]:
             rich.add_row(row["table_name"], f"{row['source_file']}:{row['source_line']}", row["rules"], row["detail"])
         stdout.print(rich)

@@ -100,6 +100,11 @@ def test_quarantined_rows_are_shown_with_reasons(home, tmp_path):
     row = shown["rows"][0]
     assert row["rules"] == "allowed_value,valid_email" and row["source_line"] == "3"
     assert "region='MARS'" in row["detail"]
+    assert shown["shown"] == shown["total"] == 1
+    listing = run("data", "quarantine", "--rule", "valid_email", home=home).stdout
+    assert "Quarantined rows that broke rule valid_email: 1 of 1" in listing and "not-an-email" in listing
+    none = run("data", "quarantine", "--table", "accounts", home=home)
+    assert none.stdout.strip() == "No quarantined rows of table accounts."
 
 
 def test_import_with_a_mapping(home, tmp_path):

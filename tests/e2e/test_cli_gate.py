@@ -45,3 +45,10 @@ def test_access_audit_review_promote_rollback(home, tmp_path):
     log = [json.loads(line)["action"] for line in (home / "audit.log").read_text().splitlines()]
     assert log == ["audit", "approve", "promote"]
     assert last_json(run("access", "revoke", "sam", "--json", home=home)) == {"revoked": "sam"}
+
+
+def test_review_on_a_fresh_home_names_the_missing_version_without_database_chatter(home):
+    result = run("review", "show", "churn.none", "9", home=home, check=False)
+    assert result.returncode == 2 and "no version 9 of model 'churn.none'" in result.stderr
+    assert (home / "mlflow.db").is_file()  # the tracking database was created...
+    assert "database tables" not in result.stderr  # ...without MLflow announcing it

@@ -104,6 +104,8 @@ def test_quarantine_keeps_rule_detail_record_and_csv_line(small_org, store, tmp_
     assert q.loc[6, "source_file"].endswith("sales_reps.csv")
     assert report.tables["sales_reps"].by_rule["valid_email"] == 1
     assert store.quarantine(rule="valid_email")["source_line"].tolist() == [9]
+    assert store.count_quarantined("sales_reps") == len(q) and store.count_quarantined(rule="valid_email") == 1
+    assert store.count_quarantined("accounts") == 0
 
 
 def test_a_file_with_unknown_or_missing_columns_stores_nothing(small_org, store, tmp_path):
