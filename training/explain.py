@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.views import ACCOUNT_PROFILE
 from training.models import ChurnModel
 
 
@@ -62,52 +63,168 @@ def _says(feature: str, text: str, fmt: str = "{:.0f}") -> Template:
     return Template((feature,), lambda v: text.replace("{}", _number(v, fmt)))
 
 
+def _counted(value: object, singular: str, plural: str) -> str:
+    """``"1 meeting"``, ``"3 meetings"``; a missing count is said to be unknown."""
+    if _missing(value):
+        return f"an unknown number of {plural}"
+    try:
+        n = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return f"{value} {plural}"
+    return f"{n:,.0f} {singular if n == 1 else plural}"
+
+
+def _count(feature: str, singular: str, plural: str, rest: str) -> Template:
+    """``"<n> <things> <rest>"`` with the noun agreeing with the count."""
+    return Template((feature,), lambda v: f"{_counted(v, singular, plural)} {rest}".rstrip())
+
+
+def _readable(value: object) -> str:
+    """A value as a person would write it: yes/no, text as is, 45,000,000 rather than 4.5e+07."""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, str):
+        return value
+    if _missing(value):
+        return "unknown"
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(x):
+        return "unknown"
+    if abs(x) >= 1000 or x.is_integer():
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+
+def _flag(feature: str, yes: str, no: str, unknown: str) -> Template:
+    def sentence(value: object) -> str:
+        if _missing(value):
+            return unknown
+        if isinstance(value, str):
+            value = value.strip().lower() in ("true", "t", "yes", "y", "1")
+        return yes if bool(value) else no
+
+    return Template((feature,), sentence)
+
+
+_ACTIVITY_NOUNS = {"emails_in": ("e-mail from the customer", "e-mails from the customer"),
+                   "emails_out": ("e-mail to the customer", "e-mails to the customer"),
+                   "meetings": ("meeting", "meetings"), "calls": ("call", "calls")}
+_ACTIVITY = "|".join(_ACTIVITY_NOUNS)
+
+
 TEMPLATES: dict[str, Template] = {
-    "meetings_30d": _change("meetings in the last 30 days", "meetings_30d", "meetings_prev_30d"),
-    "emails_in_30d": _change("e-mails from the customer in the last 30 days", "emails_in_30d", "emails_in_prev_30d"),
-    "emails_out_30d": _change("e-mails to the customer in the last 30 days", "emails_out_30d", "emails_out_prev_30d"),
-    "calls_30d": _change("calls in the last 30 days", "calls_30d", "calls_prev_30d"),
-    "meetings_trend_30d": _change("meetings in the last 30 days", "meetings_30d", "meetings_prev_30d"),
-    "emails_in_trend_30d": _change("e-mails from the customer in the last 30 days", "emails_in_30d",
-                                   "emails_in_prev_30d"),
-    "days_since_last_inbound": _says("days_since_last_inbound", "no e-mail from the customer or meeting for {} days"),
-    "days_since_last_activity": _says("days_since_last_activity", "last activity {} days ago"),
-    "dm_departures": _says("dm_departures", "{} decision maker(s) left the account in the last 90 days"),
+    **{name: Template((name,), lambda v, label=name.replace("_", " "):
+                      f"the account's {label} {'are' if label.endswith('terms') else 'is'} {_readable(v)}")
+       for name in ACCOUNT_PROFILE},  # first: the profile fields with a sentence of their own below replace these
+    "days_since_last_inbound": Template(("days_since_last_inbound",), lambda v: "no e-mail from the customer or "
+                                        "meeting yet" if _missing(v) else "no e-mail from the customer or meeting "
+                                        f"for {_number(v)} days"),
+    "days_since_last_activity": Template(("days_since_last_activity",), lambda v: "no activity on the deal yet"
+                                         if _missing(v) else f"last activity {_number(v)} days ago"),
+    "dm_departures": _count("dm_departures", "decision maker", "decision makers", "left the account in the last 90 days"),
     "budget_change_pct": _says("budget_change_pct", "the account's budget changed by {}% in the last 90 days",
                                "{:+.0f}"),
-    "competitor_news_negative": _says("competitor_news_negative",
-                                      "{} competitor news item(s) against us in the region in the last 30 days"),
+    "competitor_news_negative": _count("competitor_news_negative", "competitor news item", "competitor news items",
+                                       "against us in the region in the last 30 days"),
     "competitor_news_sentiment": _says("competitor_news_sentiment", "competitor news sentiment in the region is {}",
                                        "{:+.2f}"),
     "days_in_stage": Template(("days_in_stage", "stage"),
                               lambda d, s: f"{_number(d)} days in stage {'' if s is None else s}".rstrip()),
-    "stage_regressions": _says("stage_regressions", "moved back a stage {} time(s)"),
+    "stage_regressions": Template(("stage_regressions",),
+                                  lambda v: f"moved back a stage {_counted(v, 'time', 'times')}"),
     "discount": _says("discount", "discount requested is {}", "{:.0%}"),
-    "amount_vs_account_median": _says("amount_vs_account_median", "deal size is {}x the account's median deal",
-                                      "{:.1f}"),
+    "amount_vs_account_median": Template(("amount_vs_account_median",), lambda v: "the account has no earlier deal "
+                                         "to compare the deal size with" if _missing(v) else
+                                         f"deal size is {_number(v, '{:.1f}')}x the account's median deal"),
     "rep_win_rate": _says("rep_win_rate", "the owner's win rate is {}", "{:.0%}"),
-    "contacts_engaged_90d": _says("contacts_engaged_90d", "{} contact(s) engaged in the last 90 days"),
+    "contacts_engaged_90d": _count("contacts_engaged_90d", "contact", "contacts", "engaged in the last 90 days"),
     "recency_days": _says("recency_days", "last order {} days ago"),
-    "orders_90d": _says("orders_90d", "{} order(s) in the last 90 days"),
-    "order_value_trend_90d": _says("order_value_trend_90d", "order value in the last 90 days changed by {}",
-                                   "{:+,.0f}"),
-    "tickets_90d": _says("tickets_90d", "{} support ticket(s) in the last 90 days"),
-    "negative_ticket_share_365d": _says("negative_ticket_share_365d", "{} of support tickets were negative",
-                                        "{:.0%}"),
     "csat_min_90d": _says("csat_min_90d", "lowest satisfaction score in the last 90 days was {}"),
     "price_change_exposure_90d": _says("price_change_exposure_90d",
                                        "prices of what the account buys changed by {}", "{:+.1%}"),
+    "budget_signals": _count("budget_signals", "budget signal", "budget signals", "for the account in the last 90 days"),
+    "competitor_news": _count("competitor_news", "competitor news item", "competitor news items",
+                              "in the region in the last 30 days"),
+    "account_news": _count("account_news", "news item", "news items", "about the account in the last 30 days"),
+    "account_news_sentiment": _says("account_news_sentiment", "news sentiment about the account is {}", "{:+.2f}"),
+    "stage": Template(("stage",), lambda s: f"the deal is in stage {_readable(s)}"),
+    "stage_changes": _count("stage_changes", "stage change", "stage changes", "so far"),
+    "age_days": _says("age_days", "the deal was opened {} days ago"),
+    "amount": _says("amount", "the deal is worth {}", "{:,.0f}"),
+    "product_line": Template(("product_line",), lambda v: f"the product line is {_readable(v)}"),
+    "rep_closed_deals": Template(("rep_closed_deals",),
+                                 lambda v: f"the owner has closed {_counted(v, 'deal', 'deals')} so far"),
+    "is_customer": _flag("is_customer", "the account is already a customer", "the account is not a customer yet",
+                         "whether the account is a customer is unknown"),
+    "customer_tenure_days": Template(("customer_tenure_days",), lambda v: "the account is not a customer yet"
+                                     if _missing(v) else f"the account has been a customer for {_number(v)} days"),
+    "annual_revenue": _says("annual_revenue", "the account's annual revenue is {}", "{:,.0f}"),
+    "marketing_opt_in": _flag("marketing_opt_in", "the account has opted in to marketing",
+                              "the account has not opted in to marketing", "the account's marketing consent is unknown"),
+    "tenure_days": _says("tenure_days", "first order {} days ago"),
+    "assoc_top_lift": _says("assoc_top_lift", "the strongest cross-sell rule for the account has a lift of {}",
+                            "{:.1f}"),
+    "assoc_rules": _count("assoc_rules", "cross-sell rule applies", "cross-sell rules apply", "to the account"),
 }
+
+
+def _activity(label: str, days: str) -> Template:
+    """Activities of one kind in a window: how they changed against the window before when the row has that
+    (the trend's window), otherwise how many there were."""
+    singular, plural = _ACTIVITY_NOUNS[label]
+    now, before = f"{label}_{days}d", f"{label}_prev_{days}d"
+    counted = _count(now, singular, plural, f"in the last {days} days")
+    changed = _change(f"{plural} in the last {days} days", now, before)
+
+    def sentence(a: object, b: object) -> str:
+        return counted.render(b) if _missing(a) or _missing(b) else changed.render(a, b)
+
+    return Template((before, now), sentence)
+
+
+#: Templates for names that carry a window (configurable in the views), tried in order after ``TEMPLATES``.
+PATTERNS: tuple[tuple[re.Pattern, Callable[[re.Match], Template]], ...] = tuple(
+    (re.compile(pattern), factory) for pattern, factory in (
+        (rf"({_ACTIVITY})_(?:trend_)?(\d+)d", lambda m: _activity(m[1], m[2])),
+        (rf"({_ACTIVITY})_prev_(\d+)d", lambda m: _count(m[0], *_ACTIVITY_NOUNS[m[1]],
+                                                        f"in the {m[2]} days before the last {m[2]}")),
+        (r"orders_(\d+)d", lambda m: _count(m[0], "order", "orders", f"in the last {m[1]} days")),
+        (r"value_(\d+)d", lambda m: _says(m[0], f"bought {{}} in the last {m[1]} days", "{:,.0f}")),
+        (r"value_prev_(\d+)d", lambda m: _says(m[0], f"bought {{}} in the {m[1]} days before the last {m[1]}",
+                                                "{:,.0f}")),
+        (r"avg_order_value_(\d+)d", lambda m: _says(m[0], f"the average order in the last {m[1]} days was {{}}",
+                                                     "{:,.0f}")),
+        (r"order_value_trend_(\d+)d", lambda m: _says(m[0], f"order value in the last {m[1]} days changed by {{}}",
+                                                       "{:+,.0f}")),
+        (r"returns_(\d+)d", lambda m: _count(m[0], "order", "orders", f"returned in the last {m[1]} days")),
+        (r"tickets_(\d+)d", lambda m: _count(m[0], "support ticket", "support tickets", f"in the last {m[1]} days")),
+        (r"tickets_per_order_(\d+)d", lambda m: _says(m[0], f"{{}} support tickets per order in the last {m[1]} days",
+                                                       "{:.2f}")),
+        (r"negative_ticket_share_(\d+)d", lambda m: _says(m[0], f"{{}} of support tickets in the last {m[1]} days "
+                                                                 "were negative", "{:.0%}")),
+        (r"csat_mean_(\d+)d", lambda m: _says(m[0], f"the mean satisfaction score in the last {m[1]} days was {{}}",
+                                               "{:.1f}")),
+        (r"share_(\w+)", lambda m: _says(m[0], f"{{}} of recent spend went to {m[1].replace('_', ' ')}", "{:.0%}")),
+    ))
 
 
 def _generic_template(feature: str) -> Template:
     name = re.sub(r"_", " ", feature)
-    return Template((feature,), lambda v: f"{name} is {v if isinstance(v, str) else _number(v, '{:.3g}')}")
+    return Template((feature,), lambda v: f"{name} is {_readable(v)}")
 
 
 def template_for(feature: str) -> Template:
-    """The sentence template of ``feature`` (a generic "<feature> is <value>" when it has none)."""
-    return TEMPLATES.get(feature) or _generic_template(feature)
+    """The sentence template of ``feature``: its own, one from its name's pattern, or "<feature> is <value>"."""
+    if feature in TEMPLATES:
+        return TEMPLATES[feature]
+    for pattern, factory in PATTERNS:
+        match = pattern.fullmatch(feature)
+        if match:
+            return factory(match)
+    return _generic_template(feature)
 
 
 def sentence_for(feature: str, row: Mapping) -> str:

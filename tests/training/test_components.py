@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from features.views import ViewConfig, customer_columns, opportunity_columns
 from training.calibration import Calibrator, choose_calibrator
 from training.evaluate import classification_metrics, early_warning, roc_auc_interval, threshold_at_precision
 from training.explain import reason_codes, reasons_from_contributions, sentence_for
@@ -114,8 +115,45 @@ def test_reason_sentences_are_readable():
     assert sentence_for("days_in_stage", row) == "47 days in stage proposal"
     assert sentence_for("mystery_feature", row) == "mystery feature is 3.14"
     record = {"dm_departures": None, "mystery_feature": None}  # a request's record, missing values as None
-    assert sentence_for("dm_departures", record) == "unknown decision maker(s) left the account in the last 90 days"
+    assert sentence_for("dm_departures", record) == ("an unknown number of decision makers left the account in the "
+                                                     "last 90 days")
     assert sentence_for("mystery_feature", record) == "mystery feature is unknown"
+
+
+def test_every_feature_of_the_views_has_a_sentence_of_its_own():
+    config = ViewConfig(activity_windows=[14, 45], trend_days=45, rfm_windows=[60, 180])  # windows come from names
+    columns = opportunity_columns(config) + customer_columns(config, ["Office Supplies", "Cloud"])
+    features = [c.name for c in columns if c.role in ("feature", "sensitive")]
+    generic = [f for f in features if sentence_for(f, {}) == f"{f.replace('_', ' ')} is unknown"]
+    assert generic == []
+    row = {"emails_in_14d": 1, "emails_out_14d": 3, "meetings_45d": 1, "meetings_prev_45d": 4, "calls_prev_45d": 2,
+           "age_days": 272.0, "amount": 45210.0, "annual_revenue": 4.5e7, "is_customer": False,
+           "customer_tenure_days": None, "marketing_opt_in": np.bool_(True), "payment_terms": "net 30",
+           "share_office_supplies": 0.25, "value_prev_60d": 1234.0, "stage": "proposal", "rep_closed_deals": 1,
+           "assoc_rules": 1, "days_since_last_activity": float("nan"), "mystery": 4.5e7, "flag": True}
+    expected = {
+        "emails_in_14d": "1 e-mail from the customer in the last 14 days",
+        "emails_out_14d": "3 e-mails to the customer in the last 14 days",
+        "meetings_45d": "meetings in the last 45 days fell from 4 to 1",
+        "meetings_trend_45d": "meetings in the last 45 days fell from 4 to 1",
+        "calls_prev_45d": "2 calls in the 45 days before the last 45",
+        "age_days": "the deal was opened 272 days ago",
+        "amount": "the deal is worth 45,210",
+        "annual_revenue": "the account's annual revenue is 45,000,000",
+        "is_customer": "the account is not a customer yet",
+        "customer_tenure_days": "the account is not a customer yet",
+        "marketing_opt_in": "the account has opted in to marketing",
+        "payment_terms": "the account's payment terms are net 30",
+        "share_office_supplies": "25% of recent spend went to office supplies",
+        "value_prev_60d": "bought 1,234 in the 60 days before the last 60",
+        "stage": "the deal is in stage proposal",
+        "rep_closed_deals": "the owner has closed 1 deal so far",
+        "assoc_rules": "1 cross-sell rule applies to the account",
+        "days_since_last_activity": "no activity on the deal yet",
+        "mystery": "mystery is 45,000,000",  # an imported task's own feature: the generic sentence, readable
+        "flag": "flag is yes",
+    }
+    assert {f: sentence_for(f, row) for f in expected} == expected
 
 
 def test_batch_reasons_are_the_largest_contributions_with_each_rows_own_sentence():
