@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -12,7 +15,15 @@ from features.views import ViewConfig, customer_columns, opportunity_columns
 from training.calibration import Calibrator, choose_calibrator
 from training.evaluate import classification_metrics, early_warning, roc_auc_interval, threshold_at_precision
 from training.explain import reason_codes, reasons_from_contributions, sentence_for
-from training.models import ChurnModel, fit_estimator, make_estimator, native_booster, verify_digests
+from training.models import (
+    LIBRARY_VERSION,
+    ChurnModel,
+    IncompatibleModelError,
+    fit_estimator,
+    make_estimator,
+    native_booster,
+    verify_digests,
+)
 from training.preprocess import TabularPreprocessor
 from training.search import (
     PRUNING_WARMUP_STEPS,
@@ -105,6 +116,34 @@ def test_native_artifact_gives_identical_predictions_and_checks_digests(tmp_path
     reasons = reason_codes(loaded, x.head(4), k=2)
     assert all(1 <= len(r) <= 2 for r in reasons)
     assert {r["direction"] for rs in reasons for r in rs} <= {"raises_risk", "lowers_risk"}
+
+
+@pytest.mark.parametrize("family", ["lightgbm", "xgboost"])
+def test_a_booster_written_by_a_newer_library_is_refused_not_misread(tmp_path, family):
+    x, y = _toy()
+    pre = TabularPreprocessor(["meetings_30d", "discount"], ["stage"]).fit(x)
+    est = fit_estimator(make_estimator(family, {}, threads=1, seed=0, n_estimators=5), family, pre.transform(x), y,
+                        None, ["stage"], 5)
+    model = ChurnModel(family, native_booster(est, family), pre, Calibrator("sigmoid").fit(
+        est.predict_proba(pre.transform(x))[:, 1], y), {"task": "toy"})
+    model.save(tmp_path / "m")
+    spec_file = tmp_path / "m" / "model.json"
+    spec = json.loads(spec_file.read_text())
+    assert spec["library_version"] == LIBRARY_VERSION[family]
+    ChurnModel.load(tmp_path / "m")  # the same release reads it
+    spec["library_version"] = "99.1.0"
+    spec_file.write_text(json.dumps(spec))
+    with pytest.raises(IncompatibleModelError, match=rf"written by {family} 99.1.0.*this environment has {family} "
+                                                     rf"{re.escape(LIBRARY_VERSION[family])}.*{family}>=99.1.0"):
+        ChurnModel.load(tmp_path / "m")
+    if family == "xgboost":  # saved before artifacts recorded the release: the booster file's own record counts
+        del spec["library_version"]
+        spec_file.write_text(json.dumps(spec))
+        booster = json.loads((tmp_path / "m" / "booster.json").read_text())
+        booster["version"] = [99, 1, 0]
+        (tmp_path / "m" / "booster.json").write_text(json.dumps(booster))
+        with pytest.raises(IncompatibleModelError, match="99.1.0"):
+            ChurnModel.load(tmp_path / "m")
 
 
 def test_reason_sentences_are_readable():
