@@ -842,13 +842,18 @@ def serve(
     with failures(False):
         check_port_free(host, port)
     settings = get_settings()
-    env = {**os.environ, **TELEMETRY_OFF, "BENTOML_HOME": str(settings.bentoml_home.resolve()),
-           "SALESML_HOME": str(settings.home.resolve())}
+    # BentoML imports the service from its working directory, which it puts first on sys.path, and `python -m`
+    # puts the current directory there too: run from a folder holding its own `features/` or `h2.py`, the service
+    # imported those instead of ours. So BentoML works from the folder holding our packages, the interpreter adds
+    # no directory of its own (PYTHONSAFEPATH, inherited by the workers), and every path setting goes absolute.
+    root = Path(__file__).resolve().parents[1]  # holds salesml/ and serving/, in a checkout and in site-packages
+    env = {**os.environ, **TELEMETRY_OFF, **settings.path_environment(),
+           "BENTOML_HOME": str(settings.bentoml_home.resolve()), "PYTHONSAFEPATH": "1"}
     if workers:
         env["SALESML_SERVE_WORKERS"] = str(workers)
     settings.bentoml_home.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:SalesML", "--host", host, "--port",
-               str(port)]
+    command = [sys.executable, "-m", "bentoml", "serve", "serving.service:SalesML", "--working-dir", str(root),
+               "--host", host, "--port", str(port)]
     stderr.print(f"serving on http://{host}:{port} (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(command, env=env))
 

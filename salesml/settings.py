@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -98,6 +99,21 @@ class Settings(BaseSettings):
         """The DuckDB feature store file."""
         return self.feature_store or self.home / "features.duckdb"
 
+    def path_environment(self) -> dict[str, str]:
+        """The settings that name files or databases, as ``SALESML_*`` variables with every path made absolute.
+
+        For a child process that runs in another directory (``salesml serve`` runs BentoML in the package's own):
+        relative paths, and SQLite URLs with a relative path, would otherwise point somewhere else there.
+        """
+        env = {"SALESML_HOME": str(self.home.resolve()), "SALESML_SHARED_DATA": str(self.shared_data.resolve())}
+        if self.feature_store is not None:
+            env["SALESML_FEATURE_STORE"] = str(self.feature_store.resolve())
+        for name in ("tracking_uri", "artifact_location", "optuna_storage"):
+            value = getattr(self, name)
+            if value is not None:
+                env[f"SALESML_{name.upper()}"] = absolute_location(value)
+        return env
+
     @property
     def bentoml_home(self) -> Path:
         """BENTOML_HOME for the served models."""
@@ -117,6 +133,18 @@ class Settings(BaseSettings):
     def audit_log(self) -> Path:
         """Append-only log of promotion decisions."""
         return self.home / "audit.log"
+
+
+def absolute_location(location: str) -> str:
+    """A plain path or a SQLite URL with its relative path made absolute; any other URL unchanged."""
+    if location.startswith("sqlite:///"):
+        path = location.removeprefix("sqlite:///")
+        if path and path != ":memory:" and not path.startswith("/"):
+            return f"sqlite:///{Path(path).resolve()}"
+        return location
+    if not urlparse(location).scheme:
+        return str(Path(location).resolve())
+    return location
 
 
 def get_settings(**overrides: object) -> Settings:

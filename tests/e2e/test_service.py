@@ -62,9 +62,16 @@ def service(tmp_path_factory):
               "manager": people["manager"]["token"],
               "app": issue_token(settings.access_file, "crm", "application", "all")}
     port = _free_port()
-    env = {**os.environ, "SALESML_HOME": str(home), "SALESML_RELOAD_SECONDS": "1", "SALESML_LOG_FLUSH_SECONDS": "0.5"}
-    proc = subprocess.Popen([sys.executable, "-m", "salesml.cli", "serve", "--port", str(port)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    # Served the way a user would: the `salesml` command, from their own folder, whose `features/` package and
+    # `h2.py` (a module of BentoML's HTTP stack) must not be imported in place of ours, with a relative home.
+    elsewhere = tmp_path_factory.mktemp("project")
+    (elsewhere / "features").mkdir()
+    for shadow in ("features/__init__.py", "h2.py"):
+        (elsewhere / shadow).write_text("raise ImportError('the service imported the folder it was started from')\n")
+    env = {**os.environ, "SALESML_HOME": os.path.relpath(home, elsewhere), "SALESML_RELOAD_SECONDS": "1",
+           "SALESML_LOG_FLUSH_SECONDS": "0.5"}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "salesml"), "serve", "--port", str(port)], env=env,
+                            cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:

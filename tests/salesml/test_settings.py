@@ -46,3 +46,21 @@ def test_a_bad_memory_limit_is_refused_with_examples(monkeypatch):
     monkeypatch.setenv("SALESML_DUCKDB_MEMORY_LIMIT", "lots")
     with pytest.raises(ValidationError, match="expected a size such as 3GB, 500MB or 2GiB"):
         get_settings()
+
+
+def test_path_settings_go_absolute_for_a_process_started_elsewhere(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SALESML_HOME", "state")
+    monkeypatch.setenv("SALESML_FEATURE_STORE", "data/features.duckdb")
+    monkeypatch.setenv("SALESML_TRACKING_URI", "sqlite:///runs/mlflow.db")
+    monkeypatch.setenv("SALESML_ARTIFACT_LOCATION", "runs/artifacts")
+    monkeypatch.setenv("SALESML_OPTUNA_STORAGE", "postgresql://optuna@db/optuna")
+    env = get_settings().path_environment()
+    assert env["SALESML_HOME"] == str(tmp_path / "state")
+    assert env["SALESML_FEATURE_STORE"] == str(tmp_path / "data" / "features.duckdb")
+    assert env["SALESML_TRACKING_URI"] == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert env["SALESML_ARTIFACT_LOCATION"] == str(tmp_path / "runs" / "artifacts")
+    assert env["SALESML_OPTUNA_STORAGE"] == "postgresql://optuna@db/optuna"  # a server URL is left as it is
+    assert Path(env["SALESML_SHARED_DATA"]).is_absolute()
+    monkeypatch.setenv("SALESML_TRACKING_URI", "sqlite:////srv/mlflow.db")
+    assert get_settings().path_environment()["SALESML_TRACKING_URI"] == "sqlite:////srv/mlflow.db"
