@@ -85,17 +85,11 @@ def _readable(value: object) -> str:
         return "yes" if value else "no"
     if isinstance(value, str):
         return value
-    if _missing(value):
-        return "unknown"
     try:
-        x = float(value)  # type: ignore[arg-type]
+        whole = abs(float(value)) >= 1000 or float(value).is_integer()  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        return str(value)
-    if math.isnan(x):
-        return "unknown"
-    if abs(x) >= 1000 or x.is_integer():
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
+        whole = False
+    return _number(value, "{:,.0f}" if whole else "{:.3g}")
 
 
 def _flag(feature: str, yes: str, no: str, unknown: str) -> Template:
