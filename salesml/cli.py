@@ -895,8 +895,16 @@ def score_churn(
     settings = get_settings()
     with failures(as_json), progress_bar("scoring") as progress:
         result = score_file(settings, task, input_file, output, reasons, chunk_rows, progress)
-    emit(result, as_json, lambda r: stdout.print(f"scored {r['rows']:,} rows with {r['model']} v{r['version']} "
-                                                 f"into {r['output']}"))
+
+    def render(r: dict) -> None:
+        stdout.print(f"scored {r['rows']:,} of {r['rows_read']:,} rows with {r['model']} v{r['version']} into "
+                     f"{r['output']}", highlight=False)
+        if r["rejected"]:
+            rows = "1 row was" if r["rejected"] == 1 else f"{r['rejected']:,} rows were"
+            stderr.print(f"[yellow]{rows} not scored, as the service would refuse their values: see "
+                         f"{r['rejected_file']} (each with its row number and problems)[/]", highlight=False)
+
+    emit(result, as_json, render)
 
 
 # ------------------------------------------------------------------------------------------------ demo

@@ -14,7 +14,7 @@ from experiments.registered import RegistryError, get_alias, load_version_model
 from experiments.registry import CHAMPION, churn_model_name
 from experiments.tracking import configure_mlflow
 from salesml.settings import Settings
-from serving.predict import Resolved, load_rules, score_records
+from serving.predict import Resolved, check_feature_frame, load_rules, score_records
 
 
 def _chunks(path: Path, rows: int):
@@ -34,17 +34,13 @@ def _total(path: Path) -> int:
 
 def score_file(settings: Settings, task: str, source: Path, target: Path, k: int = 3, chunk_rows: int = 100_000,
                progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Score every row of ``source`` with the champion of ``task`` and write ``target``.
-
-    The output holds the input's id columns (and every input column that is not a model feature), the
-    probability, the risk band, the reasons and the next-best actions (as JSON text). Scoring, reasons and
-    actions are the service's own (``serving.predict.score_records``), chunk by chunk.
+    """Score every row of ``source`` with the champion of ``task`` and write ``target`` (see ``score_rows``).
 
     Raises:
         RegistryError: when the task has no champion or its artifact fails its checks.
         ValueError: when the file lacks model features.
     """
-    source, target = Path(source), Path(target)
+    source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"input file {source} not found")
     client = configure_mlflow(settings)
@@ -53,43 +49,81 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
     if champion is None:
         raise RegistryError(f"{name} has no champion: promote a version first")
     model, info = load_version_model(client, name, str(champion.version))
+    return score_rows(model, name, str(info.version), task, source, target, k, chunk_rows, progress,
+                      approximate=settings.reasons == "fast")
+
+
+def rejected_file(target: Path) -> Path:
+    """Where the rows that could not be scored go: ``<output>.rejected.csv`` beside the output."""
+    return target.with_name(target.name + ".rejected.csv")
+
+
+def score_rows(model, name: str, version: str, task: str, source: Path, target: Path, k: int = 3,
+               chunk_rows: int = 100_000, progress: Callable[[str, int, int], None] | None = None,
+               approximate: bool = True) -> dict:
+    """Score every row of ``source`` with ``model`` and write ``target``, chunk by chunk.
+
+    The output holds the input's id columns (and every input column that is not a model feature), the
+    probability, the risk band, the reasons and the next-best actions (as JSON text). Scoring, reasons and
+    actions are the service's own (``serving.predict.score_records``). A row whose values the service would
+    refuse (see ``check_feature_frame``) is not scored: it goes, as read and with its row number and problems, to
+    ``rejected_file(target)``, so that rows read = rows scored + rows rejected and a fixed file can be re-scored.
+
+    Raises:
+        ValueError: when the file lacks model features.
+    """
+    source, target = Path(source), Path(target)
     rules = load_rules()
-    total, done = _total(source), 0
+    total, done, scored, refused = _total(source), 0, 0, 0
     writer = None
     csv_out = target.name.lower().endswith(".csv")
+    rejects = rejected_file(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if csv_out and target.exists():
-        target.unlink()
+    for stale in ([target] if csv_out else []) + [rejects]:
+        stale.unlink(missing_ok=True)
+    pre = getattr(model, "preprocessor", None)
     try:
         for chunk in _chunks(source, chunk_rows):
             missing = [f for f in model.features if f not in chunk.columns]
             if missing:
                 raise ValueError(f"{source}: missing model features: {', '.join(missing[:10])}")
-            rows = chunk[model.features].astype(object).where(chunk[model.features].notna(), None).to_dict("records")
-            pre = getattr(model, "preprocessor", None)
-            resolved = Resolved([str(i) for i in chunk.index], rows,
-                                pre.transform(chunk).to_numpy() if pre is not None else None)
-            results = score_records(model, resolved, task, name, str(info.version), rules, "_row", k,
-                                    approximate=settings.reasons == "fast")
-            out = chunk[[c for c in chunk.columns if c not in model.features]].copy()
-            out["probability"] = [r["probability"] for r in results]
-            out["risk_band"] = [r["risk_band"] for r in results]
-            if k:
-                out["reasons"] = [orjson.dumps([x["sentence"] for x in r["reasons"]]).decode() for r in results]
-                out["actions"] = [orjson.dumps([a["id"] for a in r["actions"]]).decode() for r in results]
-            del rows, resolved, results
-            out["model"], out["version"] = name, str(info.version)
-            if csv_out:
-                out.to_csv(target, mode="a", header=done == 0, index=False)
-            else:
-                table = pa.Table.from_pandas(out, preserve_index=False)
-                if writer is None:
-                    writer = pq.ParquetWriter(target, table.schema)
-                writer.write_table(table.cast(writer.schema))
-            done += len(chunk)
+            chunk.index = pd.RangeIndex(done, done + len(chunk))  # row numbers across chunks (Parquet restarts)
+            features, problems = check_feature_frame(chunk, model)
+            bad = (problems != "").to_numpy()
+            if bad.any():
+                rejected = chunk[bad].copy()
+                rejected.insert(0, "row", rejected.index + 1)
+                rejected["problems"] = problems[bad]
+                rejected.to_csv(rejects, mode="a", header=refused == 0, index=False)
+                refused += int(bad.sum())
+                chunk, features = chunk[~bad], features[~bad]
+            done += len(chunk) + int(bad.sum())
+            if len(chunk):
+                rows = features.astype(object).where(features.notna(), None).to_dict("records")
+                resolved = Resolved([str(i) for i in chunk.index], rows,
+                                    pre.transform(features).to_numpy() if pre is not None else None)
+                results = score_records(model, resolved, task, name, version, rules, "_row", k,
+                                        approximate=approximate)
+                out = chunk[[c for c in chunk.columns if c not in model.features]].copy()
+                out["probability"] = [r["probability"] for r in results]
+                out["risk_band"] = [r["risk_band"] for r in results]
+                if k:
+                    out["reasons"] = [orjson.dumps([x["sentence"] for x in r["reasons"]]).decode() for r in results]
+                    out["actions"] = [orjson.dumps([a["id"] for a in r["actions"]]).decode() for r in results]
+                del rows, resolved, results
+                out["model"], out["version"] = name, version
+                if csv_out:
+                    out.to_csv(target, mode="a", header=scored == 0, index=False)
+                else:
+                    table = pa.Table.from_pandas(out, preserve_index=False)
+                    if writer is None:
+                        writer = pq.ParquetWriter(target, table.schema)
+                    writer.write_table(table.cast(writer.schema))
+                scored += len(chunk)
             if progress:
                 progress("rows", done, total)
     finally:
         if writer is not None:
             writer.close()
-    return {"task": task, "model": name, "version": str(info.version), "rows": done, "output": str(target)}
+    return {"task": task, "model": name, "version": version, "rows_read": done, "rows": scored, "rejected": refused,
+            "rejected_file": str(rejects) if refused else None, "output": str(target)}

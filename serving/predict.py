@@ -161,6 +161,63 @@ class Resolved:
         return pd.DataFrame(self.rows)
 
 
+NOT_A_NUMBER = "must be a number, a boolean or null"
+NOT_FINITE = "must be a finite number"
+
+
+def _unknown_category(value: object, known) -> str:
+    return f"unknown category {value!r} (known: {', '.join(map(str, list(known)[:10]))})"
+
+
+def check_feature_frame(frame: pd.DataFrame, model) -> tuple[pd.DataFrame, pd.Series]:
+    """A file's feature values checked like a request's records, a chunk at a time: the cleaned features, and
+    for each row what is wrong with it ("" when nothing).
+
+    A file cannot type its values as JSON does, so numbers may come as text (a CSV column with one bad cell is read
+    as text) and ``true``/``false`` count as 1/0, and a category may come as a number. A row is wrong when a
+    numeric feature holds something that is not a number, or not a finite one, or a categorical feature holds a
+    category the model never saw: the reasons a request is refused with.
+
+    Returns:
+        The features (numbers as float64, categories as text or None) and each row's problems, as
+        ``"feature: reason (got value)"`` clauses joined by "; " (a category's reason names the category).
+    """
+    pre = getattr(model, "preprocessor", None)
+    if pre is None:
+        return frame[list(model.features)].copy(), pd.Series("", index=frame.index, dtype=object)
+    clean: dict[str, pd.Series] = {}
+    found: list[tuple[str, np.ndarray, str]] = []  # (feature, rows that break it, reason)
+    for column in pre.numeric:
+        raw = frame[column]
+        if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):
+            flags = raw.astype("string").str.strip().str.lower().map({"true": 1.0, "false": 0.0}).astype("float64")
+            values = pd.to_numeric(raw.where(flags.isna(), flags), errors="coerce").astype("float64")
+        else:
+            values = raw.astype("float64")
+        found.append((column, (raw.notna() & values.isna()).to_numpy(), NOT_A_NUMBER))
+        found.append((column, np.isinf(values.to_numpy()), NOT_FINITE))
+        clean[column] = values
+    for column in pre.categorical:
+        raw = frame[column]
+        text = raw.astype("string").astype(object).where(raw.notna(), None)
+        known = pre.categories_[column]
+        unseen = (text.notna() & ~text.isin(known)).to_numpy()
+        found += [(column, unseen & (text == value).to_numpy(), _unknown_category(value, known))
+                  for value in text[unseen].unique()]
+        clean[column] = text
+    categories = set(pre.categorical)
+    problems = [[] for _ in range(len(frame))]
+    for column, rows, reason in found:
+        for at in np.flatnonzero(rows):
+            if column in categories:  # the reason already names the category
+                problems[at].append(f"{column}: {reason}")
+                continue
+            value = frame[column].iat[at]
+            problems[at].append(f"{column}: {reason} (got {value.item() if isinstance(value, np.generic) else value!r})")
+    return (pd.DataFrame(clean, index=frame.index)[list(model.features)],
+            pd.Series(["; ".join(p) for p in problems], index=frame.index, dtype=object))
+
+
 def _check_record(i: int, record: dict, features: list[str], numeric: set[str], categories: dict) -> dict:
     row = {}
     for feature in features:
@@ -176,16 +233,15 @@ def _check_record(i: int, record: dict, features: list[str], numeric: set[str], 
             if kind is int or kind is bool or (kind is float and math.isfinite(value)):
                 continue
             if isinstance(value, str) or not isinstance(value, (int, float)):
-                raise RequestError(422, f"records.{i}.{feature}", "must be a number, a boolean or null")
+                raise RequestError(422, f"records.{i}.{feature}", NOT_A_NUMBER)
             if not math.isfinite(value):
-                raise RequestError(422, f"records.{i}.{feature}", "must be a finite number")
+                raise RequestError(422, f"records.{i}.{feature}", NOT_FINITE)
         else:
             if not isinstance(value, str):
                 raise RequestError(422, f"records.{i}.{feature}", "must be a string or null")
             known = categories.get(feature)
             if known is not None and value not in known:
-                raise RequestError(422, f"records.{i}.{feature}",
-                                   f"unknown category {value!r} (known: {', '.join(map(str, list(known)[:10]))})")
+                raise RequestError(422, f"records.{i}.{feature}", _unknown_category(value, known))
     return row
 
 
