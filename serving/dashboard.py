@@ -95,6 +95,7 @@ function draw(d) {
   s.selectAll("rect.stage").data(stages).join("rect").attr("class", "stage").attr("x", v => x(v.stage))
    .attr("y", v => y(v.value)).attr("width", x.bandwidth()).attr("height", v => H - y(v.value)).attr("fill", "#3e7cb1");
   s.append("g").attr("transform", `translate(0,${H})`).call(d3.axisBottom(x));
+  s.append("g").attr("class", "value-axis").attr("transform", "translate(40,0)").call(d3.axisLeft(y).ticks(5).tickFormat(d3.format("~s")));
   d3.select("#risk-count").text(`${d.at_risk.count} deals`);
   d3.select("#risk-value").text(`${d3.format(",.0f")(d.at_risk.value)} at risk`);
   const t = d3.select("#trend"), pts = d.win_rate_trend;
@@ -105,6 +106,9 @@ function draw(d) {
   t.selectAll("circle.point").data(pts).join("circle").attr("class", "point").attr("r", 3)
    .attr("cx", v => tx(v.month)).attr("cy", v => ty(v.win_rate)).attr("fill", "#2f855a");
   t.append("g").attr("transform", "translate(40,0)").call(d3.axisLeft(ty).ticks(5, "%"));
+  const every = Math.max(1, Math.ceil(pts.length / 6));  // at most about six month labels fit the card
+  t.append("g").attr("class", "month-axis").attr("transform", `translate(0,${H})`)
+   .call(d3.axisBottom(tx).tickValues(pts.filter((_, i) => i % every === 0).map(v => v.month)));
   const rows = d3.select("#deals").selectAll("tr.deal").data(d.top_at_risk).join("tr").attr("class", "deal");
   rows.append("td").text(v => v.opportunity_id); rows.append("td").text(v => v.owner);
   rows.append("td").text(v => d3.format(",.0f")(v.amount)); rows.append("td").text(v => d3.format(".0%")(v.probability));

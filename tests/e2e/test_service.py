@@ -197,6 +197,8 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
     dom = _dashboard_dom(service, chromium, "exec")
     assert dom.count('class="stage"') == len(data["pipeline_by_stage"])
     assert dom.count('class="point"') == len(data["win_rate_trend"])
+    assert dom.count('class="value-axis"') == dom.count('class="month-axis"') == 1  # both charts can be read
+    assert data["win_rate_trend"][0]["month"] in dom
     assert dom.count('class="deal"') == len(data["top_at_risk"])
     assert dom.count('class="model"') == len(data["models"]) == 1
     assert 'href="/models/opportunity_loss/audit"' in dom
