@@ -82,12 +82,14 @@ def score_rows(model, name: str, version: str, task: str, source: Path, target: 
     for stale in ([target] if csv_out else []) + [rejects]:
         stale.unlink(missing_ok=True)
     pre = getattr(model, "preprocessor", None)
+    first = None
     try:
         for chunk in _chunks(source, chunk_rows):
             missing = [f for f in model.features if f not in chunk.columns]
             if missing:
                 raise ValueError(f"{source}: missing model features: {', '.join(missing[:10])}")
             chunk.index = pd.RangeIndex(done, done + len(chunk))  # row numbers across chunks (Parquet restarts)
+            first = chunk if first is None else first
             features, problems = check_feature_frame(chunk, model)
             bad = (problems != "").to_numpy()
             if bad.any():
@@ -104,26 +106,43 @@ def score_rows(model, name: str, version: str, task: str, source: Path, target: 
                                     pre.transform(features).to_numpy() if pre is not None else None)
                 results = score_records(model, resolved, task, name, version, rules, "_row", k,
                                         approximate=approximate)
-                out = chunk[[c for c in chunk.columns if c not in model.features]].copy()
-                out["probability"] = [r["probability"] for r in results]
-                out["risk_band"] = [r["risk_band"] for r in results]
-                if k:
-                    out["reasons"] = [orjson.dumps([x["sentence"] for x in r["reasons"]]).decode() for r in results]
-                    out["actions"] = [orjson.dumps([a["id"] for a in r["actions"]]).decode() for r in results]
+                writer = _write(_output_frame(chunk, model, results, name, version, k), target, writer, scored == 0)
                 del rows, resolved, results
-                out["model"], out["version"] = name, version
-                if csv_out:
-                    out.to_csv(target, mode="a", header=scored == 0, index=False)
-                else:
-                    table = pa.Table.from_pandas(out, preserve_index=False)
-                    if writer is None:
-                        writer = pq.ParquetWriter(target, table.schema)
-                    writer.write_table(table.cast(writer.schema))
                 scored += len(chunk)
             if progress:
                 progress("rows", done, total)
+        if not scored and first is not None:  # every row rejected: the output still exists, with its columns
+            empty = _output_frame(first.iloc[:0], model, [], name, version, k)
+            empty = empty.astype({c: "string" for c in empty.columns if empty[c].dtype == object})  # not Arrow nulls
+            writer = _write(empty, target, writer, True)
     finally:
         if writer is not None:
             writer.close()
     return {"task": task, "model": name, "version": version, "rows_read": done, "rows": scored, "rejected": refused,
             "rejected_file": str(rejects) if refused else None, "output": str(target)}
+
+
+def _output_frame(chunk: pd.DataFrame, model, results: list[dict], name: str, version: str, k: int) -> pd.DataFrame:
+    """The input's non-feature columns with each row's probability, band, reasons and actions."""
+    out = chunk[[c for c in chunk.columns if c not in model.features]].copy()
+    out["probability"] = pd.Series([r["probability"] for r in results], index=out.index, dtype="float64")
+    out["risk_band"] = pd.Series([r["risk_band"] for r in results], index=out.index, dtype=object)
+    if k:
+        out["reasons"] = pd.Series([orjson.dumps([x["sentence"] for x in r["reasons"]]).decode() for r in results],
+                                   index=out.index, dtype=object)
+        out["actions"] = pd.Series([orjson.dumps([a["id"] for a in r["actions"]]).decode() for r in results],
+                                   index=out.index, dtype=object)
+    out["model"], out["version"] = name, version
+    return out
+
+
+def _write(out: pd.DataFrame, target: Path, writer: pq.ParquetWriter | None, first: bool) -> pq.ParquetWriter | None:
+    """Append ``out`` to the CSV or Parquet output; returns the Parquet writer (opened on the first write)."""
+    if target.name.lower().endswith(".csv"):
+        out.to_csv(target, mode="a", header=first, index=False)
+        return writer
+    table = pa.Table.from_pandas(out, preserve_index=False)
+    if writer is None:
+        writer = pq.ParquetWriter(target, table.schema)
+    writer.write_table(table.cast(writer.schema))
+    return writer

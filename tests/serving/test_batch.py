@@ -72,3 +72,15 @@ def test_a_clean_file_scores_every_row_as_before(tmp_path, toy_model):
     out = pd.read_parquet(tmp_path / "out.parquet")
     assert result["rows"] == 40 and result["rejected"] == 0
     np.testing.assert_allclose(out["probability"], np.round(expected, 6), atol=1e-6)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_file_with_every_row_rejected_still_gets_its_output_with_the_columns(tmp_path, toy_model, suffix):
+    frame = _frame(5).assign(stage="negotiation")
+    source = tmp_path / f"in.{suffix}"
+    frame.to_csv(source, index=False) if suffix == "csv" else frame.to_parquet(source)
+    result = score_rows(toy_model, "churn.opportunity_loss", "7", "opportunity_loss", source,
+                        tmp_path / f"out.{suffix}")
+    assert result["rows"] == 0 and result["rejected"] == 5
+    out = pd.read_csv(tmp_path / "out.csv") if suffix == "csv" else pd.read_parquet(tmp_path / "out.parquet")
+    assert out.empty and {"opportunity_id", "probability", "risk_band", "reasons", "actions"} <= set(out.columns)
