@@ -12,9 +12,10 @@ import hashlib
 import json
 import logging
 import tempfile
+import warnings
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import mlflow
 import numpy as np
@@ -49,6 +50,8 @@ from training.tasks import ChurnConfig, TaskData, load_task_data, resolve_task, 
 
 log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_churn.py"
+#: Run artifact holding the test rows' probabilities as training computed them.
+TEST_PREDICTIONS = PurePosixPath("evaluation/test_predictions.parquet")
 #: What the logged pyfunc needs, pinned to the versions installed here. Naming them spares MLflow its inference,
 #: which loads the model in a subprocess (about 5 s of every training).
 PYFUNC_REQUIREMENTS = ("mlflow", "salesml", "lightgbm", "xgboost", "numpy", "pandas", "scikit-learn", "scipy")
@@ -120,6 +123,7 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
         mlflow.log_params({f"model.{k}": v for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
         _log_curves(test_rows, spec.label, data)
+        _log_test_predictions(test_rows)
         say("logging the model")
         digests, model_uri = _log_model(result_model, test_frame)
         say("registering")
@@ -142,10 +146,14 @@ def _log_dataset(data: TaskData, store_path: Path) -> None:
     # An explicit source: given a file URI, MLflow finds LocalArtifactDatasetSource twice and warns that it is
     # ambiguous (mlflow/mlflow#9702).
     source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
-    dataset = mlflow.data.from_pandas(frame, source=source, name=f"{data.spec.name}@{data.feature_version}",
-                                      targets=data.spec.label)
-    mlflow.log_input(dataset, context="training", tags={"feature_version": data.feature_version,
-                                                        "snapshot": data.snapshot})
+    with warnings.catch_warnings():
+        # The hint that integer columns cannot hold missing values is about serving signatures; this schema only
+        # records the training rows (the model's signature takes them as doubles, see _log_model).
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=f"{data.spec.name}@{data.feature_version}",
+                                          targets=data.spec.label)
+        mlflow.log_input(dataset, context="training", tags={"feature_version": data.feature_version,
+                                                            "snapshot": data.snapshot})
 
 
 def _log_study(result: TrainingResult) -> None:
@@ -167,9 +175,21 @@ def _log_study(result: TrainingResult) -> None:
     log_figure(plot_optimization_history(study).figure, "optuna_history")
     if len(complete) >= 3:
         try:
-            log_figure(plot_param_importances(study).figure, "optuna_param_importances")
+            with warnings.catch_warnings():
+                # One per parameter that few trials have varied: expected in a short study, and the figure shows it.
+                warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
+                log_figure(plot_param_importances(study).figure, "optuna_param_importances")
         except (ValueError, RuntimeError) as exc:  # too few varied trials for importances
             log.info("no parameter importances: %s", exc)
+
+
+def _log_test_predictions(test_rows: pd.DataFrame) -> None:
+    """The test rows' keys, labels and probabilities as the trained model gave them, for validators to recompute
+    figures from and to check a loaded version against."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TEST_PREDICTIONS.name
+        test_rows.reset_index(drop=True).to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), str(TEST_PREDICTIONS.parent))
 
 
 def _log_curves(test_rows: pd.DataFrame, label: str, data: TaskData) -> None:
@@ -208,6 +228,11 @@ def _log_explanations(result: TrainingResult, test_frame: pd.DataFrame, threads:
 
 def _log_model(model, test_frame: pd.DataFrame) -> tuple[dict[str, str], str]:
     example = test_frame[model.features].head(5).reset_index(drop=True)
+    # The model reads every number as float64 and takes a missing one, but a signature inferred from an integer
+    # column says `long`, which MLflow's schema check then holds to: a pyfunc or `mlflow models serve` request with
+    # a missing count failed "Can not safely convert float64 to int64". As `double` the column takes both.
+    integers = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c].dtype)]
+    example[integers] = example[integers].astype("float64")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "churn_model"
         digests = model.save(folder)

@@ -92,8 +92,9 @@ def main(
         raise typer.Exit(2) from None
     level = logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    # mlflow.store.db.utils announces creating and migrating the tracking database on a new SALESML_HOME.
-    for noisy in ("urllib3", "alembic", "numba", "matplotlib", "PIL", "mlflow.store.db.utils"):
+    # mlflow.store.db.utils announces creating and migrating the tracking database on a new SALESML_HOME, and
+    # mlflow.pyfunc that it infers a signature from the input example, which is how we always log the model.
+    for noisy in ("urllib3", "alembic", "numba", "matplotlib", "PIL", "mlflow.store.db.utils", "mlflow.pyfunc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Ibis 12 still calls DuckDB's fetch_arrow_table, which DuckDB 1.5 deprecates: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"fetch_arrow_table\(\) is deprecated", category=DeprecationWarning)
