@@ -87,6 +87,8 @@ const token = new URLSearchParams(location.search).get("token") || "";
 fetch("/dashboard/data", {headers: {Authorization: "Bearer " + token}})
  .then(r => r.json().then(body => ({ok: r.ok, body})))
  .then(({ok, body}) => { if (!ok) { d3.select("#error").text(body.error.reason); return; } draw(body); });
+// Whole percents, but never "100%" or "0%": the model is not certain, and a rep should not read it so.
+function risk(p) { return p >= 0.995 ? ">99%" : p < 0.005 ? "<1%" : d3.format(".0%")(p); }
 function draw(d) {
   d3.select("#viewer").text(`${d.viewer.name} (${d.viewer.role}, scope ${d.viewer.scope})`);
   const s = d3.select("#stages"), W = 460, H = 200, stages = d.pipeline_by_stage;
@@ -111,7 +113,7 @@ function draw(d) {
    .call(d3.axisBottom(tx).tickValues(pts.filter((_, i) => i % every === 0).map(v => v.month)));
   const rows = d3.select("#deals").selectAll("tr.deal").data(d.top_at_risk).join("tr").attr("class", "deal");
   rows.append("td").text(v => v.opportunity_id); rows.append("td").text(v => v.owner);
-  rows.append("td").text(v => d3.format(",.0f")(v.amount)); rows.append("td").text(v => d3.format(".0%")(v.probability));
+  rows.append("td").text(v => d3.format(",.0f")(v.amount)); rows.append("td").attr("class", "risk").text(v => risk(v.probability));
   rows.append("td").text(v => v.reasons.join("; "));
   const m = d3.select("#models").selectAll("tr.model").data(d.models).join("tr").attr("class", "model");
   m.append("td").text(v => `${v.model} v${v.version}`); m.append("td").text(v => v.gate);

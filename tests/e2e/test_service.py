@@ -200,6 +200,14 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
     assert dom.count('class="value-axis"') == dom.count('class="month-axis"') == 1  # both charts can be read
     assert data["win_rate_trend"][0]["month"] in dom
     assert dom.count('class="deal"') == len(data["top_at_risk"])
+    shown = re.findall(r'<td class="risk">([^<]*)</td>', dom)
+    assert len(shown) == len(data["top_at_risk"])
+    for text, deal in zip(shown, data["top_at_risk"], strict=True):
+        p = deal["probability"]
+        if p >= 0.995 or p < 0.005:
+            assert text == ("&gt;99%" if p >= 0.995 else "&lt;1%"), (text, p)
+        else:
+            assert abs(int(text.rstrip("%")) - 100 * p) <= 0.5 + 1e-9, (text, p)
     assert dom.count('class="model"') == len(data["models"]) == 1
     assert 'href="/models/opportunity_loss/audit"' in dom
     assert "d3js.org" not in dom and "cdn" not in dom.lower()
