@@ -159,13 +159,15 @@ def _catboost(data, search: SearchData, train: np.ndarray, test: np.ndarray, y: 
     aucs, rounds = [], []
     for train_idx, valid_idx in search.folds:
         model = CatBoostClassifier(iterations=5000, learning_rate=0.05, eval_metric="AUC", thread_count=THREADS,
-                                   random_seed=0, verbose=0, od_type="Iter", od_wait=100, cat_features=categorical)
+                                   random_seed=0, verbose=0, allow_writing_files=False, od_type="Iter", od_wait=100,
+                                   cat_features=categorical)
         model.fit(x_train.iloc[train_idx], search.y_train[train_idx],
                   eval_set=(x_train.iloc[valid_idx], search.y_train[valid_idx]), use_best_model=True)
         aucs.append(roc_auc_score(search.y_train[valid_idx], model.predict_proba(x_train.iloc[valid_idx])[:, 1]))
         rounds.append(model.get_best_iteration() + 1)
     model = CatBoostClassifier(iterations=max(10, int(np.mean(rounds) * 1.1)), learning_rate=0.05,
-                               thread_count=THREADS, random_seed=0, verbose=0, cat_features=categorical)
+                               thread_count=THREADS, random_seed=0, verbose=0, allow_writing_files=False,
+                               cat_features=categorical)
     model.fit(x_train, search.y_train)
     return {"cv_roc_auc": round(float(np.mean(aucs)), 5),
             "test_roc_auc": _auc(y[test], model.predict_proba(frame.iloc[test])[:, 1])}
