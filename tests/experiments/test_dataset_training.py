@@ -47,4 +47,6 @@ def test_sales_win_loss_beats_the_lightgbm_default(shared_data, tmp_path):
     result = run_churn_training(get_settings(home=home), "ibm_sales_win_loss", config, trainer="ci")
     auc = result["metrics"]["test_roc_auc"]
     assert result["metrics"]["test_rows"] == 15605  # 20% of all 78,025 rows, repeated opportunity numbers included
-    assert auc >= 0.944, auc  # 0.9453 with these 2 trials (a 30-trial study: 0.9467); LightGBM defaults: 0.940
+    # The target. 0.9477 with these 2 trials: the config starts from a 26-trial study's best by CV
+    # (the 0.08-learning-rate start it replaced gave 0.9453); LightGBM defaults: 0.940, FLAML in 120 s: 0.946.
+    assert auc >= 0.947, auc
