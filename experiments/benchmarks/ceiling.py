@@ -78,6 +78,11 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return round(float(roc_auc_score(y, p)), 4)
 
 
+def _cv_auc(search: SearchData, oof: np.ndarray) -> float:
+    """The mean of the folds' AUCs, as the trainer's objective scores a trial."""
+    return round(float(np.mean([roc_auc_score(search.y_train[v], oof[v]) for _, v in search.folds])), 5)
+
+
 def _booster(search: SearchData, x_test: pd.DataFrame, y_test: np.ndarray, params: dict,
              settings: SearchSettings) -> dict:
     """Cross-validate one setting, refit it on the whole 80% as the trainer does, and score the test part."""
@@ -91,18 +96,18 @@ def _booster(search: SearchData, x_test: pd.DataFrame, y_test: np.ndarray, param
         oof[valid_idx] = model.predict_proba(search.x_train.iloc[valid_idx])[:, 1]
         fold_test += model.predict_proba(x_test)[:, 1] / len(search.folds)
         rounds.append(best)
-    cv = float(np.mean([roc_auc_score(search.y_train[v], oof[v]) for _, v in search.folds]))
     n_rounds = max(10, int(np.mean(rounds) * 1.1))
     tests = []
-    for seed in range(SEEDS):
+    # The first seed is the trainer's; the others show how much the test AUC owes to the seed.
+    for seed in range(settings.seed, settings.seed + SEEDS):
         est = make_estimator(family, kwargs, threads=THREADS, seed=seed, n_estimators=n_rounds)
         est = fit_estimator(est, family, search.x_train, search.y_train, None, search.categorical, 50)
         p = est.predict_proba(x_test)[:, 1]
         tests.append(roc_auc_score(y_test, p))
-        if seed == 0:
+        if seed == settings.seed:
             refit = p
     return {"family": family, "params": {k: v for k, v in params.items() if k != "family"}, "rounds": n_rounds,
-            "cv_roc_auc": round(cv, 5), "test_roc_auc": round(float(tests[0]), 4),
+            "cv_roc_auc": _cv_auc(search, oof), "test_roc_auc": round(float(tests[0]), 4),
             "test_roc_auc_over_seeds": [round(float(min(tests)), 4), round(float(max(tests)), 4)],
             "test_roc_auc_fold_average": _auc(y_test, fold_test), "_oof": oof, "_test": refit}
 
@@ -124,19 +129,19 @@ def _logistic(data, search: SearchData, train: np.ndarray, test: np.ndarray, y: 
         oof[valid_idx] = model().fit(x_train.iloc[train_idx], search.y_train[train_idx]).predict_proba(
             x_train.iloc[valid_idx])[:, 1]
     p = model().fit(x_train, search.y_train).predict_proba(frame.iloc[test])[:, 1]
-    return {"cv_roc_auc": round(float(roc_auc_score(search.y_train, oof)), 5), "test_roc_auc": _auc(y[test], p),
+    return {"cv_roc_auc": _cv_auc(search, oof), "test_roc_auc": _auc(y[test], p),
             "_oof": oof, "_test": p}
 
 
-def _blend(booster: dict, linear: dict, y_train: np.ndarray, y_test: np.ndarray) -> dict:
+def _blend(booster: dict, linear: dict, search: SearchData, y_test: np.ndarray) -> dict:
     """Booster and logistic regression averaged in log-odds, the weight chosen out of fold."""
     def mix(a, b, w):
         return (1 - w) * logit(np.clip(a, 1e-6, 1 - 1e-6)) + w * logit(np.clip(b, 1e-6, 1 - 1e-6))
 
     weights = np.round(np.arange(0.0, 0.61, 0.1), 1)
-    oof = [roc_auc_score(y_train, mix(booster["_oof"], linear["_oof"], w)) for w in weights]
-    w = float(weights[int(np.argmax(oof))])
-    return {"weight_of_logistic": w, "cv_roc_auc": round(float(max(oof)), 5),
+    cv = [_cv_auc(search, mix(booster["_oof"], linear["_oof"], w)) for w in weights]
+    w = float(weights[int(np.argmax(cv))])
+    return {"weight_of_logistic": w, "cv_roc_auc": max(cv),
             "test_roc_auc": _auc(y_test, mix(booster["_test"], linear["_test"], w))}
 
 
@@ -204,7 +209,7 @@ def measure_ceiling(name: str, root: Path) -> dict:
            "logistic_regression": {k: v for k, v in linear.items() if not k.startswith("_")},
            "boosters": [{k: v for k, v in g.items() if not k.startswith("_")} for g in grid],
            "best_booster_by_cv": chosen,
-           "blend_best_booster_and_logistic": _blend(best, linear, search.y_train, y_test)}
+           "blend_best_booster_and_logistic": _blend(best, linear, search, y_test)}
     if name == "telco_churn":
         _say(f"{name}: the best booster with derived charge features")
         extended = _telco_charge_features(data.frame, x)
