@@ -89,7 +89,8 @@ def score_rows(model, name: str, version: str, task: str, source: Path, target: 
             if missing:
                 raise ValueError(f"{source}: missing model features: {', '.join(missing[:10])}")
             chunk.index = pd.RangeIndex(done, done + len(chunk))  # row numbers across chunks (Parquet restarts)
-            first = chunk if first is None else first
+            if first is None:  # its columns and types only, for an output whose every row is rejected
+                first = chunk.iloc[:0].copy()
             features, problems = check_feature_frame(chunk, model)
             bad = (problems != "").to_numpy()
             if bad.any():
@@ -106,15 +107,16 @@ def score_rows(model, name: str, version: str, task: str, source: Path, target: 
                                     pre.transform(features).to_numpy() if pre is not None else None)
                 results = score_records(model, resolved, task, name, version, rules, "_row", k,
                                         approximate=approximate)
-                writer = _write(_output_frame(chunk, model, results, name, version, k), target, writer, scored == 0)
+                writer = _write(_output_frame(chunk, model, results, name, version, k), target, csv_out, writer,
+                                scored == 0)
                 del rows, resolved, results
                 scored += len(chunk)
             if progress:
                 progress("rows", done, total)
         if not scored and first is not None:  # every row rejected: the output still exists, with its columns
-            empty = _output_frame(first.iloc[:0], model, [], name, version, k)
+            empty = _output_frame(first, model, [], name, version, k)
             empty = empty.astype({c: "string" for c in empty.columns if empty[c].dtype == object})  # not Arrow nulls
-            writer = _write(empty, target, writer, True)
+            writer = _write(empty, target, csv_out, writer, True)
     finally:
         if writer is not None:
             writer.close()
@@ -136,9 +138,10 @@ def _output_frame(chunk: pd.DataFrame, model, results: list[dict], name: str, ve
     return out
 
 
-def _write(out: pd.DataFrame, target: Path, writer: pq.ParquetWriter | None, first: bool) -> pq.ParquetWriter | None:
+def _write(out: pd.DataFrame, target: Path, csv_out: bool, writer: pq.ParquetWriter | None, first: bool
+           ) -> pq.ParquetWriter | None:
     """Append ``out`` to the CSV or Parquet output; returns the Parquet writer (opened on the first write)."""
-    if target.name.lower().endswith(".csv"):
+    if csv_out:
         out.to_csv(target, mode="a", header=first, index=False)
         return writer
     table = pa.Table.from_pandas(out, preserve_index=False)

@@ -112,11 +112,19 @@ def _booster(search: SearchData, x_test: pd.DataFrame, y_test: np.ndarray, param
             "test_roc_auc_fold_average": _auc(y_test, fold_test), "_oof": oof, "_test": refit}
 
 
-def _logistic(data, search: SearchData, train: np.ndarray, test: np.ndarray, y: np.ndarray) -> dict:
+def _raw_columns(data) -> pd.DataFrame:
+    """The task's features as read, numbers as floats and categories as text, for methods with their own encoding."""
     numeric, categorical = data.spec.numeric, data.spec.categorical
     frame = data.frame[numeric + categorical].copy()
-    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float).fillna(0.0)
+    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
     frame[categorical] = frame[categorical].astype(str)
+    return frame
+
+
+def _logistic(data, search: SearchData, train: np.ndarray, test: np.ndarray, y: np.ndarray) -> dict:
+    numeric, categorical = data.spec.numeric, data.spec.categorical
+    frame = _raw_columns(data)
+    frame[numeric] = frame[numeric].fillna(0.0)
 
     def model():
         columns = ColumnTransformer([("numeric", StandardScaler(), numeric),
@@ -158,10 +166,8 @@ def _catboost(data, search: SearchData, train: np.ndarray, test: np.ndarray, y: 
         from catboost import CatBoostClassifier
     except ImportError:
         return "not installed: pip install '.[bench]'"
-    numeric, categorical = data.spec.numeric, data.spec.categorical
-    frame = data.frame[numeric + categorical].copy()
-    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
-    frame[categorical] = frame[categorical].astype(str)
+    categorical = data.spec.categorical
+    frame = _raw_columns(data)
     x_train = frame.iloc[train]
     aucs, rounds = [], []
     for train_idx, valid_idx in search.folds:
