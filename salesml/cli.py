@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -837,12 +838,16 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: SALESML_SERVE_WORKERS).",
                                                 min=1)] = None,
 ) -> None:
-    """Serve the champions with BentoML: POST /churn/score, GET /models, /dashboard, /healthz, /readyz, /metrics."""
-    import subprocess
+    """Serve the champions with BentoML: POST /churn/score, GET /models, /dashboard, /healthz, /readyz, /metrics.
 
+    SIGTERM or Ctrl-C stops the whole server: in-flight requests finish and the inference log is flushed."""
+    settings = get_settings()
     with failures(False):
         check_port_free(host, port)
-    settings = get_settings()
+        # Without a store the service's workers fail at start and BentoML restarts them forever.
+        if not settings.feature_store_path.exists():
+            raise CommandError(f"no feature store at {settings.feature_store_path}; run `salesml ingest`, "
+                               "`salesml import` or `salesml demo` first")
     # BentoML imports the service from its working directory, which it puts first on sys.path, and `python -m`
     # puts the current directory there too: run from a folder holding its own `features/` or `h2.py`, the service
     # imported those instead of ours. So BentoML works from the folder holding our packages, the interpreter adds
@@ -856,7 +861,76 @@ def serve(
     command = [sys.executable, "-m", "bentoml", "serve", "serving.service:SalesML", "--working-dir", str(root),
                "--host", host, "--port", str(port)]
     stderr.print(f"serving on http://{host}:{port} (Ctrl-C to stop)")
-    raise typer.Exit(subprocess.call(command, env=env))
+    raise typer.Exit(run_server(command, env))
+
+
+#: Seconds the server's processes get to finish in-flight requests and flush the inference log once stopped.
+STOP_GRACE_SECONDS = 30.0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to send it SIGTERM if the parent dies (even by SIGKILL)."""
+    import contextlib
+    import ctypes
+
+    # Not glibc Linux: the signal forwarding in run_server still stops the server.
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a member we may not signal still exists
+        return True
+    return True
+
+
+def run_server(command: list[str], env: dict[str, str], grace: float = STOP_GRACE_SECONDS) -> int:
+    """Run the server in a process group of its own and stop the whole group when this process is stopped.
+
+    ``bentoml serve`` starts an arbiter and worker processes. Started as a plain child, a SIGTERM to ``salesml
+    serve`` ended only this process, and the server, re-parented to init, kept the port. Here SIGTERM and SIGINT
+    are forwarded to the group as SIGTERM; each worker finishes its in-flight requests and flushes the inference
+    log (the service's shutdown hook). Processes still alive ``grace`` seconds later are killed, so the port is
+    free when this returns.
+
+    Returns:
+        The server's exit code, or 0 when it stopped cleanly because this process was asked to stop.
+    """
+    import subprocess
+    import time
+
+    stopping: list[int] = []
+    proc = subprocess.Popen(command, env=env, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # a second Ctrl-C while the handler was being replaced
+            code = proc.wait()
+        deadline = time.monotonic() + grace
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(proc.pid):
+            stderr.print(f"[yellow]the server's processes did not stop within {grace:.0f} s; killing them[/]")
+            os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if stopping:
+        stderr.print("server stopped")
+        return 0 if code in (0, -signal.SIGTERM, 128 + signal.SIGTERM) else code
+    return code
 
 
 def check_port_free(host: str, port: int) -> None:

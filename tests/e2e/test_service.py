@@ -227,3 +227,36 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
     assert others and not any(f"<td>{o}</td>" in rep_dom for o in others)
     everyone = re.findall(r'<tr class="deal"><td>[^<]*</td><td>([^<]*)</td>', dom)
     assert len(set(everyone)) > 1
+
+
+@pytest.mark.slow
+def test_sigterm_to_salesml_serve_stops_every_server_process_and_frees_the_port(service):
+    import psutil
+
+    port = _free_port()
+    env = {**os.environ, "SALESML_HOME": str(service["home"])}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "salesml"), "serve", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("the second service did not become ready: " + proc.stdout.read().decode()[-3000:])
+        server = psutil.Process(proc.pid).children(recursive=True)
+        assert server, "salesml serve runs bentoml serve and its workers as child processes"
+        os.kill(proc.pid, signal.SIGTERM)  # the main process only, as a supervisor or `kill` does
+        assert proc.wait(timeout=60) == 0
+        gone, alive = psutil.wait_procs(server, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))  # free: nothing listens on it any more
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
