@@ -14,7 +14,7 @@ from mlflow.exceptions import MlflowException
 from experiments.registry import TAG_SHA_PREFIX
 
 if TYPE_CHECKING:
-    from training.models import ChurnModel
+    from training.models import RiskModel
 
 
 class RegistryError(LookupError):
@@ -41,13 +41,38 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         return None
 
 
+def task_model_name(client: MlflowClient, task: str) -> str:
+    """The registered model of a task: ``<kind>.<task>`` for a declared task, else the one registered name that
+    ends in ``.<task>`` (an imported task table's kind is known to the store, not to the registry); the name
+    before the registry, ``churn.<task>``, is found too.
+
+    Raises:
+        RegistryError: when no model of the task is registered.
+    """
+    from training.registry import TASKS
+
+    if task in TASKS:
+        declared = TASKS[task].model_name
+        names = [declared, f"churn.{task}"]
+    else:
+        names = [m.name for m in client.search_registered_models() if m.name.partition(".")[2] == task]
+        names.sort(key=lambda n: n.startswith("churn."))  # today's spelling first
+    for name in names:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            continue
+        return name
+    raise RegistryError(f"no model of task {task!r} is registered: train one with `salesml train {task}`")
+
+
 def expected_digests(version: ModelVersion) -> dict[str, str]:
     """The SHA-256 of each artifact file recorded at registration."""
     return {k[len(TAG_SHA_PREFIX):]: v for k, v in version.tags.items() if k.startswith(TAG_SHA_PREFIX)}
 
 
 def load_version_model(client: MlflowClient, name: str, version: str, folder: Path | None = None
-                       ) -> tuple[ChurnModel, ModelVersion]:
+                       ) -> tuple[RiskModel, ModelVersion]:
     """Download a version's artifact and load it, refusing files whose SHA-256 differs from the registered one.
 
     Args:
@@ -71,10 +96,10 @@ def load_version_model(client: MlflowClient, name: str, version: str, folder: Pa
         return _download_model(Path(scratch), name, version, digests), info
 
 
-def _download_model(target: Path, name: str, version: str, digests: dict[str, str]) -> ChurnModel:
+def _download_model(target: Path, name: str, version: str, digests: dict[str, str]) -> RiskModel:
     # Imported here, not at the top: it brings in LightGBM, XGBoost and scikit-learn (about a second), which the
     # registry lookups above (reviews, promotions, listings) do not need.
-    from training.models import MODEL_FILE, ChurnModel
+    from training.models import MODEL_FILE, RiskModel
 
     # MLflow's tracking URI is the one configure_mlflow set.
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target)))
@@ -82,6 +107,6 @@ def _download_model(target: Path, name: str, version: str, digests: dict[str, st
     if found is None:
         raise RegistryError(f"{name} version {version} has no {MODEL_FILE} in its artifact")
     try:
-        return ChurnModel.load(found.parent, expected=digests)
+        return RiskModel.load(found.parent, expected=digests)
     except ValueError as exc:
         raise RegistryError(f"{name} version {version}: {exc}") from None

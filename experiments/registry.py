@@ -1,4 +1,4 @@
-"""Registered model names, aliases and tag keys: the one place they are spelled."""
+"""Aliases and tag keys of registered versions: the one place they are spelled (model names: ``training.registry``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ PREVIOUS = "previous"
 ALIASES = (CHAMPION, CHALLENGER, PREVIOUS)
 
 TAG_TASK = "salesml.task"
+#: The task's kind in the task registry (risk, demand, ...).
+TAG_TASK_KIND = "salesml.kind"
 TAG_WINDOW = "salesml.data_window"
 TAG_FEATURE_VERSION = "salesml.feature_version"
 TAG_CODE_VERSION = "salesml.code_version"
@@ -25,11 +27,6 @@ TAG_PROMOTED_BY = "salesml.promotion.by"
 TAG_PROMOTED_AT = "salesml.promotion.at"
 TAG_VARIANT_OF = "salesml.variant_of"
 TAG_MITIGATION = "salesml.mitigation"
-
-
-def churn_model_name(task: str) -> str:
-    """The registered name of a churn or deal-loss model: ``churn.<task>``."""
-    return f"churn.{task}"
 
 
 def sha_tag(file_name: str) -> str:

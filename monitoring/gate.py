@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.churn_run import register_threshold_variant
 from experiments.registered import get_alias, load_version_model
 from experiments.registry import (
     CHAMPION,
@@ -27,6 +26,7 @@ from experiments.registry import (
     TAG_VARIANT_OF,
     TAG_WINDOW,
 )
+from experiments.risk_run import register_threshold_variant
 from experiments.tracking import configure_mlflow
 from features.production import recent_production_rows
 from features.store import FeatureStore
@@ -43,15 +43,15 @@ from monitoring.report import render_report
 from monitoring.review import append_audit_log, now_iso, promote
 from salesml.access import Principal
 from salesml.settings import Settings
-from training.churn import split_rows
 from training.models import GROUP_THRESHOLDS, alert_thresholds
-from training.tasks import ChurnConfig, load_config, load_task_data, resolve_task, with_home
+from training.risk import split_rows
+from training.tasks import RiskConfig, load_config, load_task_data, resolve_task, with_home
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
-def task_config(task: str) -> ChurnConfig:
+def task_config(task: str) -> RiskConfig:
     """The training config of a task (its YAML when it exists)."""
     path = CONFIGS / f"{task}.yaml"
     return load_config(path if path.is_file() else None, task=task)
@@ -79,7 +79,7 @@ def _window_rows(frame: pd.DataFrame, window: str, time_column: str | None) -> p
 
 
 def audit_version(settings: Settings, name: str, version: str, policy_path: Path | None = None,
-                  config: ChurnConfig | None = None) -> AuditOutcome:
+                  config: RiskConfig | None = None) -> AuditOutcome:
     """Run every audit the policy names on a registered version and record the outcome.
 
     The candidate and the current champion are scored on the same latest labelled window (the task's test

@@ -587,8 +587,8 @@ def train_churn(
     as_json: JsonOpt = False,
 ) -> None:
     """Tune (Optuna), train, calibrate and evaluate a risk model; track it in MLflow and register a version."""
-    from experiments.churn_run import run_churn_training
-    from training.churn import InsufficientDataError
+    from experiments.risk_run import run_risk_training
+    from training.risk import InsufficientDataError
     from training.tasks import load_config
 
     settings = get_settings()
@@ -609,7 +609,7 @@ def train_churn(
                 stderr.print(f"[dim]{text}[/]")
 
             try:
-                result = run_churn_training(settings, task, cfg, trainer, baseline, progress, status)
+                result = run_risk_training(settings, task, cfg, trainer, baseline, progress, status)
             except InsufficientDataError as exc:
                 raise CommandError(str(exc)) from None
 
@@ -639,7 +639,7 @@ def current_principal(settings: Settings):
 
 @app.command()
 def audit(
-    model: Annotated[str, typer.Argument(help="Registered model, e.g. churn.opportunity_loss.")],
+    model: Annotated[str, typer.Argument(help="Registered model, e.g. risk.opportunity_loss.")],
     version: Annotated[str, typer.Argument(help="Version to audit.")],
     policy: Annotated[Path | None, typer.Option(help="Policy YAML (default: monitoring/policy.yaml).")] = None,
     as_json: JsonOpt = False,
@@ -986,7 +986,7 @@ def score_churn(
 
 
 DEMO_TASK = "opportunity_loss"
-DEMO_MODEL = f"churn.{DEMO_TASK}"
+DEMO_MODEL = f"risk.{DEMO_TASK}"
 
 
 def _demo_principals(settings: Settings, store) -> dict:
@@ -1040,7 +1040,7 @@ def demo(
 ) -> None:
     """Run the main job end to end on the embedded defaults: simulate, ingest with quarantine, build the feature
     views, train the opportunity-loss model, audit it, approve it as a demo validator, promote it and serve it."""
-    from experiments.churn_run import run_churn_training
+    from experiments.risk_run import run_risk_training
     from features.ingest import discover_sources
     from features.ingest import ingest as run_ingest
     from features.pipeline import build_view, materialize, resolve_cutoffs, train_text_model
@@ -1080,7 +1080,7 @@ def demo(
         default = Path(__file__).resolve().parents[1] / "experiments" / "configs" / f"{DEMO_TASK}.yaml"
         train_config = load_config(default, task=DEMO_TASK, trials=trials, threads=settings.threads)
         with progress_bar("trials") as progress:
-            trained = run_churn_training(settings, DEMO_TASK, train_config, current_identity(settings),
+            trained = run_risk_training(settings, DEMO_TASK, train_config, current_identity(settings),
                                          progress=lambda done, best: progress("trials", done, trials),
                                          status=lambda text: stderr.print(f"[dim]{text}[/]"))
         version = trained["version"]

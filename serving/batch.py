@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from experiments.registered import RegistryError, get_alias, load_version_model
-from experiments.registry import CHAMPION, churn_model_name
+from experiments.registered import RegistryError, get_alias, load_version_model, task_model_name
+from experiments.registry import CHAMPION
 from experiments.tracking import configure_mlflow
 from salesml.settings import Settings
 from serving.predict import Resolved, check_feature_frame, load_rules, score_records
@@ -44,7 +44,7 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
     if not source.is_file():
         raise FileNotFoundError(f"input file {source} not found")
     client = configure_mlflow(settings)
-    name = churn_model_name(task)
+    name = task_model_name(client, task)
     champion = get_alias(client, name, CHAMPION)
     if champion is None:
         raise RegistryError(f"{name} has no champion: promote a version first")

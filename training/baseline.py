@@ -1,7 +1,7 @@
 """The stage-based win-rate baseline: the loss rate of each stage in the training history.
 
 It is what an opportunity model falls back to when there are too few won and lost deals to learn from. It has
-the same interface as ``ChurnModel`` and is saved as JSON.
+the same interface as ``RiskModel`` and is saved as JSON.
 """
 
 from __future__ import annotations

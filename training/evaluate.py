@@ -102,12 +102,13 @@ def threshold_at_precision(y: np.ndarray, p: np.ndarray, precision: float) -> fl
 
 
 def early_warning(rows: pd.DataFrame, outcomes: pd.DataFrame, threshold: float, lead_days: int = 30,
-                  label: str = "label_lost_90d") -> dict[str, float]:
-    """How early deals that were eventually lost are flagged.
+                  label: str = "label_lost_90d", id_column: str = "opportunity_id", closed: str = "closed_at",
+                  outcome: str = "outcome", positive: str = "lost") -> dict[str, float]:
+    """How early entities whose outcome was eventually positive (deals lost) are flagged.
 
     Args:
-        rows: scored rows with ``opportunity_id``, ``cutoff``, ``probability`` and the label column.
-        outcomes: every deal's ``closed_at`` and ``outcome``.
+        rows: scored rows with ``id_column``, ``cutoff``, ``probability`` and the label column.
+        outcomes: every entity's ``closed`` time and ``outcome`` (the task's realised outcomes).
         threshold: the alert threshold.
         lead_days: how early a flag must come to count.
         label: the row-level label, for the precision of the alerts.
@@ -117,15 +118,15 @@ def early_warning(rows: pd.DataFrame, outcomes: pd.DataFrame, threshold: float, 
         share flagged at or above the threshold at least ``lead_days`` before close), ``early_warning_precision``
         (row-level precision at the threshold), lead-time quantiles in days, and counts.
     """
-    lost = outcomes[outcomes["outcome"] == "lost"][["opportunity_id", "closed_at"]]
-    scored = rows.merge(lost, on="opportunity_id", how="inner")
+    lost = outcomes[outcomes[outcome] == positive][[id_column, closed]].rename(columns={closed: "closed_at"})
+    scored = rows.merge(lost, on=id_column, how="inner")
     days_before = (pd.to_datetime(scored["closed_at"]) - (pd.to_datetime(scored["cutoff"]) + pd.Timedelta(days=1))
                    ).dt.total_seconds() / 86400
     scored = scored.assign(days_before=days_before, flagged=scored["probability"] >= threshold)
     early = scored[scored["days_before"] >= lead_days]
-    eligible = early["opportunity_id"].nunique()
-    flagged_early = early.loc[early["flagged"], "opportunity_id"].nunique()
-    first_flag = scored[scored["flagged"]].groupby("opportunity_id")["days_before"].max()
+    eligible = early[id_column].nunique()
+    flagged_early = early.loc[early["flagged"], id_column].nunique()
+    first_flag = scored[scored["flagged"]].groupby(id_column)["days_before"].max()
     alerts = rows["probability"] >= threshold
     precision = float(rows.loc[alerts, label].mean()) if alerts.any() else float("nan")
     quantiles = first_flag.quantile([0.1, 0.25, 0.5, 0.75, 0.9]) if len(first_flag) else pd.Series(dtype=float)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.views import ACCOUNT_PROFILE
-from training.models import ChurnModel
+from training.models import RiskModel
 
 
 def _number(value: object, fmt: str = "{:.0f}") -> str:
@@ -226,7 +226,7 @@ def sentence_for(feature: str, row: Mapping) -> str:
     return template_for(feature)(row)
 
 
-def reason_codes(model: ChurnModel, frame: pd.DataFrame, k: int = 3) -> list[list[dict]]:
+def reason_codes(model: RiskModel, frame: pd.DataFrame, k: int = 3) -> list[list[dict]]:
     """The top-``k`` reasons of each row's prediction.
 
     Returns:

@@ -1,7 +1,7 @@
 """The one estimator factory, and the churn model artifact in native formats.
 
 ``make_estimator`` builds the LightGBM or XGBoost classifier used both inside the Optuna objective and for the
-final model. ``ChurnModel`` is the single object that serving loads: the preprocessing, the booster in its native
+final model. ``RiskModel`` is the single object that serving loads: the preprocessing, the booster in its native
 format (LightGBM text, XGBoost JSON) and the calibrator, saved as plain files; nothing is pickled.
 """
 
@@ -124,7 +124,7 @@ def alert_thresholds(model, rows: pd.DataFrame | Sequence[Mapping]) -> np.ndarra
     return np.array([base if v is None else float(table.get(str(v), base)) for v in values], dtype=float)
 
 
-class ChurnModel:
+class RiskModel:
     """Preprocessing, native booster and calibrator: the one artifact a churn or deal-loss model is.
 
     Args:
@@ -192,7 +192,7 @@ class ChurnModel:
         return artifact_digests(folder)
 
     @classmethod
-    def load(cls, folder: Path, expected: dict[str, str] | None = None) -> ChurnModel:
+    def load(cls, folder: Path, expected: dict[str, str] | None = None) -> RiskModel:
         """Read an artifact written by ``save``.
 
         Args:
@@ -222,6 +222,11 @@ class ChurnModel:
             booster.set_param({"nthread": 1})
         return cls(family, booster, TabularPreprocessor.from_dict(spec["preprocessor"]),
                    Calibrator.from_dict(spec["calibrator"]), spec["metadata"])
+
+
+def load_artifact(folder: Path, expected: dict[str, str] | None = None) -> RiskModel:
+    """Load a risk model artifact (the registry's loader for the risk kind); see ``RiskModel.load``."""
+    return RiskModel.load(folder, expected)
 
 
 class IncompatibleModelError(ValueError):

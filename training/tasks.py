@@ -1,8 +1,9 @@
-"""Training tasks: what to learn, from which data, with which split, and the typed training config.
+"""Training tasks: the typed training config of risk models, and a task's rows.
 
-A task is a feature view (``opportunity_loss``, ``customer_churn``) or a task table imported from a dataset or a
-mapping (``telco_churn``, ``ibm_sales_win_loss``, any bring-your-own name). ``resolve_task`` turns the name into a
-``TaskSpec``; ``load_task_data`` (a pipeline: it reads the feature store) returns the rows.
+Tasks are declared in ``training.registry``: a feature view (``opportunity_loss``, ``customer_churn``) or a task
+table imported from a dataset or a mapping (``telco_churn``, ``ibm_sales_win_loss``, any bring-your-own name).
+``resolve_task`` turns the name into a ``TaskSpec`` (the definition and its columns); ``load_task_data`` (a
+pipeline: it reads the feature store) returns the rows.
 """
 
 from __future__ import annotations
@@ -19,17 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from features.pipeline import build_view, materialize, resolve_cutoffs, snapshot_hash
 from features.store import FeatureStore
 from features.views import ViewConfig, get_view
-
-VIEW_TASKS = {
-    "opportunity_loss": ("opportunity", "label_lost_{h}d", "opportunity_id", "activities", "occurred_at"),
-    "customer_churn": ("customer", "label_churn_{h}d", "account_id", "orders", "order_date"),
-}
-#: Salesforce documents 200 won and 200 lost deals as the minimum for opportunity scoring.
-MIN_DEALS_PER_OUTCOME = 200
+from training.registry import MIN_DEALS_PER_OUTCOME, Task, get_task
 
 
-class ChurnConfig(BaseModel):
-    """Training config of a churn or deal-loss model (``experiments/configs/<task>.yaml``)."""
+class RiskConfig(BaseModel):
+    """Training config of a risk model: deal loss, churn, any binary outcome (``experiments/configs/<task>.yaml``)."""
 
     model_config = ConfigDict(extra="forbid")
     task: str | None = None
@@ -57,7 +52,8 @@ class ChurnConfig(BaseModel):
     start: date | None = Field(None, description="First cutoff month for view tasks (default: second month).")
     ground_truth: str | None = Field(None, description="Simulator ground_truth folder, for the oracle AUC; "
                                      "'{home}' is SALESML_HOME.")
-    min_deals_per_outcome: int = MIN_DEALS_PER_OUTCOME
+    min_deals_per_outcome: int = Field(MIN_DEALS_PER_OUTCOME, description="Outcomes of each kind a task that "
+                                       "declares a minimum needs (opportunity scoring: won and lost deals).")
     heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
     monotone: dict[str, Literal["increasing", "decreasing"]] = Field(
         default_factory=dict, description="Features whose effect on risk must be monotone (booster constraints).")
@@ -66,7 +62,7 @@ class ChurnConfig(BaseModel):
     threads: int = 2
 
 
-def load_config(path: Path | None, **overrides: object) -> ChurnConfig:
+def load_config(path: Path | None, **overrides: object) -> RiskConfig:
     """Read a training config YAML and apply command-line overrides (``None`` values are ignored).
 
     Raises:
@@ -86,7 +82,7 @@ def load_config(path: Path | None, **overrides: object) -> ChurnConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     data.update(given)
     try:
-        return ChurnConfig.model_validate(data)
+        return RiskConfig.model_validate(data)
     except ValidationError as exc:
         # Name where each bad value came from: a command-line option, or the field in the file.
         problems = []
@@ -100,7 +96,7 @@ def load_config(path: Path | None, **overrides: object) -> ChurnConfig:
 
 @dataclass
 class TaskSpec:
-    """A resolved training task."""
+    """A resolved training task: its registry definition and its columns."""
 
     name: str
     kind: Literal["view", "table"]
@@ -112,6 +108,7 @@ class TaskSpec:
     categorical: list[str]
     sensitive: list[str]
     keys: list[str] = field(default_factory=list)
+    definition: Task | None = None
 
     @property
     def features(self) -> list[str]:
@@ -139,26 +136,26 @@ class TaskData:
     recent: pd.DataFrame | None = None
 
 
-def resolve_task(name: str, store: FeatureStore, config: ChurnConfig) -> TaskSpec:
-    """The spec of a task name.
+def resolve_task(name: str, store: FeatureStore, config: RiskConfig) -> TaskSpec:
+    """The spec of a task name: its registry definition and the columns it learns from.
 
     Raises:
-        ValueError: when the name is neither a view task nor an imported task table.
+        UnknownTaskError: when the name is neither a declared task nor an imported task table.
     """
-    if name in VIEW_TASKS:
-        view_name, label, id_column, _, _ = VIEW_TASKS[name]
-        view = get_view(view_name)
-        columns = view.columns(ViewConfig(horizon_days=config.horizon_days))
-        if view_name == "customer":
+    task = get_task(name, store)
+    if task.data.source == "view":
+        view = get_view(task.data.name)
+        if task.data.name == "customer":
             from features.pipeline import _categories
 
             columns = view.columns(ViewConfig(horizon_days=config.horizon_days), _categories(store))
-        return _spec_from_columns(name, "view", view_name, label.format(h=config.horizon_days), id_column, "cutoff",
-                                  columns, config)
+        else:
+            columns = view.columns(ViewConfig(horizon_days=config.horizon_days))
+        spec = _spec_from_columns(name, "view", task.data.name, task.data.label.format(h=config.horizon_days),
+                                  task.data.id_column, task.data.time_column, columns, config)
+        spec.definition = task
+        return spec
     spec = store.task_spec(name)
-    if spec is None:
-        known = ", ".join([*VIEW_TASKS, *store.tasks()])
-        raise ValueError(f"unknown task {name!r}; known: {known}. Import a dataset or a mapped file first.")
     excluded = set(config.exclude_features)
     numeric, categorical = [], []
     for feature in spec["features"]:
@@ -169,12 +166,12 @@ def resolve_task(name: str, store: FeatureStore, config: ChurnConfig) -> TaskSpe
     if config.sensitive_as_features:
         for s in spec["sensitive"]:
             (categorical if s["type"] in ("categorical", "string") else numeric).append(s["name"])
-    return TaskSpec(name, "table", spec["table"], "label", "row_id", "event_time" if spec.get("timestamp") else None,
-                    numeric, categorical, sensitive, keys=["row_id"])
+    return TaskSpec(name, "table", spec["table"], task.data.label, task.data.id_column, task.data.time_column,
+                    numeric, categorical, sensitive, keys=["row_id"], definition=task)
 
 
 def _spec_from_columns(name: str, kind: str, source: str, label: str, id_column: str, time_column: str,
-                       columns: list, config: ChurnConfig) -> TaskSpec:
+                       columns: list, config: RiskConfig) -> TaskSpec:
     excluded = set(config.exclude_features)
     numeric: list[str] = []
     categorical: list[str] = []
@@ -202,13 +199,14 @@ def _latest_event(store: FeatureStore, table: str, column: str) -> date:
     return pd.Timestamp(value).date()
 
 
-def load_task_data(store: FeatureStore, spec: TaskSpec, config: ChurnConfig) -> TaskData:
+def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> TaskData:
     """Load a task's labelled rows: a feature view built at every month end, or an imported task table.
 
     View tasks are materialised in the feature store so that the model's lineage points at a stored version.
     """
+    definition = spec.definition or get_task(spec.name, store)
     if spec.kind == "view":
-        _, _, _, table, column = VIEW_TASKS[spec.name]
+        table, column = definition.data.events
         as_of = config.as_of or _latest_event(store, table, column)
         first = store.table(table).aggregate(first=store.table(table)[column].min()).execute()["first"].iloc[0]
         start = config.start or (pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date()
@@ -222,9 +220,10 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: ChurnConfig) -> 
                             and not pd.api.types.is_bool_dtype(frame[c].dtype)]
         spec.numeric = [c for c in features if c not in spec.categorical]
         outcomes = None
-        if spec.name == "opportunity_loss":
-            outcomes = store.table("opportunities").select("opportunity_id", "closed_at", "outcome").execute()
-        oracle = _oracle(config, spec)
+        if definition.outcomes is not None and store.has_table(definition.outcomes.table):
+            known = definition.outcomes
+            outcomes = store.table(known.table).select(known.id_column, known.time_column, known.column).execute()
+        oracle = _oracle(config, definition)
         window = f"{frame['cutoff'].min():%Y-%m-%d}..{frame['cutoff'].max():%Y-%m-%d}" if len(frame) else ""
         recent = built.frame[built.frame["cutoff"] == built.frame["cutoff"].max()].reset_index(drop=True)
         return TaskData(spec, frame, built.version, built.snapshot, window, outcomes, oracle, len(built.frame), recent)
@@ -240,20 +239,19 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: ChurnConfig) -> 
     return TaskData(spec, frame, f"{spec.source}@{snapshot[:16]}", snapshot, window, source_rows=len(frame))
 
 
-def _oracle(config: ChurnConfig, spec: TaskSpec) -> pd.DataFrame | None:
+def _oracle(config: RiskConfig, task: Task) -> pd.DataFrame | None:
     """Ground-truth probabilities on the simulator; ``None`` off it (no ground_truth configured or present)."""
-    if not config.ground_truth or spec.name not in ("opportunity_loss", "customer_churn"):
+    if not config.ground_truth or task.oracle is None:
         return None
-    name = {"opportunity_loss": ("opportunity_loss_probability.parquet", "opportunity_id", "p_loss_90d"),
-            "customer_churn": ("customer_churn_probability.parquet", "account_id", "p_no_order_90d")}[spec.name]
-    path = Path(config.ground_truth) / name[0]
+    path = Path(config.ground_truth) / task.oracle.file
     if not path.is_file():
         return None
     truth = pd.read_parquet(path)
-    return truth.rename(columns={"month_end": "cutoff", name[2]: "oracle"})[[name[1], "cutoff", "oracle"]]
+    return truth.rename(columns={"month_end": "cutoff", task.oracle.column: "oracle"})[
+        [task.oracle.id_column, "cutoff", "oracle"]]
 
 
-def with_home(config: ChurnConfig, home: Path) -> ChurnConfig:
+def with_home(config: RiskConfig, home: Path) -> RiskConfig:
     """The config with ``{home}`` in its paths replaced by SALESML_HOME."""
     if config.ground_truth and "{home}" in config.ground_truth:
         return config.model_copy(update={"ground_truth": config.ground_truth.format(home=home)})

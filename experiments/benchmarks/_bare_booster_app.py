@@ -18,12 +18,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from training.models import ChurnModel, booster_predict
+from training.models import RiskModel, booster_predict
 
 
 def create_app() -> Starlette:
     """The app (a factory, so that each uvicorn worker loads the model itself)."""
-    model = ChurnModel.load(Path(os.environ["SALESML_BENCH_MODEL_DIR"]))
+    model = RiskModel.load(Path(os.environ["SALESML_BENCH_MODEL_DIR"]))
     numeric = model.preprocessor.numeric
     codes = {c: {v: float(i) for i, v in enumerate(cats)} for c, cats in model.preprocessor.categories_.items()}
     categorical = model.preprocessor.categorical

@@ -1,6 +1,6 @@
 """Benchmark: scoring throughput and latency of our service against `mlflow models serve` and a bare endpoint.
 
-One run on this machine, the same champion (``churn.opportunity_loss``), the same single-record payload (a full
+One run on this machine, the same champion (``risk.opportunity_loss``), the same single-record payload (a full
 feature record) and the same load generator (wrk, 16 connections, 30 s each) against:
 
 - (a) our service, ``salesml serve`` (BentoML): token check, scope check, validation, probability, reasons,
@@ -41,7 +41,7 @@ import httpx
 
 from salesml.settings import TELEMETRY_OFF, get_settings
 
-NAME = "churn.opportunity_loss"
+NAME = "risk.opportunity_loss"
 TASK = "opportunity_loss"
 
 

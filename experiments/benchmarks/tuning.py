@@ -28,9 +28,9 @@ from sklearn.metrics import roc_auc_score
 
 from features.sources.datasets import TELCO, WIN_LOSS, load_dataset
 from features.standards import parse_frame
-from training.churn import Split, split_rows
 from training.models import fit_estimator, make_estimator
 from training.preprocess import TabularPreprocessor
+from training.risk import Split, split_rows
 from training.search import (
     SearchData,
     SearchSettings,
@@ -39,12 +39,12 @@ from training.search import (
     params_from_trial,
     run_study,
 )
-from training.tasks import ChurnConfig, TaskData, TaskSpec
+from training.tasks import RiskConfig, TaskData, TaskSpec
 
 DATASETS = {"telco_churn": (TELCO, "telco_churn"), "ibm_sales_win_loss": (WIN_LOSS, "ibm_sales_win_loss")}
 
 
-def load_benchmark_task(name: str, root: Path, sensitive_as_features: bool) -> tuple[TaskData, ChurnConfig]:
+def load_benchmark_task(name: str, root: Path, sensitive_as_features: bool) -> tuple[TaskData, RiskConfig]:
     """A shared dataset's task rows, read in place from ``root``, and the benchmark's training config."""
     mapping, folder = DATASETS[name]
     imported = load_dataset(name, root / folder)
@@ -57,12 +57,12 @@ def load_benchmark_task(name: str, root: Path, sensitive_as_features: bool) -> t
     numeric = [c for c, t in features.items() if t not in ("category", "string")]
     categorical = [c for c, t in features.items() if t in ("category", "string")]
     spec = TaskSpec(name, "table", source.table.name, "label", "row_id", None, numeric, categorical, [], ["row_id"])
-    config = ChurnConfig(cv_folds=3 if len(frame) > 20000 else 5, max_estimators=2000, early_stopping_rounds=50,
+    config = RiskConfig(cv_folds=3 if len(frame) > 20000 else 5, max_estimators=2000, early_stopping_rounds=50,
                          sensitive_as_features=sensitive_as_features)
     return TaskData(spec, frame, name, name, ""), config
 
 
-def prepare_search(data: TaskData, config: ChurnConfig) -> tuple[SearchData, pd.DataFrame, np.ndarray, Split]:
+def prepare_search(data: TaskData, config: RiskConfig) -> tuple[SearchData, pd.DataFrame, np.ndarray, Split]:
     """The cross-validation folds inside the fixed 80%, with the model matrix, labels and split they come from."""
     split = split_rows(data, config)
     y = data.frame["label"].astype(int).to_numpy()
@@ -73,7 +73,7 @@ def prepare_search(data: TaskData, config: ChurnConfig) -> tuple[SearchData, pd.
     return search, x, y, split
 
 
-def _ours(data: TaskData, config: ChurnConfig, budget: float, pruning: bool) -> list[dict]:
+def _ours(data: TaskData, config: RiskConfig, budget: float, pruning: bool) -> list[dict]:
     search, x, y, split = prepare_search(data, config)
     settings = SearchSettings(["lightgbm", "xgboost"], config.max_estimators, config.early_stopping_rounds, 2,
                               config.seed, pruning)
@@ -105,7 +105,7 @@ def _ours(data: TaskData, config: ChurnConfig, budget: float, pruning: bool) -> 
     return curve
 
 
-def _flaml(data: TaskData, config: ChurnConfig, budget: float) -> list[dict]:
+def _flaml(data: TaskData, config: RiskConfig, budget: float) -> list[dict]:
     from flaml import AutoML
 
     split = split_rows(data, config)

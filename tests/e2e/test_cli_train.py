@@ -43,19 +43,19 @@ def _finished_trials(home: Path) -> int:
 
 def _versions(home: Path) -> int:
     client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}", f"sqlite:///{home / 'mlflow.db'}")
-    return len(client.search_model_versions("name='churn.synth'"))
+    return len(client.search_model_versions("name='risk.synth'"))
 
 
 def test_train_a_task_table_and_print_json(home, tmp_path):
     _synthetic_task(home, tmp_path)
     trained = run("train", "churn", "--task", "synth", "--trials", "3", "--json", home=home)
     result = last_json(trained)
-    assert result["model"] == "churn.synth" and result["version"] == "1" and result["run_id"]
+    assert result["model"] == "risk.synth" and result["version"] == "1" and result["run_id"]
     assert result["metrics"]["test_roc_auc"] > 0.6 and result["metrics"]["oracle_roc_auc"] is None
     # tenure is an integer column: the signature takes it as a double, so a request may leave it missing.
     assert "integer column" not in trained.stderr
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model("models:/churn.synth/1")
+    model = mlflow.pyfunc.load_model("models:/risk.synth/1")
     assert {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}["tenure"] == "double"
     rows = pd.DataFrame({"tenure": [12.0, None], "fee": [80.0, 80.0], "plan": ["c", "c"]})
     p = model.predict(rows)["probability"].to_numpy()

@@ -24,7 +24,7 @@ from tests.e2e.test_cli_data import last_json, run
 from tests.monitoring.test_gate import train
 
 VALIDATOR = Principal("vera", "model_validator", "all", "")
-NAME = "churn.opportunity_loss"
+NAME = "risk.opportunity_loss"
 
 
 def _free_port() -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.churn_run import run_churn_training
+from experiments.risk_run import run_risk_training
 from features.ingest import ingest
 from features.sources.datasets import load_dataset
 from features.store import FeatureStore
@@ -33,7 +33,7 @@ def test_telco_churn_beats_the_published_defaults(shared_data, tmp_path):
     home = tmp_path / "home"
     _import(home, "telco_churn", shared_data / "telco_churn")
     config = load_config(CONFIGS / "telco_churn.yaml", trials=12)
-    result = run_churn_training(get_settings(home=home), "telco_churn", config, trainer="ci")
+    result = run_risk_training(get_settings(home=home), "telco_churn", config, trainer="ci")
     auc = result["metrics"]["test_roc_auc"]
     assert result["metrics"]["test_rows"] == 1409  # 20% of all 7,043 rows, blank TotalCharges included
     assert auc >= 0.845, auc
@@ -44,7 +44,7 @@ def test_sales_win_loss_beats_the_lightgbm_default(shared_data, tmp_path):
     home = tmp_path / "home"
     _import(home, "ibm_sales_win_loss", shared_data / "ibm_sales_win_loss")
     config = load_config(CONFIGS / "ibm_sales_win_loss.yaml", trials=2)
-    result = run_churn_training(get_settings(home=home), "ibm_sales_win_loss", config, trainer="ci")
+    result = run_risk_training(get_settings(home=home), "ibm_sales_win_loss", config, trainer="ci")
     auc = result["metrics"]["test_roc_auc"]
     assert result["metrics"]["test_rows"] == 15605  # 20% of all 78,025 rows, repeated opportunity numbers included
     # The target. 0.9477 with these 2 trials: the config starts from a 26-trial study's best by CV

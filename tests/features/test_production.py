@@ -16,7 +16,7 @@ RESULT = {"probability": 0.25, "risk_band": "low", "reasons": [{"feature": "x"}]
 def _log_on(folder, day: str, n: int, start: int = 0) -> None:
     logger = InferenceLogger(folder, flush_seconds=60)
     inputs = [{"opportunity_id": f"O{start + i}", "meetings_30d": float(i)} for i in range(n)]
-    logger.log("opportunity_loss", "crm", "churn.opportunity_loss", "3", inputs, [RESULT] * n)
+    logger.log("opportunity_loss", "crm", "risk.opportunity_loss", "3", inputs, [RESULT] * n)
     when = datetime.fromisoformat(f"{day}T12:00:00")
     queued = logger.queue.get()
     logger.queue.put((when, *queued[1:]))

@@ -10,9 +10,9 @@ import pytest
 
 import monitoring.gate as gate
 import monitoring.review as review
-from experiments.churn_run import run_churn_training
 from experiments.registered import get_alias, load_version_model
 from experiments.registry import CHAMPION, PREVIOUS
+from experiments.risk_run import run_risk_training
 from features.ingest import discover_sources, ingest
 from features.pipeline import train_text_model
 from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
@@ -39,14 +39,14 @@ def make_home(root: Path, scenarios: list[str] | None = None) -> Path:
 
 def train(home: Path, trainer: str = "alice", **overrides) -> str:
     config = load_config(CONFIG, trials=overrides.pop("trials", 2), **overrides)
-    return run_churn_training(get_settings(home=home), "opportunity_loss", config, trainer=trainer)["version"]
+    return run_risk_training(get_settings(home=home), "opportunity_loss", config, trainer=trainer)["version"]
 
 
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     home = make_home(tmp_path_factory.mktemp("clean"))
     version = train(home)
-    outcome = gate.audit_version(get_settings(home=home), "churn.opportunity_loss", version)
+    outcome = gate.audit_version(get_settings(home=home), "risk.opportunity_loss", version)
     return home, version, outcome
 
 
@@ -64,9 +64,9 @@ def test_audit_json_has_every_check_and_a_stored_report(clean):
     assert all(set(c) == {"name", "status", "figures", "reason"} for c in result["checks"])
     assert Path(result["report"]).is_file() and "<script" not in Path(result["report"]).read_text()
     client = mlflow.MlflowClient(get_settings(home=home).tracking_uri_resolved)
-    tags = client.get_model_version("churn.opportunity_loss", version).tags
+    tags = client.get_model_version("risk.opportunity_loss", version).tags
     assert tags["salesml.gate"] == result["gate"] and tags["salesml.audit.fairness"] == "pass"
-    run_id = client.get_model_version("churn.opportunity_loss", version).run_id
+    run_id = client.get_model_version("risk.opportunity_loss", version).run_id
     assert {a.path for a in client.list_artifacts(run_id, f"audit/v{version}")} == {
         f"audit/v{version}/audit.html", f"audit/v{version}/audit.json"}
 
@@ -75,14 +75,14 @@ def test_audit_json_has_every_check_and_a_stored_report(clean):
 def test_show_audit_reads_the_tracked_copy_when_the_local_report_is_gone(clean, tmp_path, monkeypatch):
     home, version, outcome = clean
     settings = get_settings(home=home)
-    local = settings.home / "reports" / "churn.opportunity_loss" / version / "audit.json"
-    assert review.show_audit(settings, "churn.opportunity_loss", version)["gate"] == outcome.result["gate"]
+    local = settings.home / "reports" / "risk.opportunity_loss" / version / "audit.json"
+    assert review.show_audit(settings, "risk.opportunity_loss", version)["gate"] == outcome.result["gate"]
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     moved = local.rename(tmp_path / "audit.json")
     try:
-        shown = review.show_audit(settings, "churn.opportunity_loss", version)
+        shown = review.show_audit(settings, "risk.opportunity_loss", version)
     finally:
         moved.rename(local)
     assert shown["gate"] == outcome.result["gate"] and "decision" in shown
@@ -118,15 +118,15 @@ def test_drift_reads_the_inference_log_as_production_data_once_it_holds_enough(c
     result = {"probability": 0.5, "risk_band": "medium", "reasons": [], "actions": []}
     logger = InferenceLogger(settings.logs_dir, flush_seconds=60)
     try:
-        logger.log("opportunity_loss", "crm", "churn.opportunity_loss", version, records, [result] * len(records))
+        logger.log("opportunity_loss", "crm", "risk.opportunity_loss", version, records, [result] * len(records))
         logger.close()
-        drift = _check(gate.audit_version(settings, "churn.opportunity_loss", version), "drift")
+        drift = _check(gate.audit_version(settings, "risk.opportunity_loss", version), "drift")
         assert drift["figures"]["current_source"].startswith("inference log: 400 scored records")
         assert drift["figures"]["current_rows"] == 400
         assert {"discount", "meetings_30d"} <= set(drift["figures"]["drifted_features"])
     finally:
         shutil.rmtree(settings.logs_dir, ignore_errors=True)
-    drift = _check(gate.audit_version(settings, "churn.opportunity_loss", version), "drift")
+    drift = _check(gate.audit_version(settings, "risk.opportunity_loss", version), "drift")
     assert drift["figures"]["current_source"] == "feature store: the latest month"
 
 
@@ -134,13 +134,13 @@ def test_drift_reads_the_inference_log_as_production_data_once_it_holds_enough(c
 def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path, monkeypatch):
     home = make_home(tmp_path, ["biased_history"])
     version = train(home)
-    outcome = gate.audit_version(get_settings(home=home), "churn.opportunity_loss", version)
+    outcome = gate.audit_version(get_settings(home=home), "risk.opportunity_loss", version)
     fairness = _check(outcome, "fairness")
     assert fairness["status"] == "fail" and outcome.gate == "FAIL"
     assert "size_band: demographic-parity ratio" in fairness["reason"]
     assert fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"] < 0.8
     with pytest.raises(review.GateError, match="gate is FAIL"):
-        review.promote(get_settings(home=home), "churn.opportunity_loss", version, VALIDATOR)
+        review.promote(get_settings(home=home), "risk.opportunity_loss", version, VALIDATOR)
 
     # The mitigation is offered as a separate candidate: same booster, one threshold per size band.
     mitigation = fairness["figures"]["mitigation"]
@@ -150,23 +150,23 @@ def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path,
         "demographic_parity_ratio"]
     settings = get_settings(home=home)
     client = mlflow.MlflowClient(settings.tracking_uri_resolved)
-    tags = client.get_model_version("churn.opportunity_loss", variant).tags
+    tags = client.get_model_version("risk.opportunity_loss", variant).tags
     assert tags["salesml.variant_of"] == version and tags["salesml.trainer"] == "alice"
     assert tags["salesml.gate"] == "pending"
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    model, _ = load_version_model(client, "churn.opportunity_loss", variant)
+    model, _ = load_version_model(client, "risk.opportunity_loss", variant)
     assert not list(scratch.iterdir())  # the downloaded artifact does not outlive the load
     assert model.metadata["group_thresholds"]["thresholds"] == pytest.approx(mitigation["thresholds"], abs=1e-6)
-    audited = gate.audit_version(settings, "churn.opportunity_loss", variant)
+    audited = gate.audit_version(settings, "risk.opportunity_loss", variant)
     again = _check(audited, "fairness")
     assert again["figures"]["threshold"] == "per group"
     assert (again["figures"]["attributes"]["size_band"]["demographic_parity_ratio"]
             > fairness["figures"]["attributes"]["size_band"]["demographic_parity_ratio"])
     assert "candidate_version" not in again["figures"].get("mitigation", {})  # no variant of a variant
     assert ("offer_mitigation", variant) in [(e["action"], e["version"]) for e in review.read_audit_log(settings)]
-    reaudit = _check(gate.audit_version(settings, "churn.opportunity_loss", version), "fairness")
+    reaudit = _check(gate.audit_version(settings, "risk.opportunity_loss", version), "fairness")
     assert reaudit["figures"]["mitigation"]["candidate_version"] == variant  # offered once, not again
 
 
@@ -174,7 +174,7 @@ def test_biased_history_fails_fairness_naming_the_attribute_and_figure(tmp_path,
 def test_a_candidate_trained_before_a_competitor_entry_sees_the_drift(tmp_path):
     home = make_home(tmp_path, ["competitor_entry@2025-06:EMEA"])
     version = train(home, as_of="2025-05-31")
-    outcome = gate.audit_version(get_settings(home=home), "churn.opportunity_loss", version)
+    outcome = gate.audit_version(get_settings(home=home), "risk.opportunity_loss", version)
     drift = _check(outcome, "drift")
     drifted = set(drift["figures"]["drifted_features"])
     assert {"discount", "competitor_news_negative"} <= drifted, drifted
@@ -196,7 +196,7 @@ def test_performance_check_works_like_a_metric_threshold():
 def test_reviews_promotion_rollback_and_the_audit_log(clean, monkeypatch):
     home, v1, outcome = clean
     settings = get_settings(home=home)
-    name = "churn.opportunity_loss"
+    name = "risk.opportunity_loss"
     assert outcome.gate == "REVIEW"  # proxies need a validator's eyes
     with pytest.raises(review.GateError, match="needs a validator's approval"):
         review.promote(settings, name, v1, VALIDATOR)
@@ -260,7 +260,7 @@ def test_auto_promote_promotes_a_pass_version_only_when_the_policy_says_so(clean
     home, _, _ = clean
     settings = get_settings(home=home)
     client = mlflow.MlflowClient(settings.tracking_uri_resolved)
-    name = "churn.opportunity_loss"
+    name = "risk.opportunity_loss"
     before = get_alias(client, name, CHAMPION)
     version = train(home, trainer="bob", trials=1)
     policy = tmp_path / "policy.yaml"

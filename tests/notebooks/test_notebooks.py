@@ -30,8 +30,8 @@ def _outputs(nb: nbformat.NotebookNode) -> str:
 
 
 @pytest.mark.slow
-def test_churn_experiment_notebook_runs(home):
-    nb = run_notebook("churn_experiment.ipynb", {"ACCOUNTS": 1200, "MONTHS": 24, "TRIALS": 3,
+def test_risk_experiment_notebook_runs(home):
+    nb = run_notebook("risk_experiment.ipynb", {"ACCOUNTS": 1200, "MONTHS": 24, "TRIALS": 3,
                                                  "TASK": "opportunity_loss"})
     text = _outputs(nb)
     assert "test_roc_auc" in text and "feature version (lineage)" in text
@@ -41,7 +41,7 @@ def test_churn_experiment_notebook_runs(home):
 
 @pytest.mark.slow
 def test_audit_review_notebook_runs(home):
-    nb = run_notebook("audit_review.ipynb", {"MODEL": "churn.opportunity_loss", "VERSION": None, "ACCOUNTS": 1500,
+    nb = run_notebook("audit_review.ipynb", {"MODEL": "risk.opportunity_loss", "VERSION": None, "ACCOUNTS": 1500,
                                              "TRIALS": 2})
     text = _outputs(nb)
     assert "demographic-parity ratio" in text and "champion: version 1" in text

@@ -12,14 +12,14 @@ from serving.app import create_app
 from serving.predict import Hierarchy, Lookup, load_rules
 from serving.state import Served, ServingState
 from training.calibration import Calibrator
-from training.models import ChurnModel, fit_estimator, make_estimator, native_booster
+from training.models import RiskModel, fit_estimator, make_estimator, native_booster
 from training.preprocess import TabularPreprocessor
 
 TOKENS = {"rep": "tok-rep", "manager": "tok-manager", "exec": "tok-exec", "scientist": "tok-scientist"}
 
 
 @pytest.fixture(scope="session")
-def toy_model() -> ChurnModel:
+def toy_model() -> RiskModel:
     rng = np.random.default_rng(0)
     n = 500
     x = pd.DataFrame({"meetings_30d": rng.poisson(3, n).astype(float), "discount": rng.uniform(0, 0.4, n),
@@ -29,7 +29,7 @@ def toy_model() -> ChurnModel:
     est = fit_estimator(make_estimator("lightgbm", {}, threads=1, seed=0, n_estimators=30), "lightgbm",
                         pre.transform(x), y, None, ["stage"], 10)
     cal = Calibrator("sigmoid").fit(est.predict_proba(pre.transform(x))[:, 1], y)
-    return ChurnModel("lightgbm", native_booster(est, "lightgbm"), pre, cal, {"task": "opportunity_loss",
+    return RiskModel("lightgbm", native_booster(est, "lightgbm"), pre, cal, {"task": "opportunity_loss",
                                                                              "alert_threshold": 0.5})
 
 
@@ -40,7 +40,7 @@ def served_state(toy_model) -> ServingState:
                              "stage": ["lead", "proposal", "lead"], "amount": [1000.0, 2000.0, 500.0]})
     lookup = Lookup("opportunity_id", features.set_index("opportunity_id", drop=False),
                     {"O1": "R1", "O2": "R2", "O3": "R3"})
-    served = Served("opportunity_loss", "churn.opportunity_loss", "7", toy_model, lookup, "PASS", None, "now")
+    served = Served("opportunity_loss", "risk.opportunity_loss", "7", toy_model, lookup, "PASS", None, "now")
     deals = pd.DataFrame({"opportunity_id": ["O1", "O2", "O3", "O9"], "owner_rep_id": ["R1", "R2", "R3", "R1"],
                           "amount": [1000.0, 2000.0, 500.0, 700.0],
                           "closed_at": [None, None, None, pd.Timestamp("2025-01-10")],

@@ -19,7 +19,7 @@ def test_ids_and_full_records_are_scored_with_reasons_and_actions(client):
     assert response.status_code == 200, response.text
     first, second = response.json()["results"]
     assert first["probability"] == pytest.approx(second["probability"])
-    assert first["model"] == "churn.opportunity_loss" and first["version"] == "7"
+    assert first["model"] == "risk.opportunity_loss" and first["version"] == "7"
     assert first["risk_band"] in ("low", "medium", "high") and first["opportunity_id"] == "O1"
     assert 1 <= len(first["reasons"]) <= 3 and all(r["sentence"] for r in first["reasons"])
     ids = {a["id"] for a in first["actions"]}

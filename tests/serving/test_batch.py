@@ -43,7 +43,7 @@ def test_rows_the_service_would_refuse_are_set_aside_and_the_rest_scored(tmp_pat
     source = tmp_path / f"in.{suffix}"
     frame.to_csv(source, index=False) if suffix == "csv" else frame.to_parquet(source)
     target = tmp_path / f"out.{suffix}"
-    result = score_rows(toy_model, "churn.opportunity_loss", "7", "opportunity_loss", source, target, k=2,
+    result = score_rows(toy_model, "risk.opportunity_loss", "7", "opportunity_loss", source, target, k=2,
                         chunk_rows=15)
     assert result["rows_read"] == 40 == result["rows"] + result["rejected"] and result["rejected"] == 2
     out = pd.read_csv(target) if suffix == "csv" else pd.read_parquet(target)
@@ -57,7 +57,7 @@ def test_rows_the_service_would_refuse_are_set_aside_and_the_rest_scored(tmp_pat
     assert rejected["meetings_30d"].iloc[0] == "lots"  # kept as read, to be fixed and scored again
     fixed = rejected.assign(meetings_30d=1.0, stage="lead").drop(columns=["problems"])
     fixed.to_csv(tmp_path / "fixed.csv", index=False)
-    again = score_rows(toy_model, "churn.opportunity_loss", "7", "opportunity_loss", tmp_path / "fixed.csv",
+    again = score_rows(toy_model, "risk.opportunity_loss", "7", "opportunity_loss", tmp_path / "fixed.csv",
                        tmp_path / "again.csv")
     assert again["rows"] == 2 and again["rejected"] == 0 and again["rejected_file"] is None
     assert not rejected_file(tmp_path / "again.csv").exists()
@@ -65,7 +65,7 @@ def test_rows_the_service_would_refuse_are_set_aside_and_the_rest_scored(tmp_pat
 
 def test_a_clean_file_scores_every_row_as_before(tmp_path, toy_model):
     _frame().to_parquet(tmp_path / "in.parquet")
-    result = score_rows(toy_model, "churn.opportunity_loss", "7", "opportunity_loss", tmp_path / "in.parquet",
+    result = score_rows(toy_model, "risk.opportunity_loss", "7", "opportunity_loss", tmp_path / "in.parquet",
                         tmp_path / "out.parquet", chunk_rows=16)
     frame = _frame()
     expected = toy_model.predict_proba(frame[toy_model.features])
@@ -79,7 +79,7 @@ def test_a_file_with_every_row_rejected_still_gets_its_output_with_the_columns(t
     frame = _frame(5).assign(stage="negotiation")
     source = tmp_path / f"in.{suffix}"
     frame.to_csv(source, index=False) if suffix == "csv" else frame.to_parquet(source)
-    result = score_rows(toy_model, "churn.opportunity_loss", "7", "opportunity_loss", source,
+    result = score_rows(toy_model, "risk.opportunity_loss", "7", "opportunity_loss", source,
                         tmp_path / f"out.{suffix}")
     assert result["rows"] == 0 and result["rejected"] == 5
     out = pd.read_csv(tmp_path / "out.csv") if suffix == "csv" else pd.read_parquet(tmp_path / "out.parquet")

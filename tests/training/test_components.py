@@ -17,8 +17,8 @@ from training.evaluate import classification_metrics, early_warning, roc_auc_int
 from training.explain import reason_codes, reasons_from_contributions, sentence_for
 from training.models import (
     LIBRARY_VERSION,
-    ChurnModel,
     IncompatibleModelError,
+    RiskModel,
     fit_estimator,
     make_estimator,
     native_booster,
@@ -98,10 +98,10 @@ def test_native_artifact_gives_identical_predictions_and_checks_digests(tmp_path
     est = make_estimator(family, {}, threads=1, seed=0, n_estimators=50)
     est = fit_estimator(est, family, pre.transform(x), y, None, ["stage"], 10)
     cal = Calibrator("sigmoid").fit(est.predict_proba(pre.transform(x))[:, 1], y)
-    model = ChurnModel(family, native_booster(est, family), pre, cal, {"task": "toy", "alert_threshold": 0.5})
+    model = RiskModel(family, native_booster(est, family), pre, cal, {"task": "toy", "alert_threshold": 0.5})
     digests = model.save(tmp_path / "m")
     assert not list((tmp_path / "m").glob("*.pkl"))
-    loaded = ChurnModel.load(tmp_path / "m", expected=digests)
+    loaded = RiskModel.load(tmp_path / "m", expected=digests)
     np.testing.assert_allclose(loaded.predict_proba(x), model.predict_proba(x), rtol=0, atol=1e-12)
     contrib = loaded.contributions(x.head(5))
     assert list(contrib.columns) == pre.feature_names_
@@ -124,18 +124,18 @@ def test_a_booster_written_by_a_newer_library_is_refused_not_misread(tmp_path, f
     pre = TabularPreprocessor(["meetings_30d", "discount"], ["stage"]).fit(x)
     est = fit_estimator(make_estimator(family, {}, threads=1, seed=0, n_estimators=5), family, pre.transform(x), y,
                         None, ["stage"], 5)
-    model = ChurnModel(family, native_booster(est, family), pre, Calibrator("sigmoid").fit(
+    model = RiskModel(family, native_booster(est, family), pre, Calibrator("sigmoid").fit(
         est.predict_proba(pre.transform(x))[:, 1], y), {"task": "toy"})
     model.save(tmp_path / "m")
     spec_file = tmp_path / "m" / "model.json"
     spec = json.loads(spec_file.read_text())
     assert spec["library_version"] == LIBRARY_VERSION[family]
-    ChurnModel.load(tmp_path / "m")  # the same release reads it
+    RiskModel.load(tmp_path / "m")  # the same release reads it
     spec["library_version"] = "99.1.0"
     spec_file.write_text(json.dumps(spec))
     with pytest.raises(IncompatibleModelError, match=rf"written by {family} 99.1.0.*this environment has {family} "
                                                      rf"{re.escape(LIBRARY_VERSION[family])}.*{family}>=99.1.0"):
-        ChurnModel.load(tmp_path / "m")
+        RiskModel.load(tmp_path / "m")
     if family == "xgboost":  # saved before artifacts recorded the release: the booster file's own record counts
         del spec["library_version"]
         spec_file.write_text(json.dumps(spec))
@@ -143,7 +143,7 @@ def test_a_booster_written_by_a_newer_library_is_refused_not_misread(tmp_path, f
         booster["version"] = [99, 1, 0]
         (tmp_path / "m" / "booster.json").write_text(json.dumps(booster))
         with pytest.raises(IncompatibleModelError, match="99.1.0"):
-            ChurnModel.load(tmp_path / "m")
+            RiskModel.load(tmp_path / "m")
 
 
 def test_reason_sentences_are_readable():

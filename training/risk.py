@@ -1,6 +1,6 @@
-"""The churn and deal-loss trainer: split, tune, fit, calibrate, evaluate. Pure of MLflow.
+"""The risk trainer (deal loss, churn, any binary outcome): split, tune, fit, calibrate, evaluate. Pure of MLflow.
 
-``train_churn_model`` takes a task's rows and a config and returns a ``TrainingResult``: the calibrated model,
+``train_risk_model`` takes a task's rows and a config and returns a ``TrainingResult``: the calibrated model,
 the Optuna study, metrics on validation and test, the scored test rows and the early-warning figures. The
 experiments layer tracks it in MLflow and registers it.
 """
@@ -24,7 +24,7 @@ from training.evaluate import (
     early_warning,
     threshold_at_precision,
 )
-from training.models import ChurnModel, fit_estimator, make_estimator, native_booster
+from training.models import RiskModel, fit_estimator, make_estimator, native_booster
 from training.preprocess import TabularPreprocessor
 from training.search import (
     SearchData,
@@ -35,7 +35,7 @@ from training.search import (
     params_from_trial,
     run_study,
 )
-from training.tasks import ChurnConfig, TaskData
+from training.tasks import RiskConfig, TaskData
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Split:
 class TrainingResult:
     """Everything a training produced."""
 
-    model: ChurnModel
+    model: RiskModel
     study: optuna.Study
     metrics: dict[str, float | None]
     params: dict
@@ -68,7 +68,7 @@ class TrainingResult:
     calibration_briers: dict[str, float]
 
 
-def split_rows(data: TaskData, config: ChurnConfig) -> Split:
+def split_rows(data: TaskData, config: RiskConfig) -> Split:
     """Time-based split for timed data, the fixed stratified split otherwise.
 
     Timed data: the last ``test_cutoffs`` labelled cutoffs are the test set, the ``validation_cutoffs`` before them
@@ -106,25 +106,30 @@ def split_rows(data: TaskData, config: ChurnConfig) -> Split:
                   "tuning": f"{config.cv_folds}-fold cross-validation inside the training part"})
 
 
-def check_class_counts(data: TaskData, config: ChurnConfig) -> None:
-    """Refuse an opportunity model with fewer than 200 won and 200 lost deals.
+def check_class_counts(data: TaskData, config: RiskConfig) -> None:
+    """Refuse a task that declares a minimum of realised outcomes (opportunity scoring: 200 won and 200 lost
+    deals) when the store holds fewer.
 
     Raises:
-        InsufficientDataError: saying so and offering the stage-based baseline.
+        InsufficientDataError: saying so and offering the task's baseline when it has one.
     """
-    if data.spec.name != "opportunity_loss" or data.outcomes is None:
+    task = data.spec.definition
+    if task is None or task.min_outcomes is None or task.outcomes is None or data.outcomes is None:
         return
-    counts = data.outcomes["outcome"].value_counts()
-    won, lost = int(counts.get("won", 0)), int(counts.get("lost", 0))
-    if won < config.min_deals_per_outcome or lost < config.min_deals_per_outcome:
+    known = task.outcomes
+    counts = data.outcomes[known.column].value_counts()
+    positive, negative = int(counts.get(known.positive, 0)), int(counts.get(known.negative, 0))
+    if min(positive, negative) < config.min_deals_per_outcome:
+        offer = (f" Train the stage-based win-rate baseline instead: salesml train {task.name} --baseline"
+                 if task.baseline else "")
         raise InsufficientDataError(
-            f"opportunity scoring needs at least {config.min_deals_per_outcome} won and "
-            f"{config.min_deals_per_outcome} lost deals (Salesforce's documented minimum); the store has {won} won "
-            f"and {lost} lost. Train the stage-based win-rate baseline instead: "
-            "salesml train churn --task opportunity_loss --baseline")
+            f"{task.name} needs at least {config.min_deals_per_outcome} {known.negative} and "
+            f"{config.min_deals_per_outcome} {known.positive} outcomes (Salesforce's documented minimum for "
+            f"opportunity scoring); the store has {negative} {known.negative} and {positive} {known.positive}."
+            + offer)
 
 
-def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, study_name: str,
+def train_risk_model(data: TaskData, config: RiskConfig, storage_url: str, study_name: str,
                       progress: Callable[[int, float], None] | None = None) -> TrainingResult:
     """Tune, fit, calibrate and evaluate a churn or deal-loss model.
 
@@ -199,7 +204,7 @@ def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, stu
         "keys": spec.keys, "sensitive": spec.sensitive, "family": family, "params": params, "rounds": rounds,
         "calibration": calibrator.method, "positive_rate": float(np.mean(y[split.train])),
     }
-    model = ChurnModel(family, native_booster(estimator, family), pre, calibrator, metadata)
+    model = RiskModel(family, native_booster(estimator, family), pre, calibrator, metadata)
 
     metrics: dict[str, float | None] = {"cv_or_validation_roc_auc": float(best.value)}
     calibrated_valid = calibrator.predict(valid_scores)
@@ -218,10 +223,12 @@ def train_churn_model(data: TaskData, config: ChurnConfig, storage_url: str, stu
             from sklearn.metrics import roc_auc_score
 
             metrics["oracle_roc_auc"] = float(roc_auc_score(joined[spec.label].astype(int), joined["oracle"]))
-    if spec.name == "opportunity_loss" and data.outcomes is not None:
+    if spec.definition is not None and spec.definition.outcomes is not None and data.outcomes is not None:
         threshold = threshold_at_precision(valid_y, calibrated_valid, config.early_warning_precision)
         model.metadata["alert_threshold"] = threshold
-        metrics.update(early_warning(test_rows, data.outcomes, threshold, config.early_warning_days, spec.label))
+        known = spec.definition.outcomes
+        metrics.update(early_warning(test_rows, data.outcomes, threshold, config.early_warning_days, spec.label,
+                                     known.id_column, known.time_column, known.column, known.positive))
     else:
         model.metadata["alert_threshold"] = threshold_at_precision(valid_y, calibrated_valid, 0.5)
     model.metadata["metrics"] = {k: v for k, v in metrics.items() if k.startswith("test_")}

@@ -11,14 +11,14 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from training.models import ChurnModel, alert_thresholds
+from training.models import RiskModel, alert_thresholds
 
 
-class ChurnPyfunc(mlflow.pyfunc.PythonModel):
+class RiskPyfunc(mlflow.pyfunc.PythonModel):
     """Calibrated risk probability from raw feature columns."""
 
     def load_context(self, context) -> None:
-        self.model = ChurnModel.load(context.artifacts["model_dir"])
+        self.model = RiskModel.load(context.artifacts["model_dir"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         p = self.model.predict_proba(model_input)
@@ -27,4 +27,4 @@ class ChurnPyfunc(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"probability": p, "risk_band": band}, index=model_input.index)
 
 
-mlflow.models.set_model(ChurnPyfunc())
+mlflow.models.set_model(RiskPyfunc())

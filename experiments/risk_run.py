@@ -1,9 +1,10 @@
-"""Tracked training of churn and deal-loss models: one MLflow parent run, a registered version, its tags.
+"""Tracked training of risk models: one MLflow parent run, a registered version, its tags.
 
-``run_churn_training`` is the pipeline behind ``salesml train churn``. It loads the task's rows from the feature
-store, tunes and trains with ``training.churn`` (pure of MLflow), logs params, the dataset with its feature
-version, metrics, plots, reason codes and the pyfunc model, and only then registers a new version of
-``churn.<task>``. A failure at any step before the version is fully tagged leaves no registered version behind.
+``run_risk_training`` is the pipeline behind ``salesml train TASK`` for risk tasks. It loads the task's rows from
+the feature store, tunes and trains with ``training.risk`` (pure of MLflow), logs params, the dataset with its
+feature version, metrics, plots, reason codes, the evaluation data the audit reads, and the pyfunc model, and
+only then registers a new version of ``risk.<task>``. A failure at any step before the version is fully tagged
+leaves no registered version behind.
 """
 
 from __future__ import annotations
@@ -32,32 +33,41 @@ from experiments.registry import (
     TAG_KIND,
     TAG_MITIGATION,
     TAG_TASK,
+    TAG_TASK_KIND,
     TAG_TRAINER,
     TAG_VARIANT_OF,
     TAG_WINDOW,
-    churn_model_name,
     sha_tag,
 )
 from experiments.tracking import code_version, configure_mlflow, ensure_experiment
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.baseline import StageBaseline
-from training.churn import TrainingResult, split_rows, train_churn_model
 from training.evaluate import auc_interval_metrics, classification_metrics
 from training.explain import reason_codes
 from training.models import GROUP_THRESHOLDS
-from training.tasks import ChurnConfig, TaskData, load_task_data, resolve_task, with_home
+from training.registry import get_kind
+from training.risk import TrainingResult, split_rows, train_risk_model
+from training.tasks import RiskConfig, TaskData, load_task_data, resolve_task, with_home
 
 log = logging.getLogger(__name__)
-PYFUNC_CODE = Path(__file__).resolve().parent / "pyfunc_churn.py"
+#: The models-from-code pyfunc of risk models (the kind's definition names the file).
+PYFUNC_CODE = Path(__file__).resolve().parent / get_kind("risk").pyfunc
 #: Run artifact holding the test rows' probabilities as training computed them.
 TEST_PREDICTIONS = PurePosixPath("evaluation/test_predictions.parquet")
+#: Run artifacts the audit reads instead of rebuilding views: the test rows with every column (the audit window),
+#: a sample of the training rows (the drift reference) and the rows of the newest cutoff (recent data).
+EVALUATION_FILES = {"window": PurePosixPath("evaluation/window.parquet"),
+                    "reference": PurePosixPath("evaluation/reference.parquet"),
+                    "recent": PurePosixPath("evaluation/recent.parquet")}
+#: Training rows kept as the drift reference at most (Evidently slows down badly on large frames).
+REFERENCE_ROWS = 50_000
 #: What the logged pyfunc needs, pinned to the versions installed here. Naming them spares MLflow its inference,
 #: which loads the model in a subprocess (about 5 s of every training).
 PYFUNC_REQUIREMENTS = ("mlflow", "salesml", "lightgbm", "xgboost", "numpy", "pandas", "scikit-learn", "scipy")
 
 
-def study_name(data: TaskData, config: ChurnConfig) -> str:
+def study_name(data: TaskData, config: RiskConfig) -> str:
     """One Optuna study per (task, data snapshot), and per objective: a study's trials must be comparable, so
     the features, the split and the search settings are part of the name too."""
     objective = json.dumps({"features": data.spec.features, "label": data.spec.label,
@@ -66,13 +76,13 @@ def study_name(data: TaskData, config: ChurnConfig) -> str:
                                 "embargo_cutoffs", "max_estimators", "early_stopping_rounds", "horizon_days", "seed",
                                 "pruning"})}, sort_keys=True)
     digest = hashlib.sha256(objective.encode()).hexdigest()[:8]
-    return f"churn.{data.spec.name}.{data.feature_version.split('@')[-1][:16]}.{digest}"
+    return f"risk.{data.spec.name}.{data.feature_version.split('@')[-1][:16]}.{digest}"
 
 
-def run_churn_training(settings: Settings, task: str, config: ChurnConfig, trainer: str, baseline: bool = False,
+def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer: str, baseline: bool = False,
                        progress: Callable[[int, float], None] | None = None,
                        status: Callable[[str], None] | None = None) -> dict:
-    """Train, track and register a churn or deal-loss model.
+    """Train, track and register a risk model.
 
     Args:
         settings: where the feature store, MLflow and Optuna live.
@@ -96,7 +106,7 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
     if data.frame.empty:
         raise ValueError(f"task {task} has no labelled rows")
     client = configure_mlflow(settings)
-    name = churn_model_name(task)
+    name = spec.definition.model_name
     experiment_id = ensure_experiment(settings, name)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{task}-{'baseline' if baseline else 'tuned'}") as run:
         mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
@@ -106,24 +116,26 @@ def run_churn_training(settings: Settings, task: str, config: ChurnConfig, train
         _log_dataset(data, settings.feature_store_path)
         if baseline:
             say("fitting the stage-based baseline")
-            result_model, metrics, test_rows, test_frame = _train_baseline(data, config)
+            result_model, metrics, test_rows, test_frame, split = _train_baseline(data, config)
             params = {"family": "stage_baseline"}
         else:
             say("tuning")
-            result = train_churn_model(data, config, settings.optuna_storage_resolved, study_name(data, config),
+            result = train_risk_model(data, config, settings.optuna_storage_resolved, study_name(data, config),
                                        progress)
             result_model, metrics, params = result.model, result.metrics, result.params
-            test_rows = result.test_rows
-            test_frame = data.frame.iloc[result.split.test]
+            test_rows, split = result.test_rows, result.split
+            test_frame = data.frame.iloc[split.test]
             say("logging plots and explanations")
             _log_study(result)
             _log_explanations(result, test_frame, config.threads)
-            mlflow.log_dict(result.split.description, "split.json")
             mlflow.log_dict(result.calibration_briers, "calibration_briers.json")
         mlflow.log_params({f"model.{k}": v for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
         _log_curves(test_rows, spec.label, data)
         _log_test_predictions(test_rows)
+        mlflow.log_dict(split.description, "split.json")
+        train_rows = data.frame.iloc[np.concatenate([split.train, split.valid])]
+        _log_evaluation(test_frame, train_rows, data.recent, config.seed)
         say("logging the model")
         digests, model_uri = _log_model(result_model, test_frame)
         say("registering")
@@ -192,6 +204,23 @@ def _log_test_predictions(test_rows: pd.DataFrame) -> None:
         mlflow.log_artifact(str(path), str(TEST_PREDICTIONS.parent))
 
 
+def _log_evaluation(window: pd.DataFrame, train_rows: pd.DataFrame, recent: pd.DataFrame | None, seed: int
+                    ) -> None:
+    """The rows the audit judges a version on, so that it reads them from the registry instead of rebuilding
+    (and re-materialising) the task's views: the test window with every column (features, keys, label, time,
+    sensitive attributes), at most ``REFERENCE_ROWS`` sampled training rows, and the newest cutoff's rows."""
+    if len(train_rows) > REFERENCE_ROWS:
+        train_rows = train_rows.sample(REFERENCE_ROWS, random_state=seed).sort_index()
+    frames = {"window": window, "reference": train_rows, "recent": recent}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, frame in frames.items():
+            if frame is None:
+                continue
+            path = Path(tmp) / EVALUATION_FILES[key].name
+            frame.reset_index(drop=True).to_parquet(path, index=False)
+            mlflow.log_artifact(str(path), str(EVALUATION_FILES[key].parent))
+
+
 def _log_curves(test_rows: pd.DataFrame, label: str, data: TaskData) -> None:
     y = test_rows[label].astype(int).to_numpy()
     p = test_rows["probability"].to_numpy()
@@ -234,7 +263,7 @@ def _log_model(model, test_frame: pd.DataFrame) -> tuple[dict[str, str], str]:
     integers = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c].dtype)]
     example[integers] = example[integers].astype("float64")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "churn_model"
+        folder = Path(tmp) / "risk_model"
         digests = model.save(folder)
         info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
                                        artifacts={"model_dir": str(folder)}, input_example=example,
@@ -247,7 +276,8 @@ def _register(client, name: str, model_uri: str, run_id: str, digests: dict[str,
               ) -> str:
     version = mlflow.register_model(model_uri, name, tags={TAG_TASK: task})
     try:
-        tags = {**tags, TAG_CODE_VERSION: code_version(), TAG_GATE: "pending", "salesml.run_id": run_id}
+        tags = {**tags, TAG_CODE_VERSION: code_version(), TAG_GATE: "pending", "salesml.run_id": run_id,
+                TAG_TASK_KIND: name.partition(".")[0]}
         tags.update({sha_tag(file): digest for file, digest in digests.items()})
         for key, value in tags.items():
             client.set_model_version_tag(name, version.version, key, value)
@@ -297,7 +327,7 @@ def register_threshold_variant(settings: Settings, name: str, version: str, miti
                          info.tags.get(TAG_TASK) or model.metadata.get("task"), tags)
 
 
-def _train_baseline(data: TaskData, config: ChurnConfig):
+def _train_baseline(data: TaskData, config: RiskConfig):
     spec, frame = data.spec, data.frame
     if "stage" not in frame.columns:
         raise ValueError("the stage-based baseline needs the opportunity view's stage column")
@@ -313,4 +343,4 @@ def _train_baseline(data: TaskData, config: ChurnConfig):
     metrics.update(auc_interval_metrics(y[split.test], p, test_frame, spec.id_column, config.seed))
     metrics["oracle_roc_auc"] = None
     keep = [c for c in (*spec.keys, spec.label) if c in frame.columns]
-    return model, metrics, test_frame[list(dict.fromkeys(keep))].assign(probability=p), test_frame
+    return model, metrics, test_frame[list(dict.fromkeys(keep))].assign(probability=p), test_frame, split

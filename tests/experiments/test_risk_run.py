@@ -12,14 +12,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.churn_run import TEST_PREDICTIONS, run_churn_training
 from experiments.registry import TAG_FEATURE_VERSION, TAG_TRAINER, churn_model_name, sha_tag
+from experiments.risk_run import TEST_PREDICTIONS, run_risk_training
 from features.ingest import discover_sources, ingest
 from features.pipeline import train_text_model
 from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
 from features.store import FeatureStore
 from salesml.settings import get_settings
-from training.churn import InsufficientDataError
+from training.risk import InsufficientDataError
 from training.tasks import load_config
 
 
@@ -43,7 +43,7 @@ def trained(sim_home):
     settings = get_settings(home=sim_home)
     config = load_config(Path("experiments/configs/opportunity_loss.yaml"), trials=8, ground_truth=str(
         sim_home / "demo_data" / "ground_truth"))
-    return settings, run_churn_training(settings, "opportunity_loss", config, trainer="alice")
+    return settings, run_risk_training(settings, "opportunity_loss", config, trainer="alice")
 
 
 @pytest.mark.slow
@@ -55,7 +55,7 @@ def test_opportunity_loss_model_is_close_to_the_oracle_and_warns_early(trained):
     assert m["early_warning_recall_30d"] >= 0.6, m
     assert m["early_warning_precision"] >= 0.6
     assert set(result) >= {"model", "version", "run_id", "metrics"}
-    assert result["model"] == "churn.opportunity_loss" and result["version"] == "1"
+    assert result["model"] == "risk.opportunity_loss" and result["version"] == "1"
 
 
 @pytest.mark.slow
@@ -117,11 +117,11 @@ def test_too_few_deals_is_refused_with_the_baseline_offered_and_the_baseline_tra
     settings = get_settings(home=home)
     config = load_config(None, trials=2)
     with pytest.raises(InsufficientDataError, match="200 won and 200 lost.*--baseline"):
-        run_churn_training(settings, "opportunity_loss", config, trainer="bob")
+        run_risk_training(settings, "opportunity_loss", config, trainer="bob")
     client = mlflow.MlflowClient(settings.tracking_uri_resolved, settings.tracking_uri_resolved)
-    assert not client.search_model_versions("name='churn.opportunity_loss'")
-    result = run_churn_training(settings, "opportunity_loss", config, trainer="bob", baseline=True)
+    assert not client.search_model_versions("name='risk.opportunity_loss'")
+    result = run_risk_training(settings, "opportunity_loss", config, trainer="bob", baseline=True)
     assert result["params"] == {"family": "stage_baseline"}
-    model = mlflow.pyfunc.load_model(f"models:/churn.opportunity_loss/{result['version']}")
+    model = mlflow.pyfunc.load_model(f"models:/risk.opportunity_loss/{result['version']}")
     out = model.predict(pd.DataFrame({"stage": ["lead", "negotiation", "unheard-of"]}))
     assert out["probability"].between(0, 1).all()

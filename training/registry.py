@@ -1,0 +1,335 @@
+"""The task registry: every kind of model salesml trains and every task of each kind, declared once.
+
+A **kind** says how its models go through the loop: its typed training config, its pure trainer, the metrics it
+is judged by (which one the gate compares by default, and in which direction), its artifact format and loader,
+its MLflow pyfunc, its serving endpoint with request and response schemas and scoring function, the fields of
+its inference-log records, and the audit checks that apply to it. A **task** says what one model learns from:
+its kind, its data (a feature view or an imported task table, the entity id, the time column, the label, the
+table whose owner column scopes a record) and its optional facts (realised outcomes for early warning, a minimum
+of outcomes, a baseline, simulator ground truth).
+
+Training, tracking, the gate, serving, batch scoring, the inference log, the dashboard and the CLI read these
+definitions; they do not branch on task names. Adding a kind (demand, segments, value, pricing) means adding a
+``Kind`` and its tasks here.
+
+Parts that live in later stages (the pyfunc file, serving schemas and scoring functions) are named by reference
+(``module:attribute``) and resolved by the stage that uses them, so the dependency arrows of DESIGN.md hold:
+training never imports experiments, monitoring or serving.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
+
+#: The kinds salesml knows, in the order of the roadmap; only those in ``KINDS`` are implemented.
+KIND_NAMES = ("risk", "demand", "segments", "value", "pricing")
+#: The audit checks the gate knows (``monitoring.gate`` implements each).
+CHECK_NAMES = ("performance", "fairness", "proxies", "drift", "explanations")
+
+
+class UnknownTaskError(ValueError):
+    """A task or kind name the registry does not know (the message lists the known ones)."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A figure a kind's models are judged by.
+
+    Attributes:
+        name: as the policy and MLflow spell it (``roc_auc``).
+        higher_is_better: the direction the gate compares in.
+        description: one line for reports and ``--help``.
+        compute: ``(y, prediction) -> value``.
+    """
+
+    name: str
+    higher_is_better: bool
+    description: str
+    compute: Callable[[np.ndarray, np.ndarray], float]
+
+    def improvement(self, candidate: float, champion: float) -> float:
+        """How much better the candidate is than the champion (negative: worse), whatever the direction."""
+        return candidate - champion if self.higher_is_better else champion - candidate
+
+    def meets(self, value: float, bound: float) -> bool:
+        """Whether ``value`` is on the good side of ``bound`` (a floor, or a ceiling for lower-is-better)."""
+        return value >= bound if self.higher_is_better else value <= bound
+
+
+def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(y, dtype=int)
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def _pr_auc(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(y, dtype=int)
+    return float(average_precision_score(y, p)) if y.sum() > 0 else float("nan")
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(np.asarray(y, dtype=int), np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]))
+
+
+def _brier(y: np.ndarray, p: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p, dtype=float) - np.asarray(y, dtype=float)) ** 2))
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How a kind is served.
+
+    Attributes:
+        endpoint: the path of its scoring endpoint.
+        legacy_endpoints: older paths kept as documented aliases.
+        request_schema, response_schema: ``module:attribute`` of the pydantic models (in ``serving``).
+        score: ``module:attribute`` of the scoring function that takes the model as an argument.
+        id_fields: record fields that name an entity of the kind's tasks.
+        log_fields: the result fields the inference log keeps in columns of their own (the rest go in ``outputs``).
+        prediction: the result field that is the model's figure (monitoring compares it with outcomes).
+    """
+
+    endpoint: str
+    request_schema: str
+    response_schema: str
+    score: str
+    prediction: str
+    legacy_endpoints: tuple[str, ...] = ()
+    log_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of model and how it goes through the loop."""
+
+    name: str
+    description: str
+    config: str
+    trainer: str
+    metrics: Mapping[str, Metric]
+    gate_metric: str
+    artifact_format: str
+    artifact_loader: str
+    pyfunc: str
+    serving: Serving
+    checks: tuple[str, ...]
+
+    def metric(self, name: str | None = None) -> Metric:
+        """A metric of this kind by name (the gate's default when ``None``).
+
+        Raises:
+            UnknownTaskError: naming the kind's metrics.
+        """
+        name = name or self.gate_metric
+        if name not in self.metrics:
+            raise UnknownTaskError(f"unknown metric {name!r} for {self.name} models; known: "
+                                   f"{', '.join(self.metrics)}")
+        return self.metrics[name]
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Where a task's realised outcomes are (deals closed won or lost), for early warning and outcome counts."""
+
+    table: str
+    id_column: str
+    time_column: str
+    column: str
+    positive: str
+    negative: str
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """Simulator ground truth of a task: a file in the ``ground_truth`` folder, its id and probability columns."""
+
+    file: str
+    id_column: str
+    column: str
+
+
+@dataclass(frozen=True)
+class Data:
+    """What a task learns from.
+
+    Attributes:
+        source: ``view`` (a point-in-time feature view built at every month end) or ``table`` (an imported task
+            table).
+        name: the view or task table.
+        id_column: the entity id a record is scored by.
+        label: the label column (``{h}`` is the horizon in days).
+        time_column: the time a row is as of (``None``: untimed rows, split at random).
+        entity: what a row is, for people (``opportunity``, ``account``, ``record``).
+        events: the table and time column whose newest row is the default as-of date.
+        owners: the table holding ``id_column`` and ``owner_rep_id``, whose owner scopes a record.
+    """
+
+    source: Literal["view", "table"]
+    name: str
+    id_column: str
+    label: str
+    time_column: str | None
+    entity: str
+    events: tuple[str, str] | None = None
+    owners: str | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its kind, its data and its optional facts."""
+
+    name: str
+    kind: str
+    data: Data
+    description: str
+    outcomes: Outcomes | None = None
+    min_outcomes: int | None = None
+    baseline: str | None = None
+    oracle: Oracle | None = None
+    declared: bool = True
+
+    @property
+    def model_name(self) -> str:
+        """The registered model: ``<kind>.<task>``."""
+        return model_name(self.kind, self.name)
+
+    def definition(self) -> Kind:
+        """The task's kind."""
+        return get_kind(self.kind)
+
+
+#: Salesforce documents 200 won and 200 lost deals as the minimum for opportunity scoring.
+MIN_DEALS_PER_OUTCOME = 200
+
+RISK = Kind(
+    name="risk",
+    description="a calibrated probability that a deal is lost or a customer churns, with reasons and actions",
+    config="training.tasks:RiskConfig",
+    trainer="training.risk:train_risk_model",
+    metrics={m.name: m for m in (
+        Metric("roc_auc", True, "ROC AUC: how well the score ranks positives above negatives", _roc_auc),
+        Metric("pr_auc", True, "PR AUC (average precision): ranking quality where positives are rare", _pr_auc),
+        Metric("log_loss", False, "log loss of the calibrated probability", _log_loss),
+        Metric("brier", False, "Brier score of the calibrated probability", _brier),
+    )},
+    gate_metric="roc_auc",
+    artifact_format="LightGBM text or XGBoost JSON booster, preprocessing and calibrator as JSON",
+    artifact_loader="training.models:load_artifact",
+    pyfunc="pyfunc_risk.py",
+    serving=Serving(endpoint="/risk/score", legacy_endpoints=("/churn/score",),
+                    request_schema="serving.schemas:ScoreRequest", response_schema="serving.schemas:ScoreResponse",
+                    score="serving.predict:score_request", prediction="probability",
+                    log_fields=("probability", "risk_band", "reasons", "actions")),
+    checks=CHECK_NAMES,
+)
+
+KINDS: dict[str, Kind] = {RISK.name: RISK}
+
+TASKS: dict[str, Task] = {t.name: t for t in (
+    Task("opportunity_loss", "risk",
+         Data("view", "opportunity", "opportunity_id", "label_lost_{h}d", "cutoff", "opportunity",
+              events=("activities", "occurred_at"), owners="opportunities"),
+         "an open deal is lost within the horizon",
+         outcomes=Outcomes("opportunities", "opportunity_id", "closed_at", "outcome", "lost", "won"),
+         min_outcomes=MIN_DEALS_PER_OUTCOME, baseline="stage",
+         oracle=Oracle("opportunity_loss_probability.parquet", "opportunity_id", "p_loss_90d")),
+    Task("customer_churn", "risk",
+         Data("view", "customer", "account_id", "label_churn_{h}d", "cutoff", "account",
+              events=("orders", "order_date"), owners="accounts"),
+         "an active customer places no order within the horizon",
+         oracle=Oracle("customer_churn_probability.parquet", "account_id", "p_no_order_90d")),
+)}
+
+
+def model_name(kind: str, task: str) -> str:
+    """The registered name of a task's models: ``<kind>.<task>``."""
+    return f"{kind}.{task}"
+
+
+#: Registered names before the registry: ``churn.<task>`` was a risk model.
+LEGACY_PREFIXES = {"churn": "risk"}
+
+
+def canonical_model_name(name: str) -> str:
+    """A registered name in today's spelling: ``churn.<task>`` (the old name of risk models) is ``risk.<task>``."""
+    prefix, _, task = name.partition(".")
+    return model_name(LEGACY_PREFIXES[prefix], task) if prefix in LEGACY_PREFIXES and task else name
+
+
+def get_kind(name: str) -> Kind:
+    """A kind by name.
+
+    Raises:
+        UnknownTaskError: naming the known kinds (and saying when a kind is planned but not built yet).
+    """
+    if name in KINDS:
+        return KINDS[name]
+    planned = f" ({name} models are planned, not built yet)" if name in KIND_NAMES else ""
+    raise UnknownTaskError(f"unknown kind {name!r}{planned}; known: {', '.join(KINDS)}")
+
+
+def imported_task(name: str, spec: Mapping) -> Task:
+    """The definition of a task table imported from a dataset or a mapping (a labelled binary outcome: risk)."""
+    return Task(name, spec.get("kind", "risk"),
+                Data("table", spec["table"], "row_id", "label", "event_time" if spec.get("timestamp") else None,
+                     "record"),
+                f"imported task table {spec['table']}", declared=False)
+
+
+def get_task(name: str, store: FeatureStore | None = None) -> Task:
+    """A declared task, or a task table imported into ``store``.
+
+    Raises:
+        UnknownTaskError: naming the known tasks.
+    """
+    if name in TASKS:
+        return TASKS[name]
+    spec = store.task_spec(name) if store is not None else None
+    if spec is None:
+        known = ", ".join([*TASKS, *(store.tasks() if store is not None else [])])
+        raise UnknownTaskError(f"unknown task {name!r}; known: {known}. Import a dataset or a mapped file first.")
+    return imported_task(name, spec)
+
+
+def tasks_of_kind(kind: str) -> list[Task]:
+    """The declared tasks of a kind."""
+    return [t for t in TASKS.values() if t.kind == kind]
+
+
+def resolve(reference: str) -> object:
+    """The object a ``module:attribute`` reference names (imported on first use)."""
+    module, _, attribute = reference.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass
+class TaskCatalogue:
+    """Every task a store can train: the declared ones and its imported task tables (for listings)."""
+
+    tasks: list[Task] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, store: FeatureStore | None) -> TaskCatalogue:
+        """The catalogue of a store (declared tasks only without one)."""
+        tasks = list(TASKS.values())
+        if store is not None:
+            tasks += [imported_task(n, store.task_spec(n)) for n in store.tasks()]
+        return cls(tasks)
+
+    def to_dicts(self) -> list[dict]:
+        """One row per task: name, kind, model, data, entity, description."""
+        return [{"task": t.name, "kind": t.kind, "model": t.model_name, "source": f"{t.data.source} {t.data.name}",
+                 "entity": t.data.entity, "description": t.description} for t in self.tasks]
