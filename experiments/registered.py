@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from experiments.registry import TAG_SHA_PREFIX
+from experiments.registry import EVALUATION_FILES, TAG_SHA_PREFIX
 
 if TYPE_CHECKING:
     from training.models import RiskModel
@@ -39,6 +39,24 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def resolve_model_name(client: MlflowClient, name: str) -> str:
+    """The registered model a user named: the name itself when registered, else its spelling in the other
+    naming (``churn.<task>`` was the name of risk models before the task registry, and stores from then keep it).
+    """
+    from training.registry import LEGACY_PREFIXES, canonical_model_name
+
+    prefix, _, task = name.partition(".")
+    candidates = [name, canonical_model_name(name)]
+    candidates += [f"{old}.{task}" for old, new in LEGACY_PREFIXES.items() if new == prefix]
+    for candidate in dict.fromkeys(candidates):
+        try:
+            client.get_registered_model(candidate)
+        except MlflowException:
+            continue
+        return candidate
+    return name
 
 
 def task_model_name(client: MlflowClient, task: str) -> str:
@@ -94,6 +112,40 @@ def load_version_model(client: MlflowClient, name: str, version: str, folder: Pa
     # A kept folder per load (every serving start, batch run and promotion gate) piled up in /tmp.
     with tempfile.TemporaryDirectory(prefix="salesml-model-") as scratch:
         return _download_model(Path(scratch), name, version, digests), info
+
+
+def load_evaluation(client: MlflowClient, info: ModelVersion) -> dict:
+    """The evaluation data a version's training run logged (read-only: nothing is rebuilt or stored).
+
+    Returns:
+        ``window`` (the test rows with every column), ``reference`` (sampled training rows), ``recent`` (the
+        newest cutoff's rows, or ``None``) as frames, and ``split`` (the split's description).
+
+    Raises:
+        RegistryError: when the run logged no evaluation data (versions registered before runs did).
+    """
+    import json
+
+    import pandas as pd
+
+    frames: dict = {}
+    with tempfile.TemporaryDirectory(prefix="salesml-evaluation-") as scratch:
+        try:
+            folder = Path(client.download_artifacts(info.run_id, "evaluation", scratch))
+        except (MlflowException, OSError):
+            folder = Path(scratch) / "missing"
+        for key, path in EVALUATION_FILES.items():
+            local = folder / path.name
+            frames[key] = pd.read_parquet(local) if local.is_file() else None
+        try:
+            frames["split"] = json.loads(Path(client.download_artifacts(info.run_id, "split.json", scratch))
+                                         .read_text())
+        except (MlflowException, OSError):
+            frames["split"] = {}
+    if frames["window"] is None or frames["reference"] is None:
+        raise RegistryError(f"{info.name} version {info.version} has no evaluation data in its run (it was "
+                            "registered before training runs logged it): train a new version to audit")
+    return frames
 
 
 def _download_model(target: Path, name: str, version: str, digests: dict[str, str]) -> RiskModel:

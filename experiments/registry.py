@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS = "previous"
@@ -32,3 +34,10 @@ TAG_MITIGATION = "salesml.mitigation"
 def sha_tag(file_name: str) -> str:
     """Tag key holding the SHA-256 of one artifact file."""
     return TAG_SHA_PREFIX + file_name
+
+
+#: Run artifacts the audit reads instead of rebuilding views: the test rows with every column (the audit window),
+#: a sample of the training rows (the drift reference) and the rows of the newest cutoff (recent data).
+EVALUATION_FILES = {"window": PurePosixPath("evaluation/window.parquet"),
+                    "reference": PurePosixPath("evaluation/reference.parquet"),
+                    "recent": PurePosixPath("evaluation/recent.parquet")}

@@ -27,6 +27,7 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from experiments.plots import calibration_figure, log_figure, roc_figure, shap_summary_figure
 from experiments.registered import load_version_model
 from experiments.registry import (
+    EVALUATION_FILES,
     TAG_CODE_VERSION,
     TAG_FEATURE_VERSION,
     TAG_GATE,
@@ -55,11 +56,6 @@ log = logging.getLogger(__name__)
 PYFUNC_CODE = Path(__file__).resolve().parent / get_kind("risk").pyfunc
 #: Run artifact holding the test rows' probabilities as training computed them.
 TEST_PREDICTIONS = PurePosixPath("evaluation/test_predictions.parquet")
-#: Run artifacts the audit reads instead of rebuilding views: the test rows with every column (the audit window),
-#: a sample of the training rows (the drift reference) and the rows of the newest cutoff (recent data).
-EVALUATION_FILES = {"window": PurePosixPath("evaluation/window.parquet"),
-                    "reference": PurePosixPath("evaluation/reference.parquet"),
-                    "recent": PurePosixPath("evaluation/recent.parquet")}
 #: Training rows kept as the drift reference at most (Evidently slows down badly on large frames).
 REFERENCE_ROWS = 50_000
 #: What the logged pyfunc needs, pinned to the versions installed here. Naming them spares MLflow its inference,

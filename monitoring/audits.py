@@ -13,17 +13,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from fairlearn.metrics import (
-    MetricFrame,
-    count,
     demographic_parity_ratio,
     equalized_odds_difference,
-    false_positive_rate,
-    selection_rate,
-    true_positive_rate,
 )
 from scipy.stats import chi2_contingency
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
+
+from monitoring.policy import DriftPolicy, ExplanationsPolicy, FairnessPolicy, PerformancePolicy
+from training.registry import Metric
 
 
 @dataclass
@@ -62,36 +60,40 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 # ------------------------------------------------------------------------------------------------ performance
 
 
-def audit_performance(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None, policy: dict
-                      ) -> CheckResult:
-    """Compare candidate and champion on the same labelled rows, like MLflow's ``MetricThreshold``.
+def audit_performance(y: np.ndarray, candidate: np.ndarray, champion: np.ndarray | None, policy: PerformancePolicy,
+                      metric: Metric) -> CheckResult:
+    """Compare candidate and champion on the same labelled rows with the metric the policy names, like MLflow's
+    ``MetricThreshold``.
 
-    The candidate fails below the absolute floor or when it is worse than the champion by more than the allowed
-    degradation; when it does not beat the champion by the minimum improvement, the gate asks for review.
+    The candidate fails beyond the absolute bound (a floor, or a ceiling for a metric where lower is better) or
+    when it is worse than the champion by more than the allowed degradation; when it does not beat the champion by
+    the minimum improvement, the gate asks for review.
     """
-    floor, max_drop, min_gain = policy["min_value"], policy["max_degradation"], policy["min_improvement"]
-    cand = _auc(y, candidate)
-    figures = {"metric": policy.get("metric", "roc_auc"), "candidate": cand, "rows": int(len(y)),
-               "min_value": floor, "max_degradation": max_drop, "min_improvement": min_gain}
+    floor, max_drop, min_gain = policy.min_value, policy.max_degradation, policy.min_improvement
+    label = metric.name.replace("_", " ").upper() if metric.name.endswith("auc") else metric.name.replace("_", " ")
+    cand = metric.compute(y, candidate)
+    bound = "floor" if metric.higher_is_better else "ceiling"
+    figures = {"metric": metric.name, "higher_is_better": metric.higher_is_better, "candidate": cand,
+               "rows": int(len(y)), "min_value": floor, "max_degradation": max_drop, "min_improvement": min_gain}
     if champion is not None:
-        champ = _auc(y, champion)
-        figures.update({"champion": champ, "change": cand - champ})
-    if not cand >= floor:
-        return CheckResult("performance", policy["on_fail"], figures,
-                           f"candidate ROC AUC {cand:.4f} is below the floor {floor:.4f}")
+        champ = metric.compute(y, champion)
+        figures.update({"champion": champ, "change": cand - champ, "improvement": metric.improvement(cand, champ)})
+    if not (math.isfinite(cand) and metric.meets(cand, floor)):
+        return CheckResult("performance", policy.on_fail, figures,
+                           f"candidate {label} {cand:.4f} is beyond the {bound} {floor:.4f}")
     if champion is None:
-        return CheckResult("performance", "pass", figures, f"ROC AUC {cand:.4f}; no champion to compare with")
-    change = figures["change"]
-    if change < -max_drop:
-        return CheckResult("performance", policy["on_fail"], figures,
-                           f"candidate ROC AUC {cand:.4f} is {-change:.4f} below the champion's {figures['champion']:.4f}"
-                           f" (allowed: {max_drop:.4f})")
-    if change < min_gain:
+        return CheckResult("performance", "pass", figures, f"{label} {cand:.4f}; no champion to compare with")
+    gain = figures["improvement"]
+    if gain < -max_drop:
+        return CheckResult("performance", policy.on_fail, figures,
+                           f"candidate {label} {cand:.4f} is {-gain:.4f} worse than the champion's "
+                           f"{figures['champion']:.4f} (allowed: {max_drop:.4f})")
+    if gain < min_gain:
         return CheckResult("performance", "review", figures,
-                           f"candidate ROC AUC {cand:.4f} does not beat the champion's {figures['champion']:.4f} by "
+                           f"candidate {label} {cand:.4f} does not beat the champion's {figures['champion']:.4f} by "
                            f"{min_gain:.4f}")
     return CheckResult("performance", "pass", figures,
-                       f"candidate ROC AUC {cand:.4f} vs champion {figures['champion']:.4f} ({change:+.4f})")
+                       f"candidate {label} {cand:.4f} vs champion {figures['champion']:.4f} ({figures['change']:+.4f})")
 
 
 # ------------------------------------------------------------------------------------------------ fairness
@@ -161,10 +163,13 @@ class _Scores(ClassifierMixin, BaseEstimator):
         return (np.asarray(x)[:, 0] >= 0.5).astype(int)
 
 
-def audit_proxies(frame: pd.DataFrame, attributes: list[str], features: pd.DataFrame, policy: dict) -> CheckResult:
+def audit_proxies(frame: pd.DataFrame, attributes: list[str], features: pd.DataFrame, policy: FairnessPolicy
+                  ) -> CheckResult:
     """Flag model features whose association with a sensitive attribute exceeds the policy's threshold (Cramér's
     V for categorical features, the correlation ratio for numeric ones): they can carry the attribute into the
-    model even though it is not a feature."""
+    model even though it is not a feature. Proxies the policy acknowledges (feature, attribute, reason, who) are
+    still measured and listed, with their reason, but do not ask for review."""
+    acknowledged = {(a.feature, a.attribute): a for a in policy.acknowledged_proxies}
     proxies = []
     for attr in [a for a in attributes if a in frame.columns]:
         for column in features.columns:
@@ -173,99 +178,293 @@ def audit_proxies(frame: pd.DataFrame, attributes: list[str], features: pd.DataF
                 strength, measure = correlation_ratio(frame[attr], values), "correlation ratio"
             else:
                 strength, measure = cramers_v(frame[attr], values), "Cramér's V"
-            if strength > policy["proxy_threshold"]:
-                proxies.append({"feature": column, "attribute": attr, "measure": measure, "strength": strength})
+            if strength > policy.proxy_threshold:
+                known = acknowledged.get((column, attr))
+                proxies.append({"feature": column, "attribute": attr, "measure": measure, "strength": strength,
+                                "acknowledged": known is not None,
+                                **({"reason": known.reason, "acknowledged_by": known.by} if known else {})})
     proxies.sort(key=lambda x: -x["strength"])
-    figures = {"threshold": policy["proxy_threshold"], "proxies": proxies}
-    chart = {f"{x['feature']} ~ {x['attribute']}": x["strength"] for x in proxies[:15]}
-    if proxies:
-        names = ", ".join(f"{x['feature']}~{x['attribute']} ({x['strength']:.2f})" for x in proxies[:6])
-        return CheckResult("proxies", policy.get("proxy_on_fail", "review"), figures,
-                           f"features that proxy a sensitive attribute: {names}", charts={"association": chart})
-    return CheckResult("proxies", "pass", figures, "no feature proxies a sensitive attribute")
+    open_ = [x for x in proxies if not x["acknowledged"]]
+    figures = {"threshold": policy.proxy_threshold, "proxies": proxies,
+               "acknowledged": [x for x in proxies if x["acknowledged"]]}
+    chart = {f"{x['feature']} ~ {x['attribute']}" + (" (acknowledged)" if x["acknowledged"] else ""): x["strength"]
+             for x in proxies[:15]}
+    table = {"proxies": pd.DataFrame(proxies)} if proxies else {}
+    accepted = [f"{x['feature']}~{x['attribute']}" for x in figures["acknowledged"]]
+    noted = f"; acknowledged: {', '.join(accepted)}" if accepted else ""
+    if open_:
+        names = ", ".join(f"{x['feature']}~{x['attribute']} ({x['strength']:.2f})" for x in open_[:6])
+        return CheckResult("proxies", policy.proxy_on_fail, figures,
+                           f"features that proxy a sensitive attribute: {names}{noted}", table,
+                           {"association": chart})
+    return CheckResult("proxies", "pass", figures, "no unacknowledged feature proxies a sensitive attribute" + noted,
+                       table, {"association": chart} if chart else {})
+
+
+def _z_p_value(z: float) -> float:
+    """Two-sided p-value of a standard normal statistic."""
+    return float(math.erfc(abs(z) / math.sqrt(2))) if math.isfinite(z) else 1.0
+
+
+def group_table(groups: np.ndarray, y: np.ndarray, p: np.ndarray, pred: np.ndarray, per_entity: float
+                ) -> pd.DataFrame:
+    """Per group: rows, selection rate, TPR, FPR, AUC, calibration and what the group's own scores imply.
+
+    ``expected_tpr`` and ``expected_fpr`` are the TPR and FPR a model calibrated within the group would have at
+    the same decisions: the share of the group's predicted positives (sum of p) and predicted negatives (sum of
+    1 - p) that fall on selected rows. A calibrated model whose groups differ in risk has different error rates,
+    by those amounts (Kleinberg, Mullainathan and Raghavan 2016; Chouldechova 2017); only gaps beyond them say
+    the model errs differently for a group. ``per_entity``: rows per entity, by which effective sizes shrink.
+    """
+    rows = []
+    for g in pd.unique(groups):
+        m = groups == g
+        yg, pg, sg = y[m], p[m], pred[m].astype(bool)
+        positives, negatives = int(yg.sum()), int((1 - yg).sum())
+        expected = float(pg.sum())
+        variance = float((pg * (1 - pg)).sum()) * per_entity
+        rows.append({
+            "group": str(g), "count": int(m.sum()), "selection_rate": float(sg.mean()),
+            "tpr": float(sg[yg == 1].mean()) if positives else float("nan"),
+            "fpr": float(sg[yg == 0].mean()) if negatives else float("nan"),
+            "expected_tpr": float(pg[sg].sum() / expected) if expected > 0 else float("nan"),
+            "expected_fpr": float((1 - pg[sg]).sum() / (1 - pg).sum()) if (1 - pg).sum() > 0 else float("nan"),
+            "auc": _auc(yg, pg), "mean_predicted": float(pg.mean()), "observed_rate": float(yg.mean()),
+            "calibration_gap": float(pg.mean() - yg.mean()),
+            "calibration_p_value": _z_p_value((yg.sum() - expected) / math.sqrt(variance)) if variance > 0 else 1.0,
+            "positives": positives, "negatives": negatives,
+        })
+    table = pd.DataFrame(rows).set_index("group").sort_index()
+    table["tpr_beyond_expected"] = table["tpr"] - table["expected_tpr"]
+    table["fpr_beyond_expected"] = table["fpr"] - table["expected_fpr"]
+    return table
+
+
+def _residual_gap(table: pd.DataFrame, rate: str, base: str, per_entity: float) -> dict:
+    """The largest gap between two groups in ``rate`` beyond what their scores imply, with its p-value."""
+    column = f"{rate}_beyond_expected"
+    usable = table[table[base] > 0].dropna(subset=[column])
+    if len(usable) < 2:
+        return {"gap": 0.0, "p_value": 1.0, "low": None, "high": None}
+    low, high = usable[column].idxmin(), usable[column].idxmax()
+    se2 = sum(usable.loc[g, rate] * (1 - usable.loc[g, rate]) / (usable.loc[g, base] / per_entity)
+              for g in (low, high))
+    gap = float(usable.loc[high, column] - usable.loc[low, column])
+    return {"gap": gap, "p_value": _z_p_value(gap / math.sqrt(se2)) if se2 > 0 else (0.0 if gap else 1.0),
+            "low": low, "high": high, "raw_low": float(usable.loc[low, rate]),
+            "raw_high": float(usable.loc[high, rate])}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def _warranted_selection(logits: np.ndarray, weights: np.ndarray, target: np.ndarray, threshold: np.ndarray,
+                         iterations: int = 40) -> np.ndarray:
+    """Selection rates at the same thresholds once a group's scores are shifted (in log-odds) so that their
+    weighted mean is the group's observed outcome rate; vectorised over rows of ``weights`` (bootstrap draws)."""
+    low = np.full(len(weights), -12.0)
+    high = np.full(len(weights), 12.0)
+    total = weights.sum(axis=1)
+    for _ in range(iterations):  # bisection: the mean of the shifted probabilities grows with the shift
+        mid = (low + high) / 2
+        mean = (weights * (1 / (1 + np.exp(-(logits[None, :] + mid[:, None]))))).sum(axis=1) / total
+        low, high = np.where(mean < target, mid, low), np.where(mean < target, high, mid)
+    shifted = 1 / (1 + np.exp(-(logits[None, :] + ((low + high) / 2)[:, None])))
+    return (weights * (shifted >= threshold[None, :])).sum(axis=1) / total
+
+
+def _amplification(groups: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: np.ndarray, judged: pd.DataFrame,
+                   entities: np.ndarray, seed: int, draws: int = 400) -> dict:
+    """The pair of groups whose selection-rate ratio falls furthest below the ratio their outcomes warrant.
+
+    For groups a and b with selection rates s_a <= s_b, the model's ratio s_a / s_b is compared with the ratio
+    w_a / w_b that the same thresholds give once each group's scores are shifted to match the group's observed
+    outcome rate. Thresholding calibrated scores of groups whose risk differs already makes their selection rates
+    differ more than their outcome rates (the more so the weaker the model), so the observed outcome-rate ratio
+    o_a / o_b, reported beside it, is not the yardstick; what the model adds beyond that is. The p-value is one-
+    sided, from an entity bootstrap (whole entities drawn with replacement): the share of draws in which the model
+    does not widen the gap.
+    """
+    worst = {"amplification": 0.0, "p_value": 1.0, "low": None, "high": None}
+    names = list(judged.index)
+    logits = _logit(p)
+    warranted = {}
+    for g in names:
+        m = groups == g
+        warranted[g] = float(_warranted_selection(logits[m], np.ones((1, m.sum())), np.array([y[m].mean()]),
+                                                  threshold[m])[0])
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            lo, hi = (a, b) if judged.loc[a, "selection_rate"] <= judged.loc[b, "selection_rate"] else (b, a)
+            if judged.loc[hi, "selection_rate"] <= 0 or warranted[hi] <= 0 or judged.loc[hi, "observed_rate"] <= 0:
+                continue
+            selection_ratio = judged.loc[lo, "selection_rate"] / judged.loc[hi, "selection_rate"]
+            warranted_ratio = warranted[lo] / warranted[hi]
+            if warranted_ratio - selection_ratio > worst["amplification"]:
+                worst = {"amplification": float(warranted_ratio - selection_ratio), "low": lo, "high": hi,
+                         "selection_ratio": float(selection_ratio), "warranted_ratio": float(warranted_ratio),
+                         "outcome_ratio": float(judged.loc[lo, "observed_rate"] / judged.loc[hi, "observed_rate"]),
+                         "p_value": 1.0}
+    if worst["low"] is None:
+        return worst
+    rng = np.random.default_rng(seed)
+    keep = np.isin(groups, [worst["low"], worst["high"]])
+    codes, index = np.unique(entities[keep], return_inverse=True)
+    counts = rng.multinomial(len(codes), np.full(len(codes), 1 / len(codes)), size=draws)[:, index]
+    rates = {}
+    for g in (worst["low"], worst["high"]):
+        m = groups[keep] == g
+        w = counts[:, m].astype(float)
+        ok = w.sum(axis=1) > 0
+        w[~ok] = 1.0
+        target = (w * y[keep][m]).sum(axis=1) / w.sum(axis=1)
+        selected = (p[keep][m] >= threshold[keep][m]).astype(float)
+        rates[g] = ((w * selected).sum(axis=1) / w.sum(axis=1),
+                    _warranted_selection(logits[keep][m], w, target, threshold[keep][m]), ok)
+    (s_lo, w_lo, ok_lo), (s_hi, w_hi, ok_hi) = rates[worst["low"]], rates[worst["high"]]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        drawn = w_lo / w_hi - s_lo / s_hi
+    valid = ok_lo & ok_hi & np.isfinite(drawn)
+    worst["p_value"] = float((1 + np.sum(drawn[valid] <= 0)) / (1 + valid.sum()))
+    return worst
 
 
 def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray,
-                   attributes: list[str],
-                   policy: dict, seed: int = 0, entity: str | None = None) -> CheckResult:
-    """Group metrics per sensitive attribute, the four-fifths rule, equalised odds, and a mitigation.
+                   attributes: list[str], policy: FairnessPolicy, seed: int = 0, entity: str | None = None
+                   ) -> CheckResult:
+    """Does the model treat the groups of each sensitive attribute alike, given how their outcomes differ?
+
+    Judged per attribute on groups of at least ``min_group_size`` rows; a gap fails only when it is beyond its
+    tolerance and its p-value is below ``significance`` (rows of one entity, a deal seen at several month ends,
+    are not independent, so tests count entities):
+
+    - **calibration** within each group: mean predicted probability against the observed rate;
+    - **error-rate parity**: TPR and FPR gaps between groups beyond what each group's own calibrated scores
+      imply (the raw equalised-odds difference is reported beside it);
+    - **disparity amplification**: a pair of groups whose selection-rate ratio falls below their observed
+      outcome-rate ratio by more than the tolerance;
+    - **demographic parity** (selection-rate ratio, the four-fifths rule): always reported; it gates only where
+      the policy asks for parity of outcomes, with its reason.
+
+    On failure, ``figures["mitigation"]`` holds a ThresholdOptimizer variant for the criterion that failed
+    (equalised odds for error rates and amplification, demographic parity where parity gates); a calibration
+    failure is not fixed by thresholds, and the reason says so.
 
     Args:
         frame: rows holding the sensitive attributes.
-        y: labels.
+        y: realised outcomes.
         p: calibrated probabilities.
-        threshold: the model's alert threshold, or one per row for a mitigated variant (a row is "selected" at or
-            above it).
-        entity: the id column; rows of one entity (a deal seen at several month ends) are not independent, so
-            significance tests count entities, not rows.
+        threshold: the model's alert threshold, or one per row for a mitigated variant.
         attributes: sensitive attributes to audit (missing ones are reported as skipped).
         policy: the fairness section of the policy.
         seed: randomisation of the mitigation's threshold optimiser.
+        entity: the id column, for effective sample sizes.
     """
     y = np.asarray(y, dtype=int)
-    pred = (np.asarray(p) >= threshold).astype(int)
-    min_group = int(policy.get("min_group_size", 30))
+    p = np.asarray(p, dtype=float)
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=float), p.shape)
+    pred = (p >= thresholds).astype(int)
+    alpha = policy.significance
+    per_entity = len(frame) / frame[entity].nunique() if entity and entity in frame.columns and len(frame) else 1.0
     figures: dict = {"threshold": float(threshold) if np.ndim(threshold) == 0 else "per group",
-                     "attributes": {}}
+                     "rows_per_entity": per_entity, "attributes": {},
+                     "criteria": {"calibration_tolerance": policy.calibration_tolerance,
+                                  "max_equalized_odds_difference": policy.max_equalized_odds_difference,
+                                  "amplification_tolerance": policy.amplification_tolerance,
+                                  "demographic_parity": policy.demographic_parity.model_dump(),
+                                  "significance": alpha, "min_group_size": policy.min_group_size}}
     tables: dict[str, pd.DataFrame] = {}
     charts: dict[str, dict[str, float]] = {}
-    failures: list[str] = []
+    failures: list[dict] = []
     skipped = [a for a in attributes if a not in frame.columns]
     for attr in [a for a in attributes if a in frame.columns]:
         groups = frame[attr].astype("object").where(frame[attr].notna(), "missing").astype(str).to_numpy()
-        sizes = pd.Series(groups).value_counts()
-        judged = np.isin(groups, sizes[sizes >= min_group].index)
-        mf = MetricFrame(metrics={"selection_rate": selection_rate, "tpr": true_positive_rate,
-                                  "fpr": false_positive_rate, "count": count},
-                         y_true=y, y_pred=pred, sensitive_features=groups)
-        table = mf.by_group.copy()
-        table["auc"] = pd.Series({g: _auc(y[groups == g], p[groups == g]) for g in table.index})
-        table["mean_predicted"] = pd.Series({g: float(p[groups == g].mean()) for g in table.index})
-        table["observed_rate"] = pd.Series({g: float(y[groups == g].mean()) for g in table.index})
-        table["calibration_gap"] = table["mean_predicted"] - table["observed_rate"]
+        table = group_table(groups, y, p, pred, per_entity)
         tables[f"fairness_{attr}"] = table.reset_index(names=attr)
+        charts[f"calibration gap (predicted - observed) by {attr}"] = table["calibration_gap"].to_dict()
         charts[f"selection rate by {attr}"] = table["selection_rate"].to_dict()
-        if judged.sum() and len(np.unique(groups[judged])) > 1:
-            dpr = float(demographic_parity_ratio(y[judged], pred[judged], sensitive_features=groups[judged]))
-            eod = float(equalized_odds_difference(y[judged], pred[judged], sensitive_features=groups[judged]))
-        else:
-            dpr, eod = float("nan"), float("nan")
-        figures["attributes"][attr] = {"demographic_parity_ratio": dpr, "equalized_odds_difference": eod,
-                                       "groups": int(len(sizes)), "groups_judged": int((sizes >= min_group).sum()),
-                                       "by_group": table.reset_index(names="group").to_dict("records")}
-        alpha = float(policy.get("significance", 0.05))
-        kept = table.loc[sizes[sizes >= min_group].index] if judged.sum() else table
-        # Effective sample sizes: rows scaled down by the rows each entity contributes.
-        per_entity = len(frame) / frame[entity].nunique() if entity and entity in frame.columns else 1.0
-        n_all = pd.Series({g: float((groups == g).sum()) / per_entity for g in kept.index})
-        n_pos = pd.Series({g: float(((groups == g) & (y == 1)).sum()) / per_entity for g in kept.index})
-        n_neg = n_all - n_pos
-        low, high, p_dp = _rate_gap(kept, "selection_rate", n_all)
-        gaps = [_rate_gap(kept, "tpr", n_pos), _rate_gap(kept, "fpr", n_neg)]
-        p_eo = min(g[2] for g in gaps)
-        figures["attributes"][attr].update({"demographic_parity_p_value": p_dp, "equalized_odds_p_value": p_eo})
-        # Gaps that could be chance (small groups) are reported, not judged.
-        if dpr < policy["min_demographic_parity_ratio"] and p_dp < alpha:
-            failures.append(f"{attr}: demographic-parity ratio {dpr:.2f} < {policy['min_demographic_parity_ratio']:.2f} "
-                            f"(selection rate {low} {kept.loc[low, 'selection_rate']:.2f} vs {high} "
-                            f"{kept.loc[high, 'selection_rate']:.2f}, p={p_dp:.2g})")
-        if eod > policy["max_equalized_odds_difference"] and p_eo < alpha:
-            failures.append(f"{attr}: equalised-odds difference {eod:.2f} > "
-                            f"{policy['max_equalized_odds_difference']:.2f} (p={p_eo:.2g})")
+        judged = table[table["count"] >= policy.min_group_size]
+        result: dict = {"groups": int(len(table)), "groups_judged": int(len(judged)),
+                        "by_group": table.reset_index().to_dict("records")}
+        if len(judged) >= 2:
+            mask = np.isin(groups, judged.index)
+            result["demographic_parity_ratio"] = float(demographic_parity_ratio(
+                y[mask], pred[mask], sensitive_features=groups[mask]))
+            result["equalized_odds_difference"] = float(equalized_odds_difference(
+                y[mask], pred[mask], sensitive_features=groups[mask]))
+            low, high = judged["selection_rate"].idxmin(), judged["selection_rate"].idxmax()
+            n = judged["count"] / per_entity
+            result["demographic_parity_p_value"] = _gap_p_value(
+                judged.loc[low, "selection_rate"] * n[low], n[low], judged.loc[high, "selection_rate"] * n[high],
+                n[high])
+            worst_cal = judged["calibration_gap"].abs().idxmax()
+            result["calibration"] = {"group": worst_cal, "gap": float(judged.loc[worst_cal, "calibration_gap"]),
+                                     "p_value": float(judged.loc[worst_cal, "calibration_p_value"]),
+                                     "predicted": float(judged.loc[worst_cal, "mean_predicted"]),
+                                     "observed": float(judged.loc[worst_cal, "observed_rate"])}
+            result["error_rates"] = {"tpr": _residual_gap(judged, "tpr", "positives", per_entity),
+                                     "fpr": _residual_gap(judged, "fpr", "negatives", per_entity)}
+            ids = (frame[entity].astype(str).to_numpy() if entity and entity in frame.columns
+                   else np.arange(len(frame)).astype(str))
+            result["amplification"] = amp = _amplification(groups, y, p, thresholds, judged, ids, seed)
+            for _, row in judged.iterrows():
+                if abs(row["calibration_gap"]) > policy.calibration_tolerance and row["calibration_p_value"] < alpha:
+                    failures.append({"attribute": attr, "criterion": "calibration", "figure": row["calibration_gap"],
+                                     "text": f"{attr}: group {row.name} is miscalibrated, predicted "
+                                             f"{row['mean_predicted']:.3f} against an observed {row['observed_rate']:.3f} "
+                                             f"({row['calibration_gap']:+.3f}, tolerance {policy.calibration_tolerance:.2f}"
+                                             f", p={row['calibration_p_value']:.2g})"})
+            for rate, gap in result["error_rates"].items():
+                if gap["gap"] > policy.max_equalized_odds_difference and gap["p_value"] < alpha:
+                    failures.append({"attribute": attr, "criterion": "error_rates", "figure": gap["gap"],
+                                     "text": f"{attr}: {rate.upper()} {gap['raw_high']:.2f} for {gap['high']} against "
+                                             f"{gap['raw_low']:.2f} for {gap['low']}, {gap['gap']:.2f} beyond what their "
+                                             f"scores imply (tolerance {policy.max_equalized_odds_difference:.2f}, "
+                                             f"p={gap['p_value']:.2g})"})
+            if amp["amplification"] > policy.amplification_tolerance and amp["p_value"] < alpha:
+                failures.append({"attribute": attr, "criterion": "amplification", "figure": amp["amplification"],
+                                 "text": f"{attr}: selection-rate ratio {amp['low']}/{amp['high']} "
+                                         f"{amp['selection_ratio']:.2f} where their outcomes warrant "
+                                         f"{amp['warranted_ratio']:.2f} (observed outcome-rate ratio "
+                                         f"{amp['outcome_ratio']:.2f}; the model widens the gap by "
+                                         f"{amp['amplification']:.2f}, tolerance {policy.amplification_tolerance:.2f}, "
+                                         f"p={amp['p_value']:.2g})"})
+            parity = policy.demographic_parity
+            dpr, p_dp = result["demographic_parity_ratio"], result["demographic_parity_p_value"]
+            if parity.gate and dpr < parity.min_ratio and p_dp < alpha:
+                failures.append({"attribute": attr, "criterion": "demographic_parity", "figure": dpr,
+                                 "text": f"{attr}: demographic-parity ratio {dpr:.2f} < {parity.min_ratio:.2f} "
+                                         f"(selection rate {low} {judged.loc[low, 'selection_rate']:.2f} vs {high} "
+                                         f"{judged.loc[high, 'selection_rate']:.2f}, p={p_dp:.2g}); parity is "
+                                         f"required: {parity.reason}"})
+        figures["attributes"][attr] = result
     figures["skipped_attributes"] = skipped
+    figures["failed"] = [{k: f[k] for k in ("attribute", "criterion", "figure")} for f in failures]
     if failures:
-        failing = sorted({f.split(":")[0] for f in failures},
-                         key=lambda a: figures["attributes"][a]["demographic_parity_ratio"])
-        figures["mitigation"] = _mitigate(frame, y, p, failing, seed)
-        return CheckResult("fairness", policy["on_fail"], figures, "; ".join(failures), tables, charts)
-    judged_attrs = ", ".join(figures["attributes"]) or "none"
-    return CheckResult("fairness", "pass", figures, f"four-fifths rule and equalised odds hold for {judged_attrs}",
-                       tables, charts)
+        reason = "; ".join(f["text"] for f in failures)
+        figures["mitigation"] = _mitigate(frame, y, p, failures, seed)
+        if figures["mitigation"].get("note"):
+            reason += f"; {figures['mitigation']['note']}"
+        return CheckResult("fairness", policy.on_fail, figures, reason, tables, charts)
+    judged_attrs = ", ".join(a for a, r in figures["attributes"].items() if r["groups_judged"] >= 2) or "none"
+    return CheckResult("fairness", "pass", figures, "within-group calibration, error rates beyond the groups' own "
+                       f"risk and disparity amplification hold for {judged_attrs}", tables, charts)
 
 
-def _mitigate(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, attributes: list[str], seed: int) -> dict:
-    """A ThresholdOptimizer variant (demographic parity) for the first of the failing attributes (the caller puts
-    the worst parity first), fitted on half the rows and judged on the other half.
+#: The fairlearn constraint that mitigates each failed criterion with per-group thresholds.
+MITIGATION = {"demographic_parity": "demographic_parity", "error_rates": "equalized_odds",
+              "amplification": "equalized_odds"}
+
+
+def _mitigate(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, failures: list[dict], seed: int) -> dict:
+    """A ThresholdOptimizer variant for the first failure that thresholds can fix, fitted on half the rows and
+    judged on the other half.
+
+    Demographic parity is the constraint only where parity of outcomes gates; error-rate and amplification
+    failures get equalised odds. A calibration failure alone gets no variant: thresholds change decisions, not the
+    probabilities a rep reads, so the model needs recalibration by group or labels that are not biased.
 
     ThresholdOptimizer's thresholds are randomised (each group mixes two thresholds). A served model needs one
     decision per record, so each group gets the single threshold that selects, on the fitting half, the share of
@@ -274,18 +473,23 @@ def _mitigate(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, attributes: lis
     """
     from fairlearn.postprocessing import ThresholdOptimizer
 
-    attr = attributes[0]
+    fixable = [f for f in failures if f["criterion"] in MITIGATION]
+    if not fixable:
+        return {"note": "no threshold variant is offered: a miscalibrated group needs recalibration by group, or "
+                        "labels that are not biased (retrain once they are corrected)"}
+    first = max(fixable, key=lambda f: (f["criterion"] == "demographic_parity", abs(f["figure"])))
+    attr, constraint = first["attribute"], MITIGATION[first["criterion"]]
     groups = frame[attr].astype("object").where(frame[attr].notna(), "missing").astype(str).to_numpy()
     rng = np.random.default_rng(seed)
     fit = rng.random(len(y)) < 0.5
-    optimizer = ThresholdOptimizer(estimator=_Scores(), constraints="demographic_parity", prefit=True,
+    optimizer = ThresholdOptimizer(estimator=_Scores(), constraints=constraint, prefit=True,
                                    predict_method="predict_proba")
     x = p.reshape(-1, 1)
     try:
         optimizer.fit(x[fit], y[fit], sensitive_features=groups[fit])
         expected = optimizer._pmf_predict(x[fit], sensitive_features=groups[fit])[:, 1]
     except (ValueError, ZeroDivisionError) as exc:
-        return {"attribute": attr, "error": str(exc)}
+        return {"attribute": attr, "criterion": first["criterion"], "error": str(exc)}
     thresholds = {}
     for group in np.unique(groups[fit]):
         scores = p[fit][groups[fit] == group]
@@ -295,7 +499,8 @@ def _mitigate(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, attributes: lis
     mitigated = (p[held] >= np.array([thresholds.get(g, 1.0) for g in groups[held]])).astype(int)
     return {
         "attribute": attr,
-        "method": "fairlearn ThresholdOptimizer (demographic parity), one threshold per group",
+        "criterion": first["criterion"],
+        "method": f"fairlearn ThresholdOptimizer ({constraint.replace('_', ' ')}), one threshold per group",
         "thresholds": thresholds,
         "demographic_parity_ratio": float(demographic_parity_ratio(y[held], mitigated,
                                                                    sensitive_features=groups[held])),
@@ -327,11 +532,12 @@ def _value_drift(metric: dict) -> tuple[str, str, float, float, bool]:
 
 
 def audit_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str],
-                candidate_predictions: np.ndarray | None, champion_predictions: np.ndarray | None, policy: dict,
+                candidate_predictions: np.ndarray | None, champion_predictions: np.ndarray | None,
+                policy: DriftPolicy,
                 seed: int = 0) -> CheckResult:
     """Evidently data drift of every feature (training reference vs recent data) and of the predictions
     (champion vs candidate on the same rows). Each side is sampled to at most ``sample_rows`` rows."""
-    limit = int(policy.get("sample_rows", 50_000))
+    limit = policy.sample_rows
     sampled = {}
     for side, frame in (("reference", reference), ("current", current)):
         sampled[side] = frame.sample(limit, random_state=seed) if len(frame) > limit else frame
@@ -358,10 +564,10 @@ def audit_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[st
                "features": len(per_feature), "drifted_features": drifted, "drifted_share": share,
                "per_feature": per_feature}
     statuses, reasons = ["pass"], []
-    if share > policy["max_drifted_share"]:
-        statuses.append(policy["on_fail"])
+    if share > policy.max_drifted_share:
+        statuses.append(policy.on_fail)
         reasons.append(f"{len(drifted)} of {len(per_feature)} features drifted ({share:.0%} > "
-                       f"{policy['max_drifted_share']:.0%}): {', '.join(drifted[:8])}")
+                       f"{policy.max_drifted_share:.0%}): {', '.join(drifted[:8])}")
     elif drifted:
         reasons.append(f"{len(drifted)} of {len(per_feature)} features drifted ({share:.0%}): "
                        f"{', '.join(drifted[:8])}")
@@ -375,7 +581,7 @@ def audit_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[st
                                        "champion_mean": float(np.mean(champion_predictions)),
                                        "candidate_mean": float(np.mean(candidate_predictions))}
         if moved:
-            statuses.append(policy.get("prediction_drift", "review"))
+            statuses.append(policy.prediction_drift)
             reasons.append(f"candidate predictions differ from the champion's on the same rows ({method} {value:.3g})")
     status = max(statuses, key=("pass", "review", "fail").index)
     chart = {c: (1 - v["score"]) if "p_value" in v["method"] else v["score"] for c, v in per_feature.items()}
@@ -387,7 +593,7 @@ def audit_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[st
 # ------------------------------------------------------------------------------------------------ explanations
 
 
-def audit_explanations(model, rows: pd.DataFrame, monotone: dict[str, str], policy: dict, seed: int = 0,
+def audit_explanations(model, rows: pd.DataFrame, monotone: dict[str, str], policy: ExplanationsPolicy, seed: int = 0,
                        sample: int = 300, tolerance: float = 0.01) -> CheckResult:
     """SHAP global importance, and whether configured monotone expectations hold.
 
@@ -414,12 +620,12 @@ def audit_explanations(model, rows: pd.DataFrame, monotone: dict[str, str], poli
         wrong = steps.max(axis=1) > tolerance if direction == "decreasing" else steps.min(axis=1) < -tolerance
         share = float(wrong.mean())
         results[feature] = {"expected": direction, "violation_share": share, "grid": grid.tolist()}
-        if share > policy["max_violation_share"]:
+        if share > policy.max_violation_share:
             broken.append(f"{feature} should make risk {direction.replace('ing', 'e')} with the feature but does not "
                           f"for {share:.0%} of rows")
     figures = {"mean_abs_shap": importance.head(20).to_dict(), "monotone": results}
     charts = {"mean |SHAP| (log-odds)": importance.head(15).to_dict()}
     if broken:
-        return CheckResult("explanations", policy["on_fail"], figures, "; ".join(broken), charts=charts)
+        return CheckResult("explanations", policy.on_fail, figures, "; ".join(broken), charts=charts)
     held = ", ".join(f for f, r in results.items() if "violation_share" in r) or "none configured"
     return CheckResult("explanations", "pass", figures, f"monotone expectations hold ({held})", charts=charts)

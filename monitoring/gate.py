@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.registered import get_alias, load_version_model
+from experiments.registered import get_alias, load_evaluation, load_version_model, resolve_model_name
 from experiments.registry import (
     CHAMPION,
     TAG_AUDITED_AT,
+    TAG_FEATURE_VERSION,
     TAG_GATE,
     TAG_REPORT,
     TAG_TASK,
+    TAG_TASK_KIND,
     TAG_TRAINER,
     TAG_VARIANT_OF,
     TAG_WINDOW,
@@ -29,7 +31,6 @@ from experiments.registry import (
 from experiments.risk_run import register_threshold_variant
 from experiments.tracking import configure_mlflow
 from features.production import recent_production_rows
-from features.store import FeatureStore
 from monitoring.audits import (
     CheckResult,
     audit_drift,
@@ -38,14 +39,14 @@ from monitoring.audits import (
     audit_performance,
     audit_proxies,
 )
-from monitoring.policy import gate_of, load_policy
+from monitoring.policy import Policy, gate_of, load_policy
 from monitoring.report import render_report
 from monitoring.review import append_audit_log, now_iso, promote
 from salesml.access import Principal
 from salesml.settings import Settings
 from training.models import GROUP_THRESHOLDS, alert_thresholds
-from training.risk import split_rows
-from training.tasks import RiskConfig, load_config, load_task_data, resolve_task, with_home
+from training.registry import canonical_model_name, get_kind
+from training.tasks import RiskConfig, load_config
 
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -70,75 +71,77 @@ class AuditOutcome:
     report: Path
 
 
-def _window_rows(frame: pd.DataFrame, window: str, time_column: str | None) -> pd.DataFrame:
-    if not window or not time_column or ".." not in window:
-        return frame.iloc[0:0]
-    start, end = (pd.Timestamp(x) for x in window.split(".."))
-    times = pd.to_datetime(frame[time_column])
-    return frame[(times >= start) & (times <= end)]
-
-
 def audit_version(settings: Settings, name: str, version: str, policy_path: Path | None = None,
                   config: RiskConfig | None = None) -> AuditOutcome:
-    """Run every audit the policy names on a registered version and record the outcome.
+    """Run every audit the policy names for the version's task and kind, and record the outcome.
 
-    The candidate and the current champion are scored on the same latest labelled window (the task's test
-    window on today's data). Drift compares the candidate's training rows with production data: the last
-    ``production_days`` of the inference log when it holds at least ``min_production_rows`` records, else the most
-    recent month in the feature store.
+    The candidate and the current champion are scored on the same rows: the evaluation window the candidate's
+    training run logged (its test rows, with every column), read from the registry. Nothing is rebuilt and
+    nothing is written to the feature store. Drift compares the run's training reference with production data:
+    the last ``production_days`` of the inference log when it holds at least ``min_production_rows`` records,
+    else the newest month the run logged.
+
+    Raises:
+        RegistryError: when the version does not exist or its run logged no evaluation data.
+        PolicyError: when the policy file is invalid.
 
     Returns:
         The gate, the checks, the JSON result and the path of the HTML report.
     """
     client = configure_mlflow(settings)
+    name = resolve_model_name(client, name)
     candidate, info = load_version_model(client, name, version)
     task = info.tags.get(TAG_TASK) or candidate.metadata.get("task")
-    policy = load_policy(task, policy_path)
-    config = with_home(config or task_config(task), settings.home)
-    with FeatureStore.from_settings(settings) as store:
-        spec = resolve_task(task, store, config)
-        data = load_task_data(store, spec, config)
-    split = split_rows(data, config)
-    frame = data.frame
-    window = frame.iloc[split.test]
-    y = window[spec.label].astype(int).to_numpy()
+    kind = get_kind(info.tags.get(TAG_TASK_KIND) or canonical_model_name(name).partition(".")[0])
+    policy = load_policy(task, policy_path, kind.name)
+    config = config or task_config(task)
+    evaluation = load_evaluation(client, info)
+    window, split = evaluation["window"], evaluation["split"]
+    meta = candidate.metadata
+    label, entity, time_column = meta["label"], meta.get("id_column"), meta.get("time_column")
+    y = window[label].astype(int).to_numpy()
     p_candidate = candidate.predict_proba(window)
     champion_info = get_alias(client, name, CHAMPION)
-    champion = None
+    champion, champion_note = None, "none"
     if champion_info is not None and str(champion_info.version) != str(version):
         champion, _ = load_version_model(client, name, str(champion_info.version))
+        lacking = [f for f in champion.features if f not in window.columns]
+        champion_note = str(champion_info.version)
+        if lacking:  # a champion of other features cannot be scored on these rows
+            champion_note += f" (not comparable: it reads {', '.join(lacking[:5])}, which the candidate's rows lack)"
+            champion = None
     p_champion = champion.predict_proba(window) if champion is not None else None
+    sensitive = list(meta.get("sensitive") or [])
 
     checks: list[CheckResult] = []
-    settings_checks = policy["checks"]
-    if "performance" in settings_checks:
-        checks.append(audit_performance(y, p_candidate, p_champion, settings_checks["performance"]))
-    if "fairness" in settings_checks:
-        fairness = settings_checks["fairness"]
-        attributes = fairness.get("attributes") or spec.sensitive
-        checks.append(audit_fairness(window, y, p_candidate, alert_thresholds(candidate, window),
-                                     list(attributes), fairness, config.seed, spec.id_column))
-        checks.append(audit_proxies(window, list(attributes), window[candidate.features], fairness))
-    if "drift" in settings_checks:
-        reference = _window_rows(frame, info.tags.get(TAG_WINDOW, ""), spec.time_column)
-        if spec.timed:
-            reference = reference if len(reference) else frame.iloc[split.train]
-            current = data.recent if data.recent is not None and len(data.recent) else window
-            source = "feature store: the latest month"
+    running = policy.running()
+    if "performance" in running:
+        performance = policy.check("performance")
+        checks.append(audit_performance(y, p_candidate, p_champion, performance, kind.metric(performance.metric)))
+    fairness = policy.check("fairness")
+    attributes = list((fairness.attributes if fairness is not None else None) or sensitive)
+    if "fairness" in running:
+        checks.append(audit_fairness(window, y, p_candidate, alert_thresholds(candidate, window), attributes,
+                                     fairness, config.seed, entity))
+    if "proxies" in running:
+        checks.append(audit_proxies(window, attributes, window[candidate.features], fairness))
+    if "drift" in running:
+        drift_policy = policy.check("drift")
+        reference = evaluation["reference"]
+        recent = evaluation["recent"]
+        if time_column and recent is not None and len(recent):
+            current, source = recent, "the training run's newest month"
         else:
-            reference, current = frame.iloc[split.train], window
-            source = "held-out test split"
-        drift_policy = settings_checks["drift"]
-        logged = recent_production_rows(settings.logs_dir, task, int(drift_policy.get("production_days", 30)))
+            current, source = window, "held-out test rows"
+        logged = recent_production_rows(settings.logs_dir, task, drift_policy.production_days)
         missing = [c for c in candidate.features if c not in logged.columns]
-        if len(logged) >= int(drift_policy.get("min_production_rows", 200)) and not missing:
+        if len(logged) >= drift_policy.min_production_rows and not missing:
             current = logged[candidate.features].reset_index(drop=True)
             source = (f"inference log: {len(logged)} scored records, {logged['time'].min():%Y-%m-%d} to "
                       f"{logged['time'].max():%Y-%m-%d}")
         elif len(logged):
             source += (f" (the inference log has {len(logged)} recent records, fewer than "
-                       f"{drift_policy.get('min_production_rows', 200)}" + (f", and lacks {missing[:3]})" if missing
-                                                                            else ")"))
+                       f"{drift_policy.min_production_rows}" + (f", and lacks {missing[:3]})" if missing else ")"))
         numeric = [c for c in candidate.features if c in candidate.preprocessor.numeric]
         categorical = [c for c in candidate.features if c in candidate.preprocessor.categorical]
         drift = audit_drift(reference, current, numeric, categorical,
@@ -147,17 +150,22 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
                             drift_policy, config.seed)
         drift.figures["current_source"] = source
         checks.append(drift)
-    if "explanations" in settings_checks:
-        explain = settings_checks["explanations"]
-        checks.append(audit_explanations(candidate, window, explain.get("monotone") or {}, explain, config.seed))
+    if "explanations" in running:
+        explain = policy.check("explanations")
+        checks.append(audit_explanations(candidate, window, explain.monotone, explain, config.seed))
     _offer_mitigation(settings, name, str(version), candidate, checks, policy, window)
     gate = gate_of([c.status for c in checks])
-    context = {"task": task, "trainer": info.tags.get(TAG_TRAINER, ""), "training window": info.tags.get(TAG_WINDOW, ""),
-               "audit window": f"{len(window)} labelled rows ({split.description.get('test', 'held-out test split')})",
-               "champion": str(champion_info.version) if champion_info is not None else "none",
-               "feature version": data.feature_version, "audited at": now_iso()}
+    context = {"task": task, "kind": kind.name, "trainer": info.tags.get(TAG_TRAINER, ""),
+               "training window": info.tags.get(TAG_WINDOW, ""),
+               "audit window": f"{len(window)} labelled rows logged by the training run "
+                               f"({split.get('test', 'held-out test split')})",
+               "champion": champion_note, "feature version": info.tags.get(TAG_FEATURE_VERSION, ""),
+               "audited at": now_iso()}
+    context.update({f"{check} (not applicable)": why for check, why in policy.not_applicable().items()})
     report_html = render_report(name, str(version), gate, checks, context)
     result = {"model": name, "version": str(version), "gate": gate, "checks": [c.to_dict() for c in checks]}
+    if policy.not_applicable():
+        result["not_applicable"] = policy.not_applicable()
     folder = settings.home / "reports" / name / str(version)
     folder.mkdir(parents=True, exist_ok=True)
     report = folder / "audit.html"
@@ -172,21 +180,21 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
         client.set_model_version_tag(name, str(version), key, value)
     append_audit_log(settings, {"action": "audit", "model": name, "version": str(version), "gate": gate,
                                 "checks": {c.name: c.status for c in checks}})
-    if gate == "PASS" and policy.get("auto_promote"):
+    if gate == "PASS" and policy.auto_promote:
         result["promoted"] = promote(settings, name, str(version), Principal("policy:auto_promote",
                                                                              "model_validator", "all", ""))
     return AuditOutcome(gate, checks, result, report)
 
 
 def _offer_mitigation(settings: Settings, name: str, version: str, candidate, checks: list[CheckResult],
-                      policy: dict, window: pd.DataFrame) -> None:
+                      policy: Policy, window: pd.DataFrame) -> None:
     """When fairness fails, register the ThresholdOptimizer variant as a separate candidate (unless the policy
     says ``offer_mitigation: false``, or the candidate already is such a variant)."""
     fairness = next((c for c in checks if c.name == "fairness"), None)
     if fairness is None or fairness.status != "fail" or candidate.metadata.get(GROUP_THRESHOLDS):
         return
     mitigation = fairness.figures.get("mitigation") or {}
-    if "thresholds" not in mitigation or not policy["checks"]["fairness"].get("offer_mitigation", True):
+    if "thresholds" not in mitigation or not policy.check("fairness").offer_mitigation:
         return
     client = configure_mlflow(settings)
     earlier = sorted((v for v in client.search_model_versions(f"name='{name}'")
@@ -198,7 +206,8 @@ def _offer_mitigation(settings: Settings, name: str, version: str, candidate, ch
     variant = register_threshold_variant(settings, name, version, mitigation,
                                          window[candidate.features].head(5).reset_index(drop=True))
     mitigation["candidate_version"] = variant
-    fairness.reason += (f"; a ThresholdOptimizer variant (one threshold per {mitigation['attribute']}) is offered "
+    fairness.reason += (f"; a ThresholdOptimizer variant ({mitigation['method']}, for "
+                        f"{mitigation['attribute']}) is offered "
                         f"as version {variant}: audit it with `salesml audit {name} {variant}`")
     append_audit_log(settings, {"action": "offer_mitigation", "model": name, "version": variant,
                                 "variant_of": version, "attribute": mitigation["attribute"]})

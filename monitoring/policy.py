@@ -1,17 +1,161 @@
-"""The promotion policy: which checks run for a task, their thresholds, and whether a failure blocks or asks for
-review. Read from ``monitoring/policy.yaml`` (or a file given on the command line); task sections override the
-default section key by key.
+"""The promotion policy, parsed into typed models: which checks run for a task, their thresholds, and whether a
+failure blocks or asks for review.
+
+Read from ``monitoring/policy.yaml`` (or a file given on the command line). The ``default`` section applies to
+every task, a ``kinds.<kind>`` section to the tasks of a kind, and a ``tasks.<task>`` section to one task; each
+overrides the one before it key by key. The checks a kind allows come from the task registry, and so do the
+metrics a performance check may name: an unknown check, metric or setting is an error when the policy loads,
+naming the file and the place. A check that does not apply to a task is declared so with the reason
+(``not_applicable: "..."``), never silently left out.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.registry import CHECK_NAMES, TASKS, Kind, UnknownTaskError, get_kind
 
 DEFAULT_POLICY = Path(__file__).resolve().parent / "policy.yaml"
 LEVELS = ("pass", "review", "fail")
+Severity = Literal["fail", "review"]
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used (the message names the file and the setting)."""
+
+
+class CheckPolicy(BaseModel):
+    """Settings every check has."""
+
+    model_config = ConfigDict(extra="forbid")
+    not_applicable: str | None = Field(None, description="Why this check does not apply to the task (the report "
+                                       "says so instead of running it).")
+    on_fail: Severity = "fail"
+
+
+class PerformancePolicy(CheckPolicy):
+    """Candidate against the champion on the same evaluation rows."""
+
+    metric: str | None = Field(None, description="A metric of the task's kind (default: the kind's gate metric).")
+    min_value: float = Field(0.6, description="Floor (a ceiling for metrics where lower is better).")
+    max_degradation: float = Field(0.01, ge=0, description="How much worse than the champion the candidate may be.")
+    min_improvement: float = Field(0.0, description="Needed to replace the champion without review.")
+
+
+class DemographicParityPolicy(BaseModel):
+    """Parity of selection rates: always reported; it gates only where the task asks for parity of outcomes."""
+
+    model_config = ConfigDict(extra="forbid")
+    gate: bool = False
+    min_ratio: float = Field(0.8, gt=0, le=1, description="The four-fifths rule.")
+    reason: str = Field("", description="Why this task needs parity of outcomes (required when gate is true).")
+
+    @model_validator(mode="after")
+    def _reason_given(self) -> DemographicParityPolicy:
+        if self.gate and not self.reason.strip():
+            raise ValueError("demographic parity gates only with the reason the task needs parity of outcomes "
+                             "(demographic_parity.reason)")
+        return self
+
+
+class AcknowledgedProxy(BaseModel):
+    """A feature known to be associated with a sensitive attribute, reviewed and accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+    feature: str
+    attribute: str
+    reason: str = Field(min_length=1)
+    by: str = Field(min_length=1, description="Who acknowledged it.")
+
+
+class FairnessPolicy(CheckPolicy):
+    """Fairness of a risk model per sensitive attribute and group, on the audit window's realised outcomes."""
+
+    attributes: list[str] | None = Field(None, description="Sensitive attributes (default: the task's own).")
+    min_group_size: int = Field(100, ge=1, description="Smaller groups are reported, not judged.")
+    significance: float = Field(0.05, gt=0, lt=1, description="A gap must also be unlikely by chance.")
+    calibration_tolerance: float = Field(0.05, gt=0, description="Largest |mean predicted - observed rate| of a "
+                                         "group.")
+    max_equalized_odds_difference: float = Field(0.10, gt=0, description="Largest gap between groups in TPR or "
+                                                 "FPR beyond what each group's own calibrated scores imply.")
+    amplification_tolerance: float = Field(0.10, gt=0, description="How far the selection-rate ratio of two "
+                                           "groups may fall below their observed outcome-rate ratio.")
+    demographic_parity: DemographicParityPolicy = Field(default_factory=DemographicParityPolicy)
+    proxy_threshold: float = Field(0.5, gt=0, le=1, description="Cramer's V / correlation ratio of a feature with "
+                                   "an attribute above which it is a proxy.")
+    acknowledged_proxies: list[AcknowledgedProxy] = Field(default_factory=list)
+    proxy_on_fail: Severity = "review"
+    offer_mitigation: bool = Field(True, description="On failure, register a ThresholdOptimizer variant for the "
+                                   "criterion that failed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_keys(cls, data: object) -> object:
+        # Policies written before demographic parity stopped gating by default named its ratio at the top.
+        if isinstance(data, dict) and "min_demographic_parity_ratio" in data:
+            data = dict(data)
+            parity = dict(data.get("demographic_parity") or {})
+            parity.setdefault("min_ratio", data.pop("min_demographic_parity_ratio"))
+            data["demographic_parity"] = parity
+        return data
+
+
+class DriftPolicy(CheckPolicy):
+    """Data drift (training reference vs recent data) and prediction drift (champion vs candidate)."""
+
+    on_fail: Severity = "review"
+    max_drifted_share: float = Field(0.3, ge=0, le=1)
+    prediction_drift: Severity = "review"
+    sample_rows: int = Field(50_000, ge=100, description="Rows per side at most (Evidently slows down on large "
+                             "frames).")
+    production_days: int = Field(30, ge=1)
+    min_production_rows: int = Field(200, ge=1)
+
+
+class ExplanationsPolicy(CheckPolicy):
+    """SHAP importance and monotone expectations."""
+
+    on_fail: Severity = "review"
+    monotone: dict[str, Literal["increasing", "decreasing"]] = Field(default_factory=dict)
+    max_violation_share: float = Field(0.05, ge=0, le=1)
+
+
+CHECK_POLICIES: dict[str, type[CheckPolicy]] = {"performance": PerformancePolicy, "fairness": FairnessPolicy,
+                                                "drift": DriftPolicy, "explanations": ExplanationsPolicy}
+#: Checks that run as part of another check's section (proxies are judged with the fairness settings).
+PART_OF = {"proxies": "fairness"}
+
+
+class Policy(BaseModel):
+    """The effective policy of one task."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str
+    kind: str
+    auto_promote: bool = False
+    checks: dict[str, CheckPolicy]
+
+    def check(self, name: str) -> CheckPolicy | None:
+        """A check's settings, or ``None`` when the policy does not run it."""
+        return self.checks.get(PART_OF.get(name, name))
+
+    def running(self) -> list[str]:
+        """The checks that run, in the gate's order (those declared not applicable are left out)."""
+        out = []
+        for name in CHECK_NAMES:
+            section = self.check(name)
+            if section is not None and section.not_applicable is None:
+                out.append(name)
+        return out
+
+    def not_applicable(self) -> dict[str, str]:
+        """Checks declared not applicable, with their reasons."""
+        return {name: c.not_applicable for name, c in self.checks.items() if c.not_applicable is not None}
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -24,24 +168,83 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def load_policy(task: str, path: Path | None = None) -> dict:
-    """The effective policy of ``task``: the default section with the task's section merged over it.
+def _parse(task: str, kind: Kind, merged: dict, where: str) -> Policy:
+    checks_in = merged.get("checks") or {}
+    if not isinstance(checks_in, dict):
+        raise PolicyError(f"{where}: checks must be a mapping of check name to settings")
+    checks: dict[str, CheckPolicy] = {}
+    for name, section in checks_in.items():
+        if name not in CHECK_POLICIES:
+            raise PolicyError(f"{where}: checks.{name}: unknown check; known: {', '.join(CHECK_POLICIES)}")
+        declared_away = isinstance(section, dict) and section.get("not_applicable")
+        if name not in kind.checks and not declared_away:
+            raise PolicyError(f"{where}: checks.{name}: {kind.name} models have no {name} check (theirs: "
+                              f"{', '.join(kind.checks)}); declare it `not_applicable` only where it could apply")
+        try:
+            checks[name] = CHECK_POLICIES[name].model_validate(section or {})
+        except ValidationError as exc:
+            problems = "; ".join(f"checks.{name}.{'.'.join(str(p) for p in e['loc']) or name}: {e['msg']}"
+                                 f" (got {e.get('input')!r})" for e in exc.errors())
+            raise PolicyError(f"{where}: {problems}") from None
+    performance = checks.get("performance")
+    if isinstance(performance, PerformancePolicy):
+        try:
+            kind.metric(performance.metric)
+        except UnknownTaskError as exc:
+            raise PolicyError(f"{where}: checks.performance.metric: {exc}") from None
+    extra = set(merged) - {"checks", "auto_promote"}
+    if extra:
+        raise PolicyError(f"{where}: unknown setting(s) {', '.join(sorted(extra))}; known: auto_promote, checks")
+    return Policy(task=task, kind=kind.name, auto_promote=bool(merged.get("auto_promote", False)), checks=checks)
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise PolicyError(f"policy file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or "default" not in data:
+        raise PolicyError(f"{path}: the policy needs a `default` section")
+    unknown = set(data) - {"default", "kinds", "tasks"}
+    if unknown:
+        raise PolicyError(f"{path}: unknown section(s) {', '.join(sorted(unknown))}; known: default, kinds, tasks")
+    return data
+
+
+def load_policy(task: str, path: Path | None = None, kind: str | None = None) -> Policy:
+    """The effective policy of ``task``: default, then its kind's section, then its own, merged in that order.
+
+    The whole file is validated, every kind and task section, so a mistake anywhere is found when any task's
+    policy loads.
+
+    Args:
+        task: the task.
+        path: the policy file (default ``monitoring/policy.yaml``).
+        kind: the task's kind (default: the registry's, or risk for an imported task table).
 
     Raises:
-        ValueError: when the file is missing or malformed, or an ``on_fail`` value is not fail or review.
+        PolicyError: naming the file and the bad setting (an unknown check, metric or key, a bad value).
     """
     path = Path(path or DEFAULT_POLICY)
-    if not path.is_file():
-        raise ValueError(f"policy file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
-    if "default" not in data:
-        raise ValueError(f"{path}: the policy needs a `default` section")
-    policy = _merge(data["default"], (data.get("tasks") or {}).get(task, {}))
-    for name, check in policy.get("checks", {}).items():
-        for key in ("on_fail", "proxy_on_fail", "prediction_drift"):
-            if key in check and check[key] not in ("fail", "review"):
-                raise ValueError(f"{path}: checks.{name}.{key} must be fail or review, not {check[key]!r}")
-    return policy
+    data = _read(path)
+    kinds = data.get("kinds") or {}
+    tasks = data.get("tasks") or {}
+    for name in kinds:
+        try:
+            get_kind(name)
+        except UnknownTaskError as exc:
+            raise PolicyError(f"{path}: kinds.{name}: {exc}") from None
+
+    def effective(task_name: str, kind_name: str) -> Policy:
+        merged = _merge(_merge(data["default"], kinds.get(kind_name) or {}), tasks.get(task_name) or {})
+        where = f"{path}: tasks.{task_name}" if task_name in tasks else f"{path}: default"
+        return _parse(task_name, get_kind(kind_name), merged, where)
+
+    for name in tasks:
+        effective(name, TASKS[name].kind if name in TASKS else "risk")
+    return effective(task, kind or (TASKS[task].kind if task in TASKS else "risk"))
 
 
 def worst(statuses: list[str]) -> str:

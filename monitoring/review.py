@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from experiments.registered import get_alias, get_version
+from experiments.registered import get_alias, get_version, resolve_model_name
 from experiments.registry import (
     CHAMPION,
     PREVIOUS,
@@ -83,6 +83,7 @@ def review(settings: Settings, name: str, version: str, decision: str, reason: s
     if not reason or not reason.strip():
         raise GateError("a decision needs a reason (--reason TEXT)")
     client = configure_mlflow(settings)
+    name = resolve_model_name(client, name)
     info = get_version(client, name, version)
     gate = info.tags.get(TAG_GATE, "pending")
     if gate == "pending":
@@ -123,6 +124,7 @@ def show_audit(settings: Settings, name: str, version: str) -> dict:
         GateError: when the version has not been audited.
     """
     client = configure_mlflow(settings)
+    name = resolve_model_name(client, name)
     info = get_version(client, name, version)
     path = settings.home / "reports" / name / str(version) / "audit.json"
     if path.is_file():
@@ -159,6 +161,7 @@ def promote(settings: Settings, name: str, version: str, principal: Principal) -
     """
     _require_validator(principal)
     client = configure_mlflow(settings)
+    name = resolve_model_name(client, name)
     info = get_version(client, name, version)
     gate = info.tags.get(TAG_GATE, "pending")
     decision = info.tags.get(TAG_DECISION)
@@ -199,6 +202,7 @@ def rollback(settings: Settings, name: str, principal: Principal, reason: str = 
     """
     _require_validator(principal)
     client = configure_mlflow(settings)
+    name = resolve_model_name(client, name)
     previous = get_alias(client, name, PREVIOUS)
     if previous is None:
         raise GateError(f"{name} has no previous champion to roll back to")

@@ -11,7 +11,6 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
 
 import orjson
 from fastapi import FastAPI, Request, Security
@@ -19,98 +18,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from salesml.access import AccessError, Principal, authenticate
 from salesml.settings import Settings
 from serving.dashboard import dashboard_data, dashboard_html
 from serving.inference_log import InferenceLogger
 from serving.predict import RequestError, check_role, out_of_scope, resolve_records, score_request
+from serving.schemas import ErrorResponse, ModelsResponse, ScoreRequest, ScoreResponse
 from serving.state import ModelServer
+from training.registry import KINDS
 
 log = logging.getLogger(__name__)
 D3 = Path(__file__).resolve().parent / "web" / "node_modules" / "d3" / "dist" / "d3.min.js"
-
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Scalar = StrictBool | StrictInt | FiniteFloat | StrictStr | None
-
-
-class ScoreRequest(BaseModel):
-    """Records to score with a task's champion."""
-
-    model_config = ConfigDict(extra="forbid")
-    task: Annotated[str, Field(min_length=1, max_length=100, description="e.g. opportunity_loss")]
-    records: Annotated[list[dict[str, Scalar]], Field(min_length=1, description=(
-        "Each record is {<id field>: id} (features are looked up) or a full feature record with its id."))]
-
-
-class Reason(BaseModel):
-    """One reason code."""
-
-    feature: str
-    contribution: float
-    direction: Literal["raises_risk", "lowers_risk"]
-    sentence: str
-
-
-class Action(BaseModel):
-    """A next-best action (its id is stable)."""
-
-    id: str
-    action: str
-
-
-class ScoreResult(BaseModel):
-    """The score of one record."""
-
-    model_config = ConfigDict(extra="allow")
-    probability: float
-    risk_band: Literal["low", "medium", "high"]
-    reasons: list[Reason]
-    actions: list[Action]
-    model: str
-    version: str
-
-
-class ScoreResponse(BaseModel):
-    """One result per record, in request order."""
-
-    results: list[ScoreResult]
-
-
-class ErrorBody(BaseModel):
-    """A client error: status, field, reason (and the ids at fault)."""
-
-    status: int
-    field: str
-    reason: str
-    ids: list[str] | None = None
-
-
-class ErrorResponse(BaseModel):
-    """The error envelope."""
-
-    error: ErrorBody
-
-
-class ServedModel(BaseModel):
-    """A served model version."""
-
-    task: str
-    model: str
-    version: str
-    gate: str
-    audit_report: str | None = Field(description="path of the audit report in the registry's artifact store")
-    audit_url: str | None = Field(description="where this service serves that report")
-    loaded_at: str
-
-
-class ModelsResponse(BaseModel):
-    """Served versions, and champions refused at load."""
-
-    models: list[ServedModel]
-    refused: dict[str, str]
-
 
 #: Marks a route as needing a bearer token, in the OpenAPI document too. It never refuses by itself
 #: (``auto_error=False``): ``principal_of`` answers 401 with the field and the reason.
@@ -213,9 +132,8 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         except AccessError:
             raise RequestError(401, "authorization", "invalid token") from None
 
-    @app.post("/churn/score", response_model=ScoreResponse, responses=ERRORS, dependencies=[Security(BEARER)])
     async def score(body: ScoreRequest, request: Request) -> Response:
-        """Score records with the champion of a risk task (deal loss, churn)."""
+        """Score records with the champion of a risk task (deal loss, churn, an imported binary outcome)."""
         principal = principal_of(request)
         check_role(principal.role)
         if len(body.records) > settings.max_batch_rows:
@@ -223,9 +141,11 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         server = server_provider()
         state = server.state
         served = state.served.get(body.task)
-        if served is None:
-            known = ", ".join(sorted(state.served)) or "none"
-            raise RequestError(404, "task", f"no champion serves task {body.task!r} (served: {known})")
+        if served is None or served.kind != "risk":
+            known = ", ".join(sorted(t for t, s in state.served.items() if s.kind == "risk")) or "none"
+            elsewhere = (f"; task {body.task!r} is a {served.kind} task: use {KINDS[served.kind].serving.endpoint}"
+                         if served is not None and served.kind in KINDS else "")
+            raise RequestError(404, "task", f"no risk champion serves task {body.task!r} (served: {known}){elsewhere}")
         resolved = resolve_records(body.records, served.model, served.lookup)
         outside = out_of_scope(resolved.ids, principal.scope, served.lookup, state.hierarchy)
         if outside:
@@ -241,6 +161,17 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         # The results are built to the ScoreResponse schema; re-validating 10,000 of them would cost more than
         # scoring them, so they go out as they are.
         return Response(orjson.dumps({"results": results}), media_type="application/json")
+
+    # Each kind's endpoint comes from the task registry; older paths stay as documented, deprecated aliases.
+    handlers = {"risk": score}
+    for kind in KINDS.values():
+        handler = handlers[kind.name]
+        app.post(kind.serving.endpoint, response_model=ScoreResponse, responses=ERRORS,
+                 dependencies=[Security(BEARER)], name=f"{kind.name}_score")(handler)
+        for path in kind.serving.legacy_endpoints:
+            app.post(path, response_model=ScoreResponse, responses=ERRORS, dependencies=[Security(BEARER)],
+                     deprecated=True, name=f"{kind.name}_score_{path.strip('/').replace('/', '_')}",
+                     description=f"The old path of {kind.serving.endpoint}, kept as an alias.")(handler)
 
     @app.get("/models", response_model=ModelsResponse)
     def models() -> dict:

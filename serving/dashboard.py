@@ -12,15 +12,25 @@ import pandas as pd
 from salesml.access import Principal
 from salesml.settings import Settings
 from serving.predict import resolve_records, score_request
+from training.registry import TASKS
 
 TOP_DEALS = 10
+
+
+def pipeline_model(state):
+    """The served risk model of deals (a task whose rows are opportunities), which the pipeline views score."""
+    for served in state.served.values():
+        task = TASKS.get(served.task)
+        if served.kind == "risk" and task is not None and task.data.entity == "opportunity":
+            return served
+    return None
 
 
 def dashboard_data(settings: Settings, state, principal: Principal, rules: list[dict]) -> dict:
     """Pipeline value by stage, at-risk value and count, monthly win rate, top at-risk deals with reasons, and
     model status, all within the principal's scope. Scores and reasons are the API's own (``score_request``)."""
     allowed = state.hierarchy.owners_in(principal.scope)
-    served = state.served.get("opportunity_loss")
+    served = pipeline_model(state)
     out: dict = {"viewer": {"name": principal.name, "role": principal.role, "scope": principal.scope},
                  "pipeline_by_stage": [], "at_risk": {"count": 0, "value": 0.0}, "win_rate_trend": [],
                  "top_at_risk": [],

@@ -48,6 +48,7 @@ class Lookup:
         id_field: the entity id field of a record (``opportunity_id``, ``account_id``, ``row_id``).
         features: current features by entity id (for records that carry only an id).
         owners: owning rep of each entity id (empty: the task has no owners, only ``all`` scopes may score it).
+        as_of: the day the features describe (the view's cutoff), reported with every answer by id.
     """
 
     id_field: str
@@ -57,6 +58,7 @@ class Lookup:
     rows: list[dict] = field(default_factory=list)
     position: dict[str, int] | None = None
     scores: list[dict] | None = None
+    as_of: str | None = None
 
     def prepare(self, model) -> None:
         """Transform the features once for the model (requests by id then only pick rows)."""
@@ -148,12 +150,14 @@ class Resolved:
         rows: each record's raw feature values (for reasons and actions).
         matrix: the model matrix (``None`` for models without a preprocessor; they read ``frame``).
         positions: when every record was given by id, their rows in the lookup.
+        from_lookup: for each record, whether its features came from the lookup (by id) or from the request.
     """
 
     ids: list[str]
     rows: list[dict]
     matrix: np.ndarray | None
     positions: list[int] | None = None
+    from_lookup: list[bool] | None = None
 
     @property
     def frame(self) -> pd.DataFrame:
@@ -290,15 +294,18 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
         raise RequestError(422, f"records.{lookup.id_field}", f"unknown {lookup.id_field}: {', '.join(unknown[:20])}",
                            unknown)
     positions = None if given else [at for _, at in looked_up]
+    origin = [True] * len(rows)
+    for i in given:
+        origin[i] = False
     if pre is None:
-        return Resolved(ids, rows, None, positions)
+        return Resolved(ids, rows, None, positions, origin)
     if not given:
-        return Resolved(ids, rows, lookup.matrix[positions], positions)
+        return Resolved(ids, rows, lookup.matrix[positions], positions, origin)
     matrix = np.empty((len(rows), len(features)))
     matrix[given] = pre.transform_records([rows[i] for i in given])
     if looked_up:
         matrix[[i for i, _ in looked_up]] = lookup.matrix[[at for _, at in looked_up]]
-    return Resolved(ids, rows, matrix)
+    return Resolved(ids, rows, matrix, None, origin)
 
 
 def out_of_scope(ids: list[str], scope: str, lookup: Lookup, hierarchy: Hierarchy) -> list[str]:
@@ -315,9 +322,13 @@ def risk_bands(p: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
 
 
 def score_records(model, resolved: Resolved, task: str, name: str, version: str, rules: list[dict], id_field: str,
-                  k: int = 3, approximate: bool = False) -> list[dict]:
+                  k: int = 3, approximate: bool = False, features_as_of: str | None = None) -> list[dict]:
     """Probabilities, risk bands, top-k reasons and next-best actions for resolved records (``approximate``:
-    XGBoost's path-based contributions, see ``training.models.booster_predict``)."""
+    XGBoost's path-based contributions, see ``training.models.booster_predict``).
+
+    Each result says how fresh its features are (``features_as_of``): the lookup's day for a record given by id,
+    ``request`` for a record that brought its own features.
+    """
     if resolved.matrix is not None and hasattr(model, "explain_matrix"):
         p, contributions = model.explain_matrix(resolved.matrix, approximate)
         reasons = reasons_from_contributions(contributions, list(model.features), resolved.rows, k)
@@ -328,10 +339,12 @@ def score_records(model, resolved: Resolved, task: str, name: str, version: str,
     bands = risk_bands(p, alert_thresholds(model, resolved.rows)).tolist()
     actions = next_best_actions(rules, task, resolved.rows, bands)
     version = str(version)
+    origin = resolved.from_lookup or [True] * len(resolved.ids)
+    fresh = [features_as_of if by_id else "request" for by_id in origin]
     return [{id_field: entity, "probability": probability, "risk_band": band, "reasons": why, "actions": todo,
-             "model": name, "version": version}
-            for entity, probability, band, why, todo in zip(resolved.ids, np.round(p, 6).tolist(), bands, reasons,
-                                                          actions, strict=True)]
+             "model": name, "version": version, "features_as_of": as_of}
+            for entity, probability, band, why, todo, as_of in zip(resolved.ids, np.round(p, 6).tolist(), bands,
+                                                                  reasons, actions, fresh, strict=True)]
 
 
 def score_lookup(model, lookup: Lookup, task: str, name: str, version: str, rules: list[dict],
@@ -348,7 +361,7 @@ def score_lookup(model, lookup: Lookup, task: str, name: str, version: str, rule
         part = slice(start, start + chunk)
         matrix = lookup.matrix[part] if lookup.matrix is not None else None
         scores += score_records(model, Resolved(ids[part], lookup.rows[part], matrix), task, name, version, rules,
-                                lookup.id_field, approximate=approximate)
+                                lookup.id_field, approximate=approximate, features_as_of=lookup.as_of)
     lookup.scores = scores
 
 
@@ -361,4 +374,5 @@ def score_request(model, resolved: Resolved, lookup: Lookup, task: str, name: st
     if resolved.positions is not None and lookup.scores is not None:
         scores = lookup.scores
         return [scores[at] for at in resolved.positions]
-    return score_records(model, resolved, task, name, version, rules, lookup.id_field, approximate=approximate)
+    return score_records(model, resolved, task, name, version, rules, lookup.id_field, approximate=approximate,
+                         features_as_of=lookup.as_of)

@@ -16,14 +16,14 @@ from datetime import UTC, datetime
 import pandas as pd
 
 from experiments.registered import RegistryError, get_alias, load_version_model
-from experiments.registry import CHAMPION, TAG_GATE, TAG_REPORT, TAG_TASK
+from experiments.registry import CHAMPION, TAG_GATE, TAG_REPORT, TAG_TASK, TAG_TASK_KIND
 from experiments.tracking import configure_mlflow
 from features.store import FeatureStore
 from salesml.settings import Settings
 from serving.predict import Hierarchy, Lookup, load_rules, score_lookup
+from training.registry import UnknownTaskError, canonical_model_name, get_task
 
 log = logging.getLogger(__name__)
-VIEW_OF_TASK = {"opportunity_loss": ("opportunity", "opportunity_id"), "customer_churn": ("customer", "account_id")}
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Served:
     gate: str
     report: str | None
     loaded_at: str
+    kind: str = "risk"
 
 
 @dataclass
@@ -51,26 +52,32 @@ class ServingState:
 
 
 def load_lookup(store: FeatureStore, task: str, model) -> Lookup:
-    """Current features by entity id, and each entity's owner, for a task."""
-    if task in VIEW_OF_TASK:
-        view, id_field = VIEW_OF_TASK[task]
+    """Current features by entity id, and each entity's owner, for a task (its data comes from the registry)."""
+    try:
+        definition = get_task(task, store)
+    except UnknownTaskError:
+        return Lookup("row_id", pd.DataFrame())
+    data = definition.data
+    if data.source == "view":
+        id_field = data.id_column
         features = pd.DataFrame(columns=[id_field, *model.features])
-        name = store.latest_view_table(view)
+        name = store.latest_view_table(data.name)
+        as_of = None
         if name is not None:
             table = store.table(name)
             features = table.filter(table.cutoff == table.cutoff.max()).execute()
+            if len(features):
+                as_of = pd.Timestamp(features["cutoff"].max()).date().isoformat()
         features = features.drop_duplicates(id_field, keep="last").set_index(id_field, drop=False)
         owners = {}
-        source = "opportunities" if task == "opportunity_loss" else "accounts"
-        if store.has_table(source):
-            owners = dict(store.table(source).select(id_field, "owner_rep_id").execute().itertuples(index=False))
-        return Lookup(id_field, features, {str(k): str(v) for k, v in owners.items() if v is not None})
-    spec = store.task_spec(task)
-    if spec is None or not store.has_table(spec["table"]):
-        return Lookup("row_id", pd.DataFrame())
-    frame = store.table(spec["table"]).execute()
-    frame["row_id"] = frame["row_id"].astype(str)
-    return Lookup("row_id", frame.set_index("row_id", drop=False))
+        if data.owners and store.has_table(data.owners):
+            owners = dict(store.table(data.owners).select(id_field, "owner_rep_id").execute().itertuples(index=False))
+        return Lookup(id_field, features, {str(k): str(v) for k, v in owners.items() if v is not None}, as_of=as_of)
+    if not store.has_table(data.name):
+        return Lookup(data.id_column, pd.DataFrame())
+    frame = store.table(data.name).execute()
+    frame[data.id_column] = frame[data.id_column].astype(str)
+    return Lookup(data.id_column, frame.set_index(data.id_column, drop=False))
 
 
 def load_hierarchy(store: FeatureStore) -> Hierarchy:
@@ -135,8 +142,9 @@ class ModelServer:
             except Exception:  # noqa: BLE001 - the cache only saves time: without it requests are scored live
                 log.exception("could not precompute the scores of %s's lookup; scoring requests by id live", name)
                 lookup.scores = None
+        kind = info.tags.get(TAG_TASK_KIND) or canonical_model_name(name).partition(".")[0]
         return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
-                      info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"))
+                      info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"), kind)
 
     def refresh(self) -> list[str]:
         """Swap in any champion that changed since the last look; returns the names reloaded."""

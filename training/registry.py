@@ -113,7 +113,12 @@ class Serving:
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind of model and how it goes through the loop."""
+    """A kind of model and how it goes through the loop.
+
+    ``config``, ``trainer``, ``artifact_loader`` and ``tracked_run`` are ``module:attribute`` references (the typed
+    config, the pure trainer, the artifact loader, and the MLflow-tracked pipeline that wraps the trainer and
+    registers a version); ``pyfunc`` is the models-from-code file in ``experiments/``.
+    """
 
     name: str
     description: str
@@ -124,6 +129,7 @@ class Kind:
     artifact_format: str
     artifact_loader: str
     pyfunc: str
+    tracked_run: str
     serving: Serving
     checks: tuple[str, ...]
 
@@ -229,6 +235,7 @@ RISK = Kind(
     artifact_format="LightGBM text or XGBoost JSON booster, preprocessing and calibrator as JSON",
     artifact_loader="training.models:load_artifact",
     pyfunc="pyfunc_risk.py",
+    tracked_run="experiments.risk_run:run_risk_training",
     serving=Serving(endpoint="/risk/score", legacy_endpoints=("/churn/score",),
                     request_schema="serving.schemas:ScoreRequest", response_schema="serving.schemas:ScoreResponse",
                     score="serving.predict:score_request", prediction="probability",

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.registry import TAG_FEATURE_VERSION, TAG_TRAINER, churn_model_name, sha_tag
+from experiments.registry import TAG_FEATURE_VERSION, TAG_TRAINER, sha_tag
 from experiments.risk_run import TEST_PREDICTIONS, run_risk_training
 from features.ingest import discover_sources, ingest
 from features.pipeline import train_text_model
@@ -62,7 +62,7 @@ def test_opportunity_loss_model_is_close_to_the_oracle_and_warns_early(trained):
 def test_the_run_and_version_carry_lineage_metrics_and_plots(trained, tmp_path):
     settings, result = trained
     client = mlflow.MlflowClient(settings.tracking_uri_resolved, settings.tracking_uri_resolved)
-    version = client.get_model_version(churn_model_name("opportunity_loss"), result["version"])
+    version = client.get_model_version("risk.opportunity_loss", result["version"])
     assert version.tags[TAG_TRAINER] == "alice"
     assert version.tags[TAG_FEATURE_VERSION] == result["feature_version"]
     assert version.tags[sha_tag("model.json")]

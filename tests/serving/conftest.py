@@ -39,7 +39,7 @@ def served_state(toy_model) -> ServingState:
                              "discount": [0.35, 0.05, 0.1], "dm_departures": [1.0, 0.0, 0.0],
                              "stage": ["lead", "proposal", "lead"], "amount": [1000.0, 2000.0, 500.0]})
     lookup = Lookup("opportunity_id", features.set_index("opportunity_id", drop=False),
-                    {"O1": "R1", "O2": "R2", "O3": "R3"})
+                    {"O1": "R1", "O2": "R2", "O3": "R3"}, as_of="2025-01-31")
     served = Served("opportunity_loss", "risk.opportunity_loss", "7", toy_model, lookup, "PASS", None, "now")
     deals = pd.DataFrame({"opportunity_id": ["O1", "O2", "O3", "O9"], "owner_rep_id": ["R1", "R2", "R3", "R1"],
                           "amount": [1000.0, 2000.0, 500.0, 700.0],

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, settings
 from tests.serving.conftest import auth
 
 
-def score(client, who, records, task="opportunity_loss"):
-    return client.post("/churn/score", json={"task": task, "records": records}, headers=auth(who))
+def score(client, who, records, task="opportunity_loss", path="/risk/score"):
+    return client.post(path, json={"task": task, "records": records}, headers=auth(who))
 
 
 def test_ids_and_full_records_are_scored_with_reasons_and_actions(client):
@@ -24,6 +24,22 @@ def test_ids_and_full_records_are_scored_with_reasons_and_actions(client):
     assert 1 <= len(first["reasons"]) <= 3 and all(r["sentence"] for r in first["reasons"])
     ids = {a["id"] for a in first["actions"]}
     assert {"NBA-DM-LEFT", "NBA-NO-MEETING", "NBA-HIGH-DISCOUNT"} <= ids
+    # How fresh each answer is: the lookup's cutoff for an id, the request itself for a full record.
+    assert (first["features_as_of"], second["features_as_of"]) == ("2025-01-31", "request")
+
+
+def test_the_old_churn_path_is_an_alias_of_the_risk_endpoint(client):
+    new = score(client, "exec", [{"opportunity_id": "O1"}])
+    old = score(client, "exec", [{"opportunity_id": "O1"}], path="/churn/score")
+    assert old.status_code == new.status_code == 200 and old.json() == new.json()
+    schema = client.get("/openapi.json").json()["paths"]
+    assert schema["/churn/score"]["post"]["deprecated"] is True and not schema["/risk/score"]["post"].get("deprecated")
+
+
+def test_a_task_no_risk_champion_serves_is_404_naming_the_served_ones(client):
+    missing = score(client, "exec", [{"opportunity_id": "O1"}], task="walmart_weekly_sales")
+    assert missing.status_code == 404 and missing.json()["error"]["field"] == "task"
+    assert "opportunity_loss" in missing.json()["error"]["reason"]
 
 
 def test_scopes_rep_team_all(client):
@@ -39,12 +55,12 @@ def test_scopes_rep_team_all(client):
 @pytest.mark.parametrize(("headers", "status"), [({}, 401), ({"Authorization": "Bearer wrong"}, 401),
                                                  ({"Authorization": "Basic abc"}, 401)])
 def test_missing_or_invalid_tokens_get_401(client, headers, status):
-    response = client.post("/churn/score", json={"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}]},
+    response = client.post("/risk/score", json={"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}]},
                            headers=headers)
     assert response.status_code == status and response.json()["error"]["field"] == "authorization"
-    invalid_body = client.post("/churn/score", json={"task": "opportunity_loss"}, headers=headers)
+    invalid_body = client.post("/risk/score", json={"task": "opportunity_loss"}, headers=headers)
     assert invalid_body.status_code == 401  # who is asking comes before what is wrong with the body
-    malformed = client.post("/churn/score", content="not json", headers={**headers, "content-type": "application/json"})
+    malformed = client.post("/risk/score", content="not json", headers={**headers, "content-type": "application/json"})
     assert malformed.status_code == 401 and malformed.headers["www-authenticate"] == "Bearer"
 
 
@@ -54,7 +70,7 @@ def test_the_openapi_document_names_exactly_the_routes_that_need_a_token(client)
         "type": "http", "scheme": "bearer", "description": "A token from `salesml access add`."}
     secured = {(path, method) for path, item in schema["paths"].items() for method, op in item.items()
                if op.get("security")}
-    assert secured == {("/churn/score", "post"), ("/dashboard/data", "get")}
+    assert secured == {("/risk/score", "post"), ("/churn/score", "post"), ("/dashboard/data", "get")}
     for path, method in secured:  # and each of them refuses a request without one
         assert client.request(method.upper(), path, json={}).status_code == 401
 
@@ -75,7 +91,7 @@ def test_the_openapi_document_names_exactly_the_routes_that_need_a_token(client)
     ({"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}], "extra": 1}, 422, "extra"),
 ])
 def test_client_mistakes_get_4xx_with_field_and_reason(client, body, status, field):
-    response = client.post("/churn/score", json=body, headers=auth("exec"))
+    response = client.post("/risk/score", json=body, headers=auth("exec"))
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["field"] == field and error["reason"]
@@ -86,7 +102,7 @@ def test_client_mistakes_get_4xx_with_field_and_reason(client, body, status, fie
                                  '{"task": "opportunity_loss", "records": [{"opportunity_id": "O1", "discount": Infinity}]}',
                                  '{"task": "opportunity_loss", "records": [', "not json at all"])
 def test_nan_inf_and_malformed_json_get_422(client, raw):
-    response = client.post("/churn/score", content=raw, headers={**auth("exec"), "content-type": "application/json"})
+    response = client.post("/risk/score", content=raw, headers={**auth("exec"), "content-type": "application/json"})
     assert response.status_code == 422 and response.json()["error"]["reason"]
 
 
@@ -105,7 +121,7 @@ def test_dashboard_data_follows_the_scope(client):
     assert "d3.min.js" in client.get("/dashboard").text
     assert exec_["top_at_risk"], "the toy pipeline has a high-risk deal"
     for deal in exec_["top_at_risk"]:  # the dashboard shows what the API answers for the same id
-        api = client.post("/churn/score", json={"task": "opportunity_loss",
+        api = client.post("/risk/score", json={"task": "opportunity_loss",
                                                 "records": [{"opportunity_id": deal["opportunity_id"]}]},
                           headers=auth("exec")).json()["results"][0]
         assert deal["probability"] == round(api["probability"], 4)
@@ -118,7 +134,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(client):
 
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert any(op.path == "/churn/score" for op in operations)
+    assert any(op.path == "/risk/score" for op in operations)
     for operation in operations:
 
         @given(case=operation.as_strategy())

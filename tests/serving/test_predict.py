@@ -43,7 +43,7 @@ def test_requests_by_id_are_answered_from_the_scores_computed_at_load(toy_model,
     rules = load_rules()
     records = [{"opportunity_id": "O3"}, {"opportunity_id": "O1"}, {"opportunity_id": "O3"}]
     live = score_records(toy_model, resolve_records(records, toy_model, lookup), "opportunity_loss", "m", "7", rules,
-                         "opportunity_id")
+                         "opportunity_id", features_as_of=lookup.as_of)
     score_lookup(toy_model, lookup, "opportunity_loss", "m", "7", rules, chunk=2)
     assert len(lookup.scores) == 3
     cached = score_request(toy_model, resolve_records(records, toy_model, lookup), lookup, "opportunity_loss", "m",

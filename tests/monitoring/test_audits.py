@@ -1,0 +1,104 @@
+"""The audit steps on constructed data: the metric the policy names, and fairness that separates bias from real
+differences between groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.audits import audit_fairness, audit_performance, audit_proxies
+from monitoring.policy import AcknowledgedProxy, DemographicParityPolicy, FairnessPolicy, PerformancePolicy
+from training.registry import get_kind
+
+RISK = get_kind("risk")
+
+
+def test_the_performance_check_computes_the_metric_the_policy_names_in_its_direction():
+    y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    good = np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7, 0.2, 0.6])
+    weak = np.array([0.6, 0.2, 0.4, 0.9, 0.7, 0.3, 0.2, 0.6])
+    policy = PerformancePolicy(min_value=0.6, max_degradation=0.01, min_improvement=0.0)
+    assert audit_performance(y, weak, good, policy, RISK.metric("roc_auc")).status == "fail"
+    assert audit_performance(y, good, good, policy, RISK.metric("roc_auc")).status == "pass"
+    assert audit_performance(y, good, weak, policy.model_copy(update={"min_improvement": 0.5}),
+                             RISK.metric("roc_auc")).status == "review"
+    assert audit_performance(y, np.full(8, 0.5), None, policy, RISK.metric()).status == "fail"
+    # log loss: lower is better, and the bound is a ceiling.
+    loss = PerformancePolicy(metric="log_loss", min_value=0.5, max_degradation=0.01)
+    better = audit_performance(y, good, weak, loss, RISK.metric("log_loss"))
+    assert better.status == "pass" and better.figures["metric"] == "log_loss"
+    assert better.figures["candidate"] < better.figures["champion"] and better.figures["improvement"] > 0
+    assert audit_performance(y, weak, good, loss, RISK.metric("log_loss")).status == "fail"
+    assert "ceiling" in audit_performance(y, np.full(8, 0.99), None, loss, RISK.metric("log_loss")).reason
+    pr = audit_performance(y, good, None, PerformancePolicy(metric="pr_auc"), RISK.metric("pr_auc"))
+    assert pr.figures["metric"] == "pr_auc" and "PR AUC" in pr.reason
+
+
+def _groups(seed: int, rates: dict[str, float], n: int = 3000, inflate: dict[str, float] | None = None):
+    """Deals of several groups whose true loss rates differ; the model's probability is the truth (calibrated
+    in every group) unless ``inflate`` adds to a group's probabilities; outcomes are drawn from the truth."""
+    rng = np.random.default_rng(seed)
+    groups = rng.choice(list(rates), n)
+    base = np.array([rates[g] for g in groups])
+    truth = np.clip(base + rng.normal(0, 0.2, n), 0.02, 0.98)
+    y = (rng.random(n) < truth).astype(int)
+    p = truth + np.array([(inflate or {}).get(g, 0.0) for g in groups])
+    frame = pd.DataFrame({"opportunity_id": [f"O{i}" for i in range(n)], "region": groups})
+    return frame, y, np.clip(p, 0.01, 0.99)
+
+
+def test_a_calibrated_model_of_groups_whose_outcomes_really_differ_passes():
+    frame, y, p = _groups(1, {"APAC": 0.22, "EMEA": 0.38, "NA": 0.31})
+    result = audit_fairness(frame, y, p, 0.35, ["region"], FairnessPolicy(), seed=0, entity="opportunity_id")
+    figures = result.figures["attributes"]["region"]
+    # What the old gate failed: parity of selection rates and raw error rates both track the real difference.
+    assert figures["demographic_parity_ratio"] < 0.8 and figures["equalized_odds_difference"] > 0.1
+    assert result.status == "pass", result.reason
+    assert abs(figures["calibration"]["gap"]) < 0.05 and figures["amplification"]["amplification"] < 0.1
+
+
+def test_a_group_whose_risk_is_overstated_fails_calibration_and_amplification_with_its_figures():
+    frame, y, p = _groups(2, {"small": 0.31, "mid": 0.31, "enterprise": 0.27}, inflate={"small": 0.12})
+    result = audit_fairness(frame, y, p, 0.35, ["region"], FairnessPolicy(), seed=0, entity="opportunity_id")
+    assert result.status == "fail"
+    failed = {f["criterion"] for f in result.figures["failed"]}
+    assert {"calibration", "amplification"} <= failed
+    assert "group small is miscalibrated" in result.reason and "widens the gap" in result.reason
+    mitigation = result.figures["mitigation"]
+    assert mitigation["attribute"] == "region" and "equalized odds" in mitigation["method"]
+    assert set(mitigation["thresholds"]) == {"small", "mid", "enterprise"}
+    assert mitigation["thresholds"]["small"] > mitigation["thresholds"]["enterprise"]  # small deals need more
+
+
+def test_demographic_parity_gates_only_where_the_policy_asks_for_parity_of_outcomes():
+    frame, y, p = _groups(3, {"APAC": 0.2, "EMEA": 0.4})
+    parity = DemographicParityPolicy(gate=True, reason="leads are allocated evenly across regions")
+    result = audit_fairness(frame, y, p, 0.35, ["region"], FairnessPolicy(demographic_parity=parity), seed=0)
+    assert result.status == "fail" and "parity is required: leads are allocated evenly" in result.reason
+    assert result.figures["mitigation"]["method"].startswith("fairlearn ThresholdOptimizer (demographic parity)")
+    assert audit_fairness(frame, y, p, 0.35, ["region"], FairnessPolicy(), seed=0).status == "pass"
+    with pytest.raises(ValueError, match="reason"):
+        DemographicParityPolicy(gate=True)
+
+
+def test_gaps_in_small_groups_or_by_chance_are_reported_not_judged():
+    frame, y, p = _groups(4, {"A": 0.3, "B": 0.3}, n=150, inflate={"B": 0.08})
+    result = audit_fairness(frame, y, p, 0.35, ["region"], FairnessPolicy(), seed=0)
+    assert result.figures["attributes"]["region"]["groups_judged"] == 0 and result.status == "pass"
+
+
+def test_acknowledged_proxies_are_listed_with_their_reason_and_do_not_ask_for_review():
+    rng = np.random.default_rng(0)
+    size = pd.Series(rng.choice(["small", "mid", "enterprise"], 600))
+    features = pd.DataFrame({"employee_band": size.map({"small": "1-49", "mid": "50-999", "enterprise": "1000+"}),
+                             "meetings": rng.poisson(3, 600).astype(float)})
+    frame = pd.DataFrame({"size_band": size})
+    flagged = audit_proxies(frame, ["size_band"], features, FairnessPolicy())
+    assert flagged.status == "review" and "employee_band~size_band" in flagged.reason
+    known = AcknowledgedProxy(feature="employee_band", attribute="size_band", by="vera",
+                              reason="the same fact banded twice")
+    accepted = audit_proxies(frame, ["size_band"], features, FairnessPolicy(acknowledged_proxies=[known]))
+    assert accepted.status == "pass" and "acknowledged: employee_band~size_band" in accepted.reason
+    (proxy,) = accepted.figures["acknowledged"]
+    assert proxy["strength"] > 0.99 and proxy["reason"] == "the same fact banded twice" and proxy["acknowledged_by"] == "vera"
