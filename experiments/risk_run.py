@@ -315,12 +315,28 @@ def register_threshold_variant(settings: Settings, name: str, version: str, miti
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"v{version}-threshold-variant") as run:
         mlflow.set_tags({"salesml.variant_of": str(version), "salesml.task": info.tags.get(TAG_TASK, "")})
         mlflow.log_dict(model.metadata[GROUP_THRESHOLDS], "fairness/group_thresholds.json")
+        _copy_evaluation(client, info.run_id)
         digests, model_uri = _log_model(model, example)
         tags = {key: info.tags[key] for key in (TAG_WINDOW, TAG_FEATURE_VERSION, TAG_TRAINER) if key in info.tags}
         tags.update({TAG_KIND: "threshold_variant", TAG_VARIANT_OF: str(version),
                      TAG_MITIGATION: f"{mitigation.get('method', 'ThresholdOptimizer')} on {mitigation['attribute']}"})
         return _register(client, name, model_uri, run.info.run_id, digests,
                          info.tags.get(TAG_TASK) or model.metadata.get("task"), tags)
+
+
+def _copy_evaluation(client, source_run: str) -> None:
+    """Log into the active run the evaluation data and split of ``source_run``: a variant of a version is judged
+    on the rows its base version was."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in ("evaluation", "split.json"):
+            try:
+                local = client.download_artifacts(source_run, path, tmp)
+            except (mlflow.exceptions.MlflowException, OSError):
+                continue
+            if Path(local).is_dir():
+                mlflow.log_artifacts(local, path)
+            else:
+                mlflow.log_artifact(local)
 
 
 def _train_baseline(data: TaskData, config: RiskConfig):

@@ -138,6 +138,21 @@ def snapshot_hash(store: FeatureStore) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def latest_event(store: FeatureStore, table: str, column: str) -> date:
+    """The day of the newest row of ``table`` by ``column``: what "as of the store's latest data" means.
+
+    Raises:
+        FeatureError: when the table is missing or empty.
+    """
+    if not store.has_table(table):
+        raise FeatureError(f"no {table} in the feature store: ingest data first")
+    t = store.table(table)
+    value = t.aggregate(last=t[column].max()).execute()["last"].iloc[0]
+    if pd.isna(value):
+        raise FeatureError(f"no {table} in the feature store: ingest data first")
+    return pd.Timestamp(value).date()
+
+
 # ------------------------------------------------------------------------------------------------ build
 
 

@@ -255,79 +255,38 @@ def _residual_gap(table: pd.DataFrame, rate: str, base: str, per_entity: float) 
             "raw_high": float(usable.loc[high, rate])}
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
+def _amplification(table: pd.DataFrame, per_entity: float) -> dict:
+    """The pair of groups whose predicted-risk ratio falls furthest below their observed outcome-rate ratio.
 
+    For groups a and b with mean predicted risk r_a <= r_b: the model's ratio r_a / r_b against o_a / o_b, the
+    observed outcome rates of the same groups in the same window. A model that tracks a real difference keeps the
+    ratios close; one that widens the gap rates the one group riskier than its outcomes warrant. The selection
+    rates at the alert threshold of the same pair are reported beside it, not judged: they also depend on how
+    spread each group's scores are (how well the model discriminates within it), so a calibrated model can select
+    one group more often than its outcome rate alone would say without rating it riskier than it is.
 
-def _warranted_selection(logits: np.ndarray, weights: np.ndarray, target: np.ndarray, threshold: np.ndarray,
-                         iterations: int = 40) -> np.ndarray:
-    """Selection rates at the same thresholds once a group's scores are shifted (in log-odds) so that their
-    weighted mean is the group's observed outcome rate; vectorised over rows of ``weights`` (bootstrap draws)."""
-    low = np.full(len(weights), -12.0)
-    high = np.full(len(weights), 12.0)
-    total = weights.sum(axis=1)
-    for _ in range(iterations):  # bisection: the mean of the shifted probabilities grows with the shift
-        mid = (low + high) / 2
-        mean = (weights * (1 / (1 + np.exp(-(logits[None, :] + mid[:, None]))))).sum(axis=1) / total
-        low, high = np.where(mean < target, mid, low), np.where(mean < target, high, mid)
-    shifted = 1 / (1 + np.exp(-(logits[None, :] + ((low + high) / 2)[:, None])))
-    return (weights * (shifted >= threshold[None, :])).sum(axis=1) / total
-
-
-def _amplification(groups: np.ndarray, y: np.ndarray, p: np.ndarray, threshold: np.ndarray, judged: pd.DataFrame,
-                   entities: np.ndarray, seed: int, draws: int = 400) -> dict:
-    """The pair of groups whose selection-rate ratio falls furthest below the ratio their outcomes warrant.
-
-    For groups a and b with selection rates s_a <= s_b, the model's ratio s_a / s_b is compared with the ratio
-    w_a / w_b that the same thresholds give once each group's scores are shifted to match the group's observed
-    outcome rate. Thresholding calibrated scores of groups whose risk differs already makes their selection rates
-    differ more than their outcome rates (the more so the weaker the model), so the observed outcome-rate ratio
-    o_a / o_b, reported beside it, is not the yardstick; what the model adds beyond that is. The p-value is one-
-    sided, from an entity bootstrap (whole entities drawn with replacement): the share of draws in which the model
-    does not widen the gap.
+    The p-value tests the gap of the log ratios by the delta method on the observed rates, counting entities.
     """
     worst = {"amplification": 0.0, "p_value": 1.0, "low": None, "high": None}
-    names = list(judged.index)
-    logits = _logit(p)
-    warranted = {}
-    for g in names:
-        m = groups == g
-        warranted[g] = float(_warranted_selection(logits[m], np.ones((1, m.sum())), np.array([y[m].mean()]),
-                                                  threshold[m])[0])
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            lo, hi = (a, b) if judged.loc[a, "selection_rate"] <= judged.loc[b, "selection_rate"] else (b, a)
-            if judged.loc[hi, "selection_rate"] <= 0 or warranted[hi] <= 0 or judged.loc[hi, "observed_rate"] <= 0:
+    groups = list(table.index)
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            lo, hi = (a, b) if table.loc[a, "mean_predicted"] <= table.loc[b, "mean_predicted"] else (b, a)
+            o_lo, o_hi = table.loc[lo, "observed_rate"], table.loc[hi, "observed_rate"]
+            r_lo, r_hi = table.loc[lo, "mean_predicted"], table.loc[hi, "mean_predicted"]
+            if min(o_lo, o_hi, r_hi) <= 0 or max(o_lo, o_hi) >= 1:
                 continue
-            selection_ratio = judged.loc[lo, "selection_rate"] / judged.loc[hi, "selection_rate"]
-            warranted_ratio = warranted[lo] / warranted[hi]
-            if warranted_ratio - selection_ratio > worst["amplification"]:
-                worst = {"amplification": float(warranted_ratio - selection_ratio), "low": lo, "high": hi,
-                         "selection_ratio": float(selection_ratio), "warranted_ratio": float(warranted_ratio),
-                         "outcome_ratio": float(judged.loc[lo, "observed_rate"] / judged.loc[hi, "observed_rate"]),
-                         "p_value": 1.0}
-    if worst["low"] is None:
-        return worst
-    rng = np.random.default_rng(seed)
-    keep = np.isin(groups, [worst["low"], worst["high"]])
-    codes, index = np.unique(entities[keep], return_inverse=True)
-    counts = rng.multinomial(len(codes), np.full(len(codes), 1 / len(codes)), size=draws)[:, index]
-    rates = {}
-    for g in (worst["low"], worst["high"]):
-        m = groups[keep] == g
-        w = counts[:, m].astype(float)
-        ok = w.sum(axis=1) > 0
-        w[~ok] = 1.0
-        target = (w * y[keep][m]).sum(axis=1) / w.sum(axis=1)
-        selected = (p[keep][m] >= threshold[keep][m]).astype(float)
-        rates[g] = ((w * selected).sum(axis=1) / w.sum(axis=1),
-                    _warranted_selection(logits[keep][m], w, target, threshold[keep][m]), ok)
-    (s_lo, w_lo, ok_lo), (s_hi, w_hi, ok_hi) = rates[worst["low"]], rates[worst["high"]]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        drawn = w_lo / w_hi - s_lo / s_hi
-    valid = ok_lo & ok_hi & np.isfinite(drawn)
-    worst["p_value"] = float((1 + np.sum(drawn[valid] <= 0)) / (1 + valid.sum()))
+            predicted_ratio, outcome_ratio = r_lo / r_hi, o_lo / o_hi
+            gap = outcome_ratio - predicted_ratio
+            if gap <= worst["amplification"]:
+                continue
+            n_lo, n_hi = table.loc[lo, "count"] / per_entity, table.loc[hi, "count"] / per_entity
+            variance = (1 - o_lo) / (o_lo * n_lo) + (1 - o_hi) / (o_hi * n_hi)
+            z = math.log(outcome_ratio / predicted_ratio) / math.sqrt(variance) if r_lo > 0 else float("inf")
+            s_hi = table.loc[hi, "selection_rate"]
+            worst = {"amplification": float(gap), "p_value": _z_p_value(z), "low": lo, "high": hi,
+                     "predicted_ratio": float(predicted_ratio), "outcome_ratio": float(outcome_ratio),
+                     "selection_ratio": float(table.loc[lo, "selection_rate"] / s_hi) if s_hi > 0 else None}
     return worst
 
 
@@ -364,8 +323,7 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
     """
     y = np.asarray(y, dtype=int)
     p = np.asarray(p, dtype=float)
-    thresholds = np.broadcast_to(np.asarray(threshold, dtype=float), p.shape)
-    pred = (p >= thresholds).astype(int)
+    pred = (p >= threshold).astype(int)
     alpha = policy.significance
     per_entity = len(frame) / frame[entity].nunique() if entity and entity in frame.columns and len(frame) else 1.0
     figures: dict = {"threshold": float(threshold) if np.ndim(threshold) == 0 else "per group",
@@ -406,9 +364,7 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
                                      "observed": float(judged.loc[worst_cal, "observed_rate"])}
             result["error_rates"] = {"tpr": _residual_gap(judged, "tpr", "positives", per_entity),
                                      "fpr": _residual_gap(judged, "fpr", "negatives", per_entity)}
-            ids = (frame[entity].astype(str).to_numpy() if entity and entity in frame.columns
-                   else np.arange(len(frame)).astype(str))
-            result["amplification"] = amp = _amplification(groups, y, p, thresholds, judged, ids, seed)
+            result["amplification"] = amp = _amplification(judged, per_entity)
             for _, row in judged.iterrows():
                 if abs(row["calibration_gap"]) > policy.calibration_tolerance and row["calibration_p_value"] < alpha:
                     failures.append({"attribute": attr, "criterion": "calibration", "figure": row["calibration_gap"],
@@ -425,10 +381,10 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
                                              f"p={gap['p_value']:.2g})"})
             if amp["amplification"] > policy.amplification_tolerance and amp["p_value"] < alpha:
                 failures.append({"attribute": attr, "criterion": "amplification", "figure": amp["amplification"],
-                                 "text": f"{attr}: selection-rate ratio {amp['low']}/{amp['high']} "
-                                         f"{amp['selection_ratio']:.2f} where their outcomes warrant "
-                                         f"{amp['warranted_ratio']:.2f} (observed outcome-rate ratio "
-                                         f"{amp['outcome_ratio']:.2f}; the model widens the gap by "
+                                 "text": f"{attr}: predicted-risk ratio {amp['low']}/{amp['high']} "
+                                         f"{amp['predicted_ratio']:.2f} where their observed outcome-rate ratio is "
+                                         f"{amp['outcome_ratio']:.2f} (selection-rate ratio "
+                                         f"{amp['selection_ratio']:.2f}; the model widens the gap by "
                                          f"{amp['amplification']:.2f}, tolerance {policy.amplification_tolerance:.2f}, "
                                          f"p={amp['p_value']:.2g})"})
             parity = policy.demographic_parity

@@ -83,7 +83,7 @@ class FairnessPolicy(CheckPolicy):
                                          "group.")
     max_equalized_odds_difference: float = Field(0.10, gt=0, description="Largest gap between groups in TPR or "
                                                  "FPR beyond what each group's own calibrated scores imply.")
-    amplification_tolerance: float = Field(0.10, gt=0, description="How far the selection-rate ratio of two "
+    amplification_tolerance: float = Field(0.10, gt=0, description="How far the predicted-risk ratio of two "
                                            "groups may fall below their observed outcome-rate ratio.")
     demographic_parity: DemographicParityPolicy = Field(default_factory=DemographicParityPolicy)
     proxy_threshold: float = Field(0.5, gt=0, le=1, description="Cramer's V / correlation ratio of a feature with "

@@ -18,12 +18,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from salesml.access import AccessError, Principal, authenticate
 from salesml.settings import Settings
 from serving.dashboard import dashboard_data, dashboard_html
 from serving.inference_log import InferenceLogger
-from serving.predict import RequestError, check_role, out_of_scope, resolve_records, score_request
+from serving.predict import RequestError, check_role, out_of_scope, resolve_parts, score_request, unknown_ids
 from serving.schemas import ErrorResponse, ModelsResponse, ScoreRequest, ScoreResponse
 from serving.state import ModelServer
 from training.registry import KINDS
@@ -34,7 +35,7 @@ D3 = Path(__file__).resolve().parent / "web" / "node_modules" / "d3" / "dist" / 
 #: Marks a route as needing a bearer token, in the OpenAPI document too. It never refuses by itself
 #: (``auto_error=False``): ``principal_of`` answers 401 with the field and the reason.
 BEARER = HTTPBearer(auto_error=False, description="A token from `salesml access add`.")
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 422, 503)}
 
 
 class TokenCache:
@@ -146,17 +147,28 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
             elsewhere = (f"; task {body.task!r} is a {served.kind} task: use {KINDS[served.kind].serving.endpoint}"
                          if served is not None and served.kind in KINDS else "")
             raise RequestError(404, "task", f"no risk champion serves task {body.task!r} (served: {known}){elsewhere}")
-        resolved = resolve_records(body.records, served.model, served.lookup)
-        outside = out_of_scope(resolved.ids, principal.scope, served.lookup, state.hierarchy)
+        # Ids the served lookup lacks (a deal created after the view's cutoff) get features computed as of the
+        # store's latest data; building them takes seconds once per data snapshot, off the event loop.
+        live = None
+        if unknown_ids(body.records, served.model, served.lookup) and hasattr(server, "live_lookup"):
+            live = await run_in_threadpool(server.live_lookup, served)
+        parts = resolve_parts(body.records, served.model, served.lookup, lambda: live)
+        outside = sorted({i for part in parts
+                          for i in out_of_scope(part.resolved.ids, principal.scope, part.lookup, state.hierarchy)})
         if outside:
             raise RequestError(403, "records", f"{principal.name} may not score these records (scope "
                                f"{principal.scope})", outside)
-        # The server's rules: those it precomputed the answers by id with.
-        results = score_request(served.model, resolved, served.lookup, served.task, served.name, served.version,
-                                server.rules, approximate=settings.reasons == "fast")
+        results: list = [None] * len(body.records)
+        rows: list = [None] * len(body.records)
+        for part in parts:
+            # The server's rules: those it precomputed the answers by id with.
+            scored = score_request(served.model, part.resolved, part.lookup, served.task, served.name,
+                                   served.version, server.rules, approximate=settings.reasons == "fast")
+            for at, result, row in zip(part.indexes, scored, part.resolved.rows, strict=True):
+                results[at], rows[at] = result, row
         logger = logger_provider()
         if logger is not None:
-            logger.log(served.task, principal.name, served.name, served.version, resolved.rows, results,
+            logger.log(served.task, principal.name, served.name, served.version, rows, results,
                        served.lookup.id_field)
         # The results are built to the ScoreResponse schema; re-validating 10,000 of them would cost more than
         # scoring them, so they go out as they are.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,7 @@ class Lookup:
         features: current features by entity id (for records that carry only an id).
         owners: owning rep of each entity id (empty: the task has no owners, only ``all`` scopes may score it).
         as_of: the day the features describe (the view's cutoff), reported with every answer by id.
+        source: where the features came from (the materialised view's table, or ``live@<snapshot>``).
     """
 
     id_field: str
@@ -59,6 +60,7 @@ class Lookup:
     position: dict[str, int] | None = None
     scores: list[dict] | None = None
     as_of: str | None = None
+    source: str | None = None
 
     def prepare(self, model) -> None:
         """Transform the features once for the model (requests by id then only pick rows)."""
@@ -249,12 +251,14 @@ def _check_record(i: int, record: dict, features: list[str], numeric: set[str], 
     return row
 
 
-def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
+def resolve_records(records: list[dict], model, lookup: Lookup, indexes: Sequence[int] | None = None) -> Resolved:
     """Turn request records into what the model reads.
 
     A record is either only the entity id (features come from the lookup) or a full feature record that also
     carries the id. Booleans count as numbers (0/1). For a fairness-mitigated variant, a full record may also
     carry the group attribute its thresholds depend on; without it the model's base threshold applies.
+
+    ``indexes``: each record's position in the request, for the field names of errors (default: in order).
 
     Raises:
         RequestError: 422 naming the field for a missing id, an unknown id, a missing feature, a value of the
@@ -269,9 +273,10 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
     lookup.prepare(model)
     ids, rows, unknown, given, looked_up = [], [], [], [], []
     for i, record in enumerate(records):
+        at_request = indexes[i] if indexes is not None else i
         entity = record.get(lookup.id_field)
         if entity is None or entity == "":
-            raise RequestError(422, f"records.{i}.{lookup.id_field}", f"every record needs {lookup.id_field}")
+            raise RequestError(422, f"records.{at_request}.{lookup.id_field}", f"every record needs {lookup.id_field}")
         entity = str(entity)
         ids.append(entity)
         if len(record) == 1:
@@ -282,11 +287,11 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
             rows.append(lookup.rows[at])
             looked_up.append((i, at))
             continue
-        row = _check_record(i, record, features, numeric, categories)
+        row = _check_record(at_request, record, features, numeric, categories)
         if group_attribute and group_attribute not in row:
             value = record.get(group_attribute)
             if value is not None and not isinstance(value, str):
-                raise RequestError(422, f"records.{i}.{group_attribute}", "must be a string or null")
+                raise RequestError(422, f"records.{at_request}.{group_attribute}", "must be a string or null")
             row[group_attribute] = value
         rows.append(row)
         given.append(i)
@@ -306,6 +311,47 @@ def resolve_records(records: list[dict], model, lookup: Lookup) -> Resolved:
     if looked_up:
         matrix[[i for i, _ in looked_up]] = lookup.matrix[[at for _, at in looked_up]]
     return Resolved(ids, rows, matrix, None, origin)
+
+
+def unknown_ids(records: list[dict], model, lookup: Lookup) -> list[int]:
+    """Positions of the records given only by an id the lookup does not hold."""
+    lookup.prepare(model)
+    out = []
+    for i, record in enumerate(records):
+        entity = record.get(lookup.id_field)
+        if len(record) == 1 and entity not in (None, "") and str(entity) not in lookup.position:
+            out.append(i)
+    return out
+
+
+@dataclass
+class Part:
+    """Some of a request's records (their positions), resolved against one lookup."""
+
+    indexes: list[int]
+    resolved: Resolved
+    lookup: Lookup
+
+
+def resolve_parts(records: list[dict], model, lookup: Lookup, live: Callable[[], Lookup | None] | None = None
+                  ) -> list[Part]:
+    """Resolve a request's records; ids the lookup does not hold are resolved against ``live()``, features
+    computed as of the store's latest data, when it is given and holds them.
+
+    Raises:
+        RequestError: as ``resolve_records`` (an id neither lookup holds is 422 unknown).
+    """
+    missing = unknown_ids(records, model, lookup)
+    fresh = live() if missing and live is not None else None
+    if fresh is None:
+        return [Part(list(range(len(records))), resolve_records(records, model, lookup), lookup)]
+    parts = []
+    rest = sorted(set(range(len(records))) - set(missing))
+    if rest:
+        parts.append(Part(rest, resolve_records([records[i] for i in rest], model, lookup, rest), lookup))
+    fresh.prepare(model)
+    parts.append(Part(missing, resolve_records([records[i] for i in missing], model, fresh, missing), fresh))
+    return parts
 
 
 def out_of_scope(ids: list[str], scope: str, lookup: Lookup, hierarchy: Hierarchy) -> list[str]:

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 
+import duckdb
 import pandas as pd
 
 from experiments.registered import RegistryError, get_alias, load_version_model
 from experiments.registry import CHAMPION, TAG_GATE, TAG_REPORT, TAG_TASK, TAG_TASK_KIND
 from experiments.tracking import configure_mlflow
+from features.pipeline import build_view, latest_event, snapshot_hash
 from features.store import FeatureStore
 from salesml.settings import Settings
-from serving.predict import Hierarchy, Lookup, load_rules, score_lookup
-from training.registry import UnknownTaskError, canonical_model_name, get_task
+from serving.predict import Hierarchy, Lookup, RequestError, load_rules, score_lookup
+from training.registry import TASKS, Task, UnknownTaskError, canonical_model_name, get_task
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,16 @@ class ServingState:
     deals: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+def _owners(store: FeatureStore, data) -> dict[str, str]:
+    if not data.owners or not store.has_table(data.owners):
+        return {}
+    pairs = store.table(data.owners).select(data.id_column, "owner_rep_id").execute().itertuples(index=False)
+    return {str(k): str(v) for k, v in pairs if v is not None}
+
+
 def load_lookup(store: FeatureStore, task: str, model) -> Lookup:
-    """Current features by entity id, and each entity's owner, for a task (its data comes from the registry)."""
+    """Current features by entity id, and each entity's owner, for a task (its data comes from the registry):
+    the newest cutoff of the newest materialised view for a view task, the task table otherwise."""
     try:
         definition = get_task(task, store)
     except UnknownTaskError:
@@ -69,15 +81,23 @@ def load_lookup(store: FeatureStore, task: str, model) -> Lookup:
             if len(features):
                 as_of = pd.Timestamp(features["cutoff"].max()).date().isoformat()
         features = features.drop_duplicates(id_field, keep="last").set_index(id_field, drop=False)
-        owners = {}
-        if data.owners and store.has_table(data.owners):
-            owners = dict(store.table(data.owners).select(id_field, "owner_rep_id").execute().itertuples(index=False))
-        return Lookup(id_field, features, {str(k): str(v) for k, v in owners.items() if v is not None}, as_of=as_of)
+        return Lookup(id_field, features, _owners(store, data), as_of=as_of, source=name)
     if not store.has_table(data.name):
         return Lookup(data.id_column, pd.DataFrame())
     frame = store.table(data.name).execute()
     frame[data.id_column] = frame[data.id_column].astype(str)
-    return Lookup(data.id_column, frame.set_index(data.id_column, drop=False))
+    return Lookup(data.id_column, frame.set_index(data.id_column, drop=False), source=data.name)
+
+
+def build_live_lookup(store: FeatureStore, task: Task, snapshot: str) -> Lookup:
+    """The task's view computed on demand at one cutoff, the store's latest data (the newest row of the task's
+    events table), for entities a materialised view does not hold yet: a deal created after its cutoff."""
+    data = task.data
+    table, column = data.events
+    as_of = latest_event(store, table, column)
+    built = build_view(store, data.name, as_of, [as_of], threads=1)
+    features = built.frame.drop_duplicates(data.id_column, keep="last").set_index(data.id_column, drop=False)
+    return Lookup(data.id_column, features, _owners(store, data), as_of=as_of.isoformat(), source=f"live@{snapshot}")
 
 
 def load_hierarchy(store: FeatureStore) -> Hierarchy:
@@ -107,6 +127,9 @@ class ModelServer:
         self.client = configure_mlflow(settings)
         self.rules = load_rules()
         self.ready = False
+        self._live: dict[str, tuple[float, Lookup]] = {}
+        self._live_lock = threading.Lock()
+        self._store_stamp: tuple[int, ...] | None = None
 
     def load_all(self) -> None:
         """Load every champion (refusing versions that fail their checks) and the rep hierarchy."""
@@ -133,18 +156,54 @@ class ModelServer:
             raise RegistryError(f"{name} has no champion")
         model, info = load_version_model(self.client, name, str(info.version))
         task = info.tags.get(TAG_TASK) or model.metadata.get("task")
+        lookup = self._prepared_lookup(store, task, name, str(info.version), model)
+        kind = info.tags.get(TAG_TASK_KIND) or canonical_model_name(name).partition(".")[0]
+        return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
+                      info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"), kind)
+
+    def _prepared_lookup(self, store: FeatureStore, task: str, name: str, version: str, model) -> Lookup:
         lookup = load_lookup(store, task, model)
         lookup.prepare(model)
         if 0 < len(lookup.features) <= self.settings.score_cache_rows:
             try:
-                score_lookup(model, lookup, task, name, str(info.version), self.rules,
+                score_lookup(model, lookup, task, name, version, self.rules,
                              approximate=self.settings.reasons == "fast")
             except Exception:  # noqa: BLE001 - the cache only saves time: without it requests are scored live
                 log.exception("could not precompute the scores of %s's lookup; scoring requests by id live", name)
                 lookup.scores = None
-        kind = info.tags.get(TAG_TASK_KIND) or canonical_model_name(name).partition(".")[0]
-        return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
-                      info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"), kind)
+        return lookup
+
+    def live_lookup(self, served: Served) -> Lookup | None:
+        """Features as of the store's latest data for a view task's entities (``None`` for task tables).
+
+        Built on the first request for an id the served lookup lacks, and kept until the store's data snapshot
+        changes (looked at no more often than every ``SALESML_RELOAD_SECONDS``).
+
+        Raises:
+            RequestError: 503 when the store cannot be read now (another process is writing it).
+        """
+        definition = TASKS.get(served.task)
+        if definition is None or definition.data.source != "view" or definition.data.events is None:
+            return None
+        with self._live_lock:
+            now = time.monotonic()
+            cached = self._live.get(served.task)
+            if cached is not None and now - cached[0] < self.settings.reload_seconds:
+                return cached[1]
+            try:
+                with FeatureStore.from_settings(self.settings, threads=1, read_only=True) as store:
+                    snapshot = snapshot_hash(store)
+                    if cached is not None and cached[1].source == f"live@{snapshot}":
+                        lookup = cached[1]
+                    else:
+                        lookup = build_live_lookup(store, definition, snapshot)
+                        log.info("computed %s features for %d entities as of %s on demand", served.task,
+                                 len(lookup.features), lookup.as_of)
+            except duckdb.Error as exc:
+                raise RequestError(503, "records", f"the feature store cannot be read now ({exc}); try again "
+                                   "shortly") from None
+            self._live[served.task] = (now, lookup)
+            return lookup
 
     def refresh(self) -> list[str]:
         """Swap in any champion that changed since the last look; returns the names reloaded."""
@@ -159,8 +218,12 @@ class ModelServer:
         served_by_name = {s.name: s for s in current.served.values()}
         todo = [n for n, v in wanted.items() if served_by_name.get(n) is None or served_by_name[n].version != v]
         todo = [n for n in todo if current.refused.get(n) != wanted[n]]
+        stale = self._stale_lookups(current)
+        if stale:
+            current = self._refresh_lookups(current, stale)
+            changed += [served.name for served in stale]
         if not todo:
-            return []
+            return changed
         served = dict(current.served)
         refused = dict(current.refused)
         with FeatureStore.from_settings(self.settings, threads=1, read_only=True) as store:
@@ -178,6 +241,42 @@ class ModelServer:
         # One assignment: a request holds either the old state or the new one.
         self.state = ServingState(served, current.hierarchy, refused, current.deals)
         return changed
+
+    def _stale_lookups(self, state: ServingState) -> list[Served]:
+        """Served view tasks whose lookup is older than the newest materialised version of their view."""
+        views = {s.task: TASKS[s.task].data.name for s in state.served.values()
+                 if s.task in TASKS and TASKS[s.task].data.source == "view"}
+        if not views:
+            return []
+        # Open the store only once it has changed: every open is a moment in which a writer (an ingest starting)
+        # would find the file locked.
+        files = [self.settings.feature_store_path, Path(f"{self.settings.feature_store_path}.wal")]
+        stamp = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in files)
+        if stamp == self._store_stamp:
+            return []
+        try:
+            with FeatureStore.from_settings(self.settings, threads=1, read_only=True) as store:
+                newest = {task: store.latest_view_table(view) for task, view in views.items()}
+        except duckdb.Error as exc:  # a writer holds the store: look again at the next poll
+            log.debug("feature store busy, lookups not checked: %s", exc)
+            return []
+        self._store_stamp = stamp
+        return [s for s in state.served.values() if s.task in newest and newest[s.task] not in (None, s.lookup.source)]
+
+    def _refresh_lookups(self, state: ServingState, stale: list[Served]) -> ServingState:
+        """The state with the lookups of ``stale`` rebuilt from the newest views (same model versions)."""
+        served = dict(state.served)
+        with FeatureStore.from_settings(self.settings, threads=1, read_only=True) as store:
+            for old in stale:
+                lookup = self._prepared_lookup(store, old.task, old.name, old.version, old.model)
+                served[old.task] = replace(old, lookup=lookup)
+                log.info("%s: features now from %s (as of %s)", old.name, lookup.source, lookup.as_of)
+        with self._live_lock:
+            for old in stale:
+                self._live.pop(old.task, None)
+        # One assignment: a request holds either the old state or the new one.
+        self.state = ServingState(served, state.hierarchy, state.refused, state.deals)
+        return self.state
 
     def start_reloading(self) -> None:
         """Poll for champion changes in a background thread."""

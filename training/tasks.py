@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.pipeline import build_view, materialize, resolve_cutoffs, snapshot_hash
+from features.pipeline import build_view, latest_event, materialize, resolve_cutoffs, snapshot_hash
 from features.store import FeatureStore
 from features.views import ViewConfig, get_view
 from training.registry import MIN_DEALS_PER_OUTCOME, Task, get_task
@@ -191,14 +191,6 @@ def _spec_from_columns(name: str, kind: str, source: str, label: str, id_column:
     return TaskSpec(name, kind, source, label, id_column, time_column, numeric, categorical, sensitive, keys)
 
 
-def _latest_event(store: FeatureStore, table: str, column: str) -> date:
-    t = store.table(table)
-    value = t.aggregate(last=t[column].max()).execute()["last"].iloc[0]
-    if pd.isna(value):
-        raise ValueError(f"no {table} in the feature store: ingest data first")
-    return pd.Timestamp(value).date()
-
-
 def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> TaskData:
     """Load a task's labelled rows: a feature view built at every month end, or an imported task table.
 
@@ -207,7 +199,7 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> T
     definition = spec.definition or get_task(spec.name, store)
     if spec.kind == "view":
         table, column = definition.data.events
-        as_of = config.as_of or _latest_event(store, table, column)
+        as_of = config.as_of or latest_event(store, table, column)
         first = store.table(table).aggregate(first=store.table(table)[column].min()).execute()["first"].iloc[0]
         start = config.start or (pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date()
         cutoffs = resolve_cutoffs(as_of, "monthly", start, as_of)

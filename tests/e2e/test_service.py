@@ -92,7 +92,7 @@ def service(tmp_path_factory):
 
 
 def _score(svc, who, records):
-    return httpx.post(f"{svc['base']}/churn/score", json={"task": "opportunity_loss", "records": records},
+    return httpx.post(f"{svc['base']}/risk/score", json={"task": "opportunity_loss", "records": records},
                       headers={"Authorization": f"Bearer {svc['tokens'][who]}"}, timeout=30)
 
 
@@ -102,7 +102,7 @@ def test_demo_prints_curl_examples_that_work_and_keeps_its_tokens_private(servic
     assert tokens_file.stat().st_mode & 0o777 == 0o600
     people = json.loads(tokens_file.read_text())
     assert {p["role"] for p in people.values()} == {"sales_rep", "sales_manager", "executive", "model_validator"}
-    curls = [c for c in service["demo"]["curl"] if c.startswith("curl") and "/churn/score" in c]
+    curls = [c for c in service["demo"]["curl"] if c.startswith("curl") and "/risk/score" in c]
     assert len(curls) == 3
     port = service["base"].rsplit(":", 1)[1]
     for line in curls:
@@ -121,7 +121,7 @@ def test_scoring_scopes_and_errors_over_http(service):
     assert team.status_code == 200, team.text
     denied = _score(service, "rep", [{"opportunity_id": service["mine"][0]}, {"opportunity_id": service["other"][0]}])
     assert denied.status_code == 403 and denied.json()["error"]["ids"] == [service["other"][0]]
-    anonymous = httpx.post(f"{service['base']}/churn/score", json={"task": "opportunity_loss", "records": [
+    anonymous = httpx.post(f"{service['base']}/risk/score", json={"task": "opportunity_loss", "records": [
         {"opportunity_id": service["mine"][0]}]}, timeout=10)
     assert anonymous.status_code == 401
     bad = httpx.post(f"{service['base']}/churn/score", content=b"{not json", timeout=10,
@@ -260,3 +260,49 @@ def test_sigterm_to_salesml_serve_stops_every_server_process_and_frees_the_port(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_a_deal_created_after_the_newest_views_cutoff_is_scored_by_id_with_fresh_features(service, tmp_path):
+    """A CRM creates deals every day and asks for their scores at once: an id the materialised view does not hold
+    gets its features computed as of the store's latest data, and the answer says how fresh they are."""
+    from features.store import FeatureStore
+
+    home, base = service["home"], service["base"]
+    settings = get_settings(home=home)
+    cutoff = pd.Timestamp(service["frame"]["cutoff"].max())
+    rep = service["frame"].loc[service["frame"]["opportunity_id"] == service["mine"][0], "owner_rep_id"].iloc[0]
+    with FeatureStore(settings.feature_store_path, read_only=True) as store:
+        deals = store.table("opportunities").execute()
+        activities = store.table("activities").execute()
+    template = deals[deals["owner_rep_id"] == rep].iloc[[0]].copy()
+    created, touched = cutoff + pd.Timedelta(days=5), cutoff + pd.Timedelta(days=6)
+    new = template.assign(opportunity_id="O-NEW-0001", created_at=created, closed_at=pd.NaT, outcome=None,
+                          stage="qualified", expected_close=cutoff + pd.Timedelta(days=90))
+    act = activities.iloc[[0]].assign(activity_id="A-NEW-0001", opportunity_id="O-NEW-0001",
+                                      account_id=template["account_id"].iloc[0], occurred_at=touched)
+    folder = tmp_path / "crm"
+    folder.mkdir()
+    new.to_parquet(folder / "opportunities.parquet", index=False)
+    act.to_parquet(folder / "activities.parquet", index=False)
+    for _ in range(20):  # the service opens the store read-only for moments; a writer waits for them
+        ingested = run("ingest", str(folder), "--json", home=home, check=False)
+        if ingested.returncode == 0 or "lock" not in ingested.stderr.lower():
+            break
+        time.sleep(1)
+    assert ingested.returncode == 0, ingested.stderr
+    assert last_json(ingested)["tables"]["opportunities"]["stored"] == 1
+
+    answer = _score(service, "rep", [{"opportunity_id": "O-NEW-0001"}, {"opportunity_id": service["mine"][0]}])
+    assert answer.status_code == 200, answer.text
+    fresh, known = answer.json()["results"]
+    assert fresh["opportunity_id"] == "O-NEW-0001" and 0 <= fresh["probability"] <= 1 and fresh["reasons"]
+    assert fresh["features_as_of"] == touched.date().isoformat()  # the store's latest data, not the view's cutoff
+    assert known["features_as_of"] == cutoff.date().isoformat()
+    assert all(_score(service, who, [{"opportunity_id": "O-NEW-0001"}]).status_code == 200 for who in ("exec", "manager"))
+    # Scopes hold for the new deal as for any other: another rep's deal is refused, and this one to another rep.
+    stranger = issue_token(settings.access_file, "other-rep", "sales_rep", "rep:R-NOBODY")
+    denied = httpx.post(f"{base}/risk/score", json={"task": "opportunity_loss", "records": [
+        {"opportunity_id": "O-NEW-0001"}]}, headers={"Authorization": f"Bearer {stranger}"}, timeout=60)
+    assert denied.status_code == 403 and denied.json()["error"]["ids"] == ["O-NEW-0001"]
+    assert _score(service, "exec", [{"opportunity_id": "O-NEVER"}]).status_code == 422

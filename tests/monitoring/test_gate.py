@@ -26,9 +26,9 @@ VALIDATOR = Principal("vera", "model_validator", "all", "")
 TRAINER = Principal("alice", "model_validator", "all", "")  # a validator who also trains models
 
 
-def make_home(root: Path, scenarios: list[str] | None = None) -> Path:
+def make_home(root: Path, scenarios: list[str] | None = None, seed: int = 7, accounts: int = 1500) -> Path:
     home = root / "home"
-    org = simulate_organisation(SimulationConfig(accounts=1500, months=24, seed=7, scenarios=scenarios or []))
+    org = simulate_organisation(SimulationConfig(accounts=accounts, months=24, seed=seed, scenarios=scenarios or []))
     write_organisation(org, home / "demo_data")
     with FeatureStore(home / "features.duckdb") as store:
         ingest(discover_sources(home / "demo_data"), store)
