@@ -1,9 +1,11 @@
 """Production data: the inference log, as monitoring reads it.
 
 The service appends every scored record to ``SALESML_HOME/logs/<task>/date=YYYY-MM-DD/part-*.parquet`` (see
-``serving.inference_log``), one row per record with ``time``, ``task``, ``principal``, ``model``, ``version``,
-``inputs`` (the record's features as JSON), ``probability``, ``risk_band``, ``reasons`` and ``actions``. This module
-owns that layout so that the writer (serving) and the readers (monitoring, notebooks) agree on it.
+``serving.inference_log``), one row per record with ``time``, ``task``, ``kind``, ``principal``, ``model``,
+``version``, ``inputs`` (the record's features as JSON), ``prediction`` (the kind's figure: a risk model's
+probability) and ``outputs`` (the whole result as JSON). Logs written before the kind-neutral layout hold
+``probability``, ``risk_band``, ``reasons`` and ``actions`` columns instead; both read back alike. This module owns
+that layout so that the writer (serving) and the readers (monitoring, notebooks) agree on it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ def read_inference_log(folder: Path, task: str, since: datetime | date | None = 
     frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     if cut is not None:
         frame = frame[frame["time"] >= cut]
+    if "outputs" in frame.columns:  # the result's fields as columns, as the older layout had them
+        logged = frame["outputs"].notna()
+        outputs = pd.DataFrame([json.loads(x) for x in frame.loc[logged, "outputs"]], index=frame.index[logged])
+        outputs = outputs.drop(columns=[c for c in ("model", "version") if c in outputs.columns])
+        for column in outputs.columns:
+            frame[column] = outputs[column] if column not in frame.columns else frame[column].where(
+                ~logged, outputs[column])
+        frame = frame.drop(columns="outputs")
     inputs = pd.DataFrame([json.loads(x) for x in frame["inputs"]], index=frame.index)
     return frame.drop(columns="inputs").join(inputs, rsuffix="_input")
 

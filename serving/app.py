@@ -169,7 +169,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         logger = logger_provider()
         if logger is not None:
             logger.log(served.task, principal.name, served.name, served.version, rows, results,
-                       served.lookup.id_field)
+                       served.lookup.id_field, served.kind, KINDS[served.kind].serving.prediction)
         # The results are built to the ScoreResponse schema; re-validating 10,000 of them would cost more than
         # scoring them, so they go out as they are.
         return Response(orjson.dumps({"results": results}), media_type="application/json")

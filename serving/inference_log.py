@@ -25,11 +25,11 @@ from features.production import inference_log_file
 log = logging.getLogger(__name__)
 
 
-#: Columns of an inference log file.
-LOG_SCHEMA = pa.schema([("time", pa.timestamp("ns")), ("task", pa.string()), ("principal", pa.string()),
-                        ("model", pa.string()), ("version", pa.string()), ("inputs", pa.string()),
-                        ("probability", pa.float64()), ("risk_band", pa.string()), ("reasons", pa.string()),
-                        ("actions", pa.string())])
+#: Columns of an inference log file, the same for every kind: the kind's figure in ``prediction`` (for risk, the
+#: probability; the registry names the field) and the whole result as JSON in ``outputs``.
+LOG_SCHEMA = pa.schema([("time", pa.timestamp("ns")), ("task", pa.string()), ("kind", pa.string()),
+                        ("principal", pa.string()), ("model", pa.string()), ("version", pa.string()),
+                        ("inputs", pa.string()), ("prediction", pa.float64()), ("outputs", pa.string())])
 
 
 def _json(value: object) -> str:
@@ -63,11 +63,12 @@ class InferenceLogger:
         self._thread.start()
 
     def log(self, task: str, principal: str, model: str, version: str, inputs: list[dict], results: list[dict],
-            id_field: str | None = None) -> None:
+            id_field: str | None = None, kind: str = "risk", prediction: str = "probability") -> None:
         """Queue a request's scored records (never blocks, never serialises: the writer thread does that).
 
-        When the records held in memory would exceed ``max_records``, the request's records are dropped and
-        counted instead.
+        ``kind`` and ``prediction`` come from the task registry: the task's kind, and the result field that is its
+        model's figure. When the records held in memory would exceed ``max_records``, the request's records are
+        dropped and counted instead.
         """
         with self._pending_lock:
             if self.pending + len(results) > self.max_records:
@@ -76,15 +77,15 @@ class InferenceLogger:
             self.pending += len(results)
             busy = self.pending >= self.max_records // 4
         self.queue.put((datetime.now(UTC).replace(tzinfo=None), task, principal, model, version, inputs, results,
-                        id_field))
+                        id_field, kind, prediction))
         if busy:  # write now rather than at the next tick, before the queue fills and records are dropped
             self._wake.set()
 
     def _drain(self) -> dict[tuple[str, str], dict[str, list]]:
         """Take everything queued, as columns per (task, day)."""
         groups: dict[tuple[str, str], dict[str, list]] = {}
-        # Results answered from precomputed scores share their inputs, reasons and actions objects between
-        # requests: each is serialised once per drain (the cache holds the object, so its id is not reused).
+        # Results answered from precomputed scores share their inputs and result objects between requests: each
+        # is serialised once per drain (the cache holds the object, so its id is not reused).
         texts: dict[int, tuple[object, str]] = {}
 
         def text(value: object) -> str:
@@ -95,7 +96,7 @@ class InferenceLogger:
 
         while True:
             try:
-                now, task, principal, model, version, inputs, results, id_field = self.queue.get_nowait()
+                now, task, principal, model, version, inputs, results, id_field, kind, field = self.queue.get_nowait()
             except queue.Empty:
                 break
             key = (task, now.strftime("%Y-%m-%d"))
@@ -103,21 +104,18 @@ class InferenceLogger:
             if columns is None:
                 columns = groups[key] = {name: [] for name in LOG_SCHEMA.names}
             n = len(results)
-            for name, value in (("time", now), ("task", task), ("principal", principal), ("model", model),
-                                ("version", version)):
+            for name, value in (("time", now), ("task", task), ("kind", kind), ("principal", principal),
+                                ("model", model), ("version", version)):
                 columns[name] += [value] * n
-            logged, probability, band, reasons, actions = (columns["inputs"], columns["probability"],
-                                                           columns["risk_band"], columns["reasons"],
-                                                           columns["actions"])
+            logged, predicted, outputs = columns["inputs"], columns["prediction"], columns["outputs"]
             for record, result in zip(inputs, results, strict=True):
                 if id_field is None or record.get(id_field) == result.get(id_field):
                     logged.append(text(record))
                 else:
                     logged.append(_json({**record, id_field: result.get(id_field)}))
-                probability.append(result["probability"])
-                band.append(result["risk_band"])
-                reasons.append(text(result["reasons"]))
-                actions.append(text(result["actions"]))
+                value = result.get(field)
+                predicted.append(float(value) if isinstance(value, (int, float)) else None)
+                outputs.append(text(result))
             with self._pending_lock:
                 self.pending -= n
         return groups

@@ -29,6 +29,9 @@ def test_every_logged_record_reads_back_with_its_inputs_outputs_version_and_prin
     frame = read_inference_log(tmp_path, "opportunity_loss")
     assert len(frame) == 8 and set(frame["principal"]) == {"crm"} and set(frame["version"]) == {"3"}
     assert frame["probability"].eq(0.25).all() and sorted(frame["meetings_30d"])[:2] == [0.0, 0.0]
+    # The layout is the same for every kind: the kind, its figure, and the whole result.
+    assert set(frame["kind"]) == {"risk"} and frame["prediction"].eq(0.25).all()
+    assert frame["reasons"].map(lambda r: r == [{"feature": "x"}]).all() and frame["risk_band"].eq("low").all()
     assert [d.isoformat() for d in logged_days(tmp_path, "opportunity_loss")] == ["2026-10-01", "2026-11-20"]
     recent = recent_production_rows(tmp_path, "opportunity_loss", days=30)
     assert sorted(recent["opportunity_id"]) == ["O100", "O101", "O102"]
@@ -57,3 +60,21 @@ def test_the_queue_is_bounded_and_never_blocks_a_request(tmp_path):
     assert logger.written == 8 and logger.pending == 0 and len(logged) == 8
     assert sorted(logged["opportunity_id"])[:2] == ["O0-0", "O0-1"]
     assert pd.api.types.is_datetime64_any_dtype(read_inference_log(tmp_path, "opportunity_loss")["time"])
+
+
+def test_a_log_written_in_the_older_risk_layout_reads_back_beside_the_new_one(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.production import inference_log_file
+
+    old = inference_log_file(tmp_path, "opportunity_loss", "2026-09-30", "part-old.parquet")
+    old.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"time": pa.array([datetime(2026, 9, 30, 9)], pa.timestamp("ns")),
+                             "task": ["opportunity_loss"], "principal": ["crm"], "model": ["churn.opportunity_loss"],
+                             "version": ["1"], "inputs": ['{"opportunity_id": "O9", "meetings_30d": 2.0}'],
+                             "probability": [0.7], "risk_band": ["high"], "reasons": ["[]"], "actions": ["[]"]}), old)
+    _log_on(tmp_path, "2026-10-01", 2)
+    frame = read_inference_log(tmp_path, "opportunity_loss").sort_values("time")
+    assert frame["probability"].tolist() == [0.7, 0.25, 0.25]
+    assert frame["risk_band"].tolist() == ["high", "low", "low"] and frame["meetings_30d"].tolist() == [2.0, 0.0, 1.0]
