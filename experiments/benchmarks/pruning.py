@@ -2,7 +2,7 @@
 
 For ``telco_churn`` and ``ibm_sales_win_loss`` (the fixed stratified 80/20 split, seed 42), two measurements:
 
-- **Live.** A study with pruning, as ``salesml train churn`` runs it; then every pruned trial is trained to the end,
+- **Live.** A study with pruning, as ``salesml train TASK`` runs it; then every pruned trial is trained to the end,
   without pruning, on the same cross-validation folds. A fair pruner stops trials that would have finished below
   the completed ones; a biased one (against slow learners, say) stops trials that would have ranked high. Reported:
   the completed trials' best and median CV AUC, each pruned trial's final CV AUC, how many would have finished

@@ -171,7 +171,7 @@ def main() -> None:
         "salesml": (
             [sys.executable, "-m", "salesml.cli", "serve", "--port", "{port}", "--workers", str(args.workers)],
             {"SALESML_HOME": str(home), "SALESML_MAX_BATCH_ROWS": str(args.batch_records)},
-            "/readyz", "/churn/score", one, auth),
+            "/readyz", "/risk/score", one, auth),
         "mlflow_models_serve": (
             [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager",
              "local", "-p", "{port}", "-w", str(args.workers)],

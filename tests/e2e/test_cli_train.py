@@ -48,7 +48,7 @@ def _versions(home: Path) -> int:
 
 def test_train_a_task_table_and_print_json(home, tmp_path):
     _synthetic_task(home, tmp_path)
-    trained = run("train", "churn", "--task", "synth", "--trials", "3", "--json", home=home)
+    trained = run("train", "synth", "--trials", "3", "--json", home=home)
     result = last_json(trained)
     assert result["model"] == "risk.synth" and result["version"] == "1" and result["run_id"]
     assert result["metrics"]["test_roc_auc"] > 0.6 and result["metrics"]["oracle_roc_auc"] is None
@@ -60,8 +60,17 @@ def test_train_a_task_table_and_print_json(home, tmp_path):
     rows = pd.DataFrame({"tenure": [12.0, None], "fee": [80.0, 80.0], "plan": ["c", "c"]})
     p = model.predict(rows)["probability"].to_numpy()
     assert np.isfinite(p).all() and p[0] != p[1]
-    unknown = run("train", "churn", "--task", "nope", "--json", home=home, check=False)
+    unknown = run("train", "nope", "--json", home=home, check=False)
     assert unknown.returncode == 2 and "unknown task 'nope'" in unknown.stderr and "synth" in unknown.stderr
+    listed = last_json(run("tasks", "--json", home=home))["tasks"]
+    assert {"task": "synth", "kind": "risk", "model": "risk.synth"}.items() <= next(
+        t for t in listed if t["task"] == "synth").items()
+    assert {t["task"] for t in listed} >= {"opportunity_loss", "customer_churn", "synth"}
+    # The old spelling is a documented alias: `train churn --task` trains the same task (the study resumes).
+    again = last_json(run("train", "churn", "--task", "synth", "--trials", "3", "--json", home=home))
+    assert again["model"] == "risk.synth" and again["version"] == "2"
+    both = run("train", "synth", "--task", "other", home=home, check=False)
+    assert both.returncode == 2 and "name the task once" in both.stderr
 
 
 def test_a_killed_training_resumes_its_study_and_leaves_no_orphan_version(home, tmp_path):

@@ -55,3 +55,32 @@ def test_requests_by_id_are_answered_from_the_scores_computed_at_load(toy_model,
                           "opportunity_loss", "m", "7", rules)
     assert mixed[0]["probability"] != live[1]["probability"]  # the record's own features, scored live
     assert mixed[1] == live[1]
+
+
+def test_ids_the_lookup_lacks_are_resolved_against_fresh_features_and_errors_name_the_request_position(
+        toy_model, served_state):
+    import pandas as pd
+    import pytest
+
+    from serving.predict import Lookup, RequestError, resolve_parts, score_request
+
+    lookup = served_state.served["opportunity_loss"].lookup
+    fresh = Lookup("opportunity_id", pd.DataFrame({"opportunity_id": ["O9"], "meetings_30d": [2.0], "discount": [0.1],
+                                                   "dm_departures": [0.0], "stage": ["proposal"]}).set_index(
+        "opportunity_id", drop=False), {"O9": "R1"}, as_of="2025-02-03", source="live@x")
+    records = [{"opportunity_id": "O1"}, {"opportunity_id": "O9"}, {"opportunity_id": "O2"}]
+    parts = resolve_parts(records, toy_model, lookup, lambda: fresh)
+    assert [(p.indexes, p.lookup.source) for p in parts] == [([0, 2], None), ([1], "live@x")]
+    scored = {i: r for p in parts for i, r in zip(p.indexes, score_request(
+        toy_model, p.resolved, p.lookup, "opportunity_loss", "m", "1", []), strict=True)}
+    assert [scored[i]["features_as_of"] for i in range(3)] == ["2025-01-31", "2025-02-03", "2025-01-31"]
+    assert scored[1]["opportunity_id"] == "O9"
+    # Without fresh features (or when they lack the id too) the id is unknown, named by its request position.
+    with pytest.raises(RequestError, match="unknown opportunity_id: O9") as error:
+        resolve_parts(records, toy_model, lookup, lambda: None)
+    assert error.value.status == 422
+    bad = [{"opportunity_id": "O1"}, {"opportunity_id": "O9", "meetings_30d": "many", "discount": 0.1,
+                                      "dm_departures": 0.0, "stage": "lead"}]
+    with pytest.raises(RequestError) as error:
+        resolve_parts(bad, toy_model, lookup, lambda: fresh)
+    assert error.value.field == "records.1.meetings_30d"
