@@ -45,7 +45,7 @@ from monitoring.review import append_audit_log, now_iso, promote
 from salesml.access import Principal
 from salesml.settings import Settings
 from training.models import GROUP_THRESHOLDS, alert_thresholds
-from training.registry import canonical_model_name, get_kind
+from training.registry import TASKS, canonical_model_name, get_kind
 from training.tasks import RiskConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,10 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     """Run every audit the policy names for the version's task and kind, and record the outcome.
 
     The candidate and the current champion are scored on the same rows: the evaluation window the candidate's
-    training run logged (its test rows, with every column), read from the registry. Nothing is rebuilt and
-    nothing is written to the feature store. Drift compares the run's training reference with production data:
-    the last ``production_days`` of the inference log when it holds at least ``min_production_rows`` records,
-    else the newest month the run logged.
+    training run logged (its test rows, with every column), read from the registry. Nothing is written to the
+    feature store. Drift compares the run's training reference with production data: the last
+    ``production_days`` of the inference log when it holds at least ``min_production_rows`` records, else the
+    task's view at the store's latest data, built read-only (``latest_rows``).
 
     Raises:
         RegistryError: when the version does not exist or its run logged no evaluation data.
@@ -128,9 +128,8 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     if "drift" in running:
         drift_policy = policy.check("drift")
         reference = evaluation["reference"]
-        recent = evaluation["recent"]
-        if time_column and recent is not None and len(recent):
-            current, source = recent, "the training run's newest month"
+        if time_column:
+            current, source = latest_rows(settings, task, evaluation["recent"], window)
         else:
             current, source = window, "held-out test rows"
         logged = recent_production_rows(settings.logs_dir, task, drift_policy.production_days)
@@ -184,6 +183,36 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
         result["promoted"] = promote(settings, name, str(version), Principal("policy:auto_promote",
                                                                              "model_validator", "all", ""))
     return AuditOutcome(gate, checks, result, report)
+
+
+def latest_rows(settings: Settings, task: str, recent: pd.DataFrame | None, window: pd.DataFrame
+                ) -> tuple[pd.DataFrame, str]:
+    """The newest rows of a timed task, for drift: its view built at one cutoff, the store's latest data, read
+    without writing anything (nothing is materialised); the training run's newest month when the store cannot be
+    read now (another process writing it) or the task is not a view.
+
+    Returns:
+        The rows and a sentence saying where they came from.
+    """
+    import duckdb
+
+    from features.pipeline import FeatureError, build_view, latest_event
+    from features.store import FeatureStore
+
+    fallback = (recent, "the training run's newest month") if recent is not None and len(recent) else (
+        window, "held-out test rows")
+    definition = TASKS.get(task)
+    if definition is None or definition.data.source != "view" or not settings.feature_store_path.exists():
+        return fallback
+    try:
+        with FeatureStore.from_settings(settings, read_only=True) as store:
+            as_of = latest_event(store, *definition.data.events)
+            built = build_view(store, definition.data.name, as_of, [as_of], threads=settings.threads)
+    except (duckdb.Error, FeatureError) as exc:
+        log.warning("drift compares with the training run's newest month: the feature store cannot be read (%s)",
+                    exc)
+        return fallback[0], fallback[1] + " (the feature store could not be read)"
+    return built.frame, f"feature store: its latest data (as of {as_of}), read without materialising"
 
 
 def _offer_mitigation(settings: Settings, name: str, version: str, candidate, checks: list[CheckResult],

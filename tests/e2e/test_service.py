@@ -33,6 +33,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_until_ready(base: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    """Wait for `salesml serve` to answer /readyz 200; fail with its output if it does not in time."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail("the service did not become ready: " + proc.stdout.read().decode()[-3000:])
+
+
 def _promote(home: Path, version: str) -> None:
     settings = get_settings(home=home)
     outcome = gate.audit_version(settings, NAME, version)
@@ -73,17 +87,7 @@ def service(tmp_path_factory):
     proc = subprocess.Popen([str(Path(sys.executable).parent / "salesml"), "serve", "--port", str(port)], env=env,
                             cwd=elsewhere, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("the service did not become ready: " + proc.stdout.read().decode()[-3000:])
+    _wait_until_ready(base, proc)
     yield {"base": base, "home": home, "tokens": tokens, "mine": mine, "other": other, "frame": frame, "proc": proc,
            "demo": demo}
     if proc.poll() is None:
@@ -238,15 +242,7 @@ def test_sigterm_to_salesml_serve_stops_every_server_process_and_frees_the_port(
     proc = subprocess.Popen([str(Path(sys.executable).parent / "salesml"), "serve", "--port", str(port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("the second service did not become ready: " + proc.stdout.read().decode()[-3000:])
+        _wait_until_ready(f"http://127.0.0.1:{port}", proc)
         server = psutil.Process(proc.pid).children(recursive=True)
         assert server, "salesml serve runs bentoml serve and its workers as child processes"
         os.kill(proc.pid, signal.SIGTERM)  # the main process only, as a supervisor or `kill` does

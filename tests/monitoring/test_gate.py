@@ -148,7 +148,7 @@ def test_drift_reads_the_inference_log_as_production_data_once_it_holds_enough(c
     finally:
         shutil.rmtree(settings.logs_dir, ignore_errors=True)
     drift = _check(gate.audit_version(settings, "risk.opportunity_loss", version), "drift")
-    assert drift["figures"]["current_source"] == "the training run's newest month"
+    assert drift["figures"]["current_source"].startswith("feature store: its latest data (as of 20")
 
 
 @pytest.mark.slow
