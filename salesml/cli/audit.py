@@ -15,6 +15,7 @@ from salesml.cli.common import (
     emit,
     failures,
     new_table,
+    policy_app,
     review_app,
     stderr,
     stdout,
@@ -155,3 +156,28 @@ def rollback(
                                                  f"(previous: {r['previous']})"))
 
 
+
+
+@policy_app.command("show")
+def policy_show(
+    task: Annotated[str, typer.Argument(help="The task (opportunity_loss, telco_churn, ...).")],
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML (default: monitoring/policy.yaml).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print a task's effective policy (default, then its kind's section, then its own), checked as the gate
+    checks it: an unknown check, metric or setting is an error naming the file and the place."""
+    from monitoring.policy import load_policy
+
+    with failures(as_json):
+        effective = load_policy(task, policy)
+    result = {"task": effective.task, "kind": effective.kind, "auto_promote": effective.auto_promote,
+              "runs": effective.running(), "not_applicable": effective.not_applicable(),
+              "checks": {name: check.model_dump(mode="json") for name, check in effective.checks.items()}}
+
+    def render(r: dict) -> None:
+        import yaml
+
+        stdout.print(f"{r['task']} ({r['kind']}): runs {', '.join(r['runs'])}; auto_promote {r['auto_promote']}")
+        stdout.print(yaml.safe_dump(r["checks"], sort_keys=False), highlight=False, markup=False)
+
+    emit(result, as_json, render)

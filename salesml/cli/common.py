@@ -38,6 +38,9 @@ app.add_typer(features_app, name="features")
 review_app = typer.Typer(help="Review audited candidates: list, show, approve or reject (model validators).",
                          no_args_is_help=True)
 app.add_typer(review_app, name="review")
+policy_app = typer.Typer(help="The promotion policy: the checks, thresholds and severities each task is audited with.",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
 access_app = typer.Typer(help="Manage principals and tokens in SALESML_HOME/access.yaml (installation admin).",
                          no_args_is_help=True)
 app.add_typer(access_app, name="access")

@@ -293,7 +293,9 @@ def test_a_deal_created_after_the_newest_views_cutoff_is_scored_by_id_with_fresh
     assert answer.status_code == 200, answer.text
     fresh, known = answer.json()["results"]
     assert fresh["opportunity_id"] == "O-NEW-0001" and 0 <= fresh["probability"] <= 1 and fresh["reasons"]
-    assert fresh["features_as_of"] == touched.date().isoformat()  # the store's latest data, not the view's cutoff
+    latest = max(pd.Timestamp(activities["occurred_at"].max()), touched).date().isoformat()
+    assert fresh["features_as_of"] == latest  # the store's latest data, not the view's cutoff
+    assert latest > cutoff.date().isoformat()
     assert known["features_as_of"] == cutoff.date().isoformat()
     assert all(_score(service, who, [{"opportunity_id": "O-NEW-0001"}]).status_code == 200 for who in ("exec", "manager"))
     # Scopes hold for the new deal as for any other: another rep's deal is refused, and this one to another rep.

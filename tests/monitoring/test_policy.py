@@ -86,3 +86,21 @@ def test_a_check_declared_not_applicable_does_not_run_and_says_why(tmp_path):
 def test_an_older_policy_that_names_the_parity_ratio_at_the_top_still_loads(tmp_path):
     text = BASE.replace("fairness: {}", "fairness: {min_demographic_parity_ratio: 0.9}")
     assert load_policy("opportunity_loss", _policy(tmp_path, text)).check("fairness").demographic_parity.min_ratio == 0.9
+
+
+def test_policy_show_prints_the_effective_policy_and_names_a_bad_setting(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from salesml.cli import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["policy", "show", "telco_churn", "--json"])
+    assert shown.exit_code == 0, shown.output
+    result = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert result["kind"] == "risk" and result["checks"]["fairness"]["attributes"] == ["gender", "SeniorCitizen"]
+    assert result["runs"] == ["performance", "fairness", "proxies", "drift", "explanations"]
+    bad = runner.invoke(app, ["policy", "show", "telco_churn", "--policy",
+                              str(_policy(tmp_path, BASE.replace("roc_auc", "accuracy")))])
+    assert bad.exit_code == 2 and "unknown metric 'accuracy'" in bad.output
