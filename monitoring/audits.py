@@ -296,8 +296,9 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
     """Does the model treat the groups of each sensitive attribute alike, given how their outcomes differ?
 
     Judged per attribute on groups of at least ``min_group_size`` rows; a gap fails only when it is beyond its
-    tolerance and its p-value is below ``significance`` (rows of one entity, a deal seen at several month ends,
-    are not independent, so tests count entities):
+    tolerance and its p-value, adjusted for the groups or pairs the criterion compares (Bonferroni), is below
+    ``significance`` (rows of one entity, a deal seen at several month ends, are not independent, so tests count
+    entities):
 
     - **calibration** within each group: mean predicted probability against the observed rate;
     - **error-rate parity**: TPR and FPR gaps between groups beyond what each group's own calibrated scores
@@ -365,30 +366,40 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
             result["error_rates"] = {"tpr": _residual_gap(judged, "tpr", "positives", per_entity),
                                      "fpr": _residual_gap(judged, "fpr", "negatives", per_entity)}
             result["amplification"] = amp = _amplification(judged, per_entity)
+            # Each criterion compares several groups or pairs and judges the worst: its p-values are adjusted for
+            # the comparisons made (Bonferroni), or a clean model would fail by chance far more often than alpha.
+            k = len(judged)
+            result["comparisons"] = {"calibration": k, "error_rates": k * (k - 1), "amplification": k * (k - 1) // 2,
+                                     "demographic_parity": k * (k - 1) // 2}
+            adjust = {name: (lambda value, m=m: min(1.0, value * m)) for name, m in result["comparisons"].items()}
             for _, row in judged.iterrows():
-                if abs(row["calibration_gap"]) > policy.calibration_tolerance and row["calibration_p_value"] < alpha:
+                p_cal = adjust["calibration"](row["calibration_p_value"])
+                if abs(row["calibration_gap"]) > policy.calibration_tolerance and p_cal < alpha:
                     failures.append({"attribute": attr, "criterion": "calibration", "figure": row["calibration_gap"],
                                      "text": f"{attr}: group {row.name} is miscalibrated, predicted "
                                              f"{row['mean_predicted']:.3f} against an observed {row['observed_rate']:.3f} "
                                              f"({row['calibration_gap']:+.3f}, tolerance {policy.calibration_tolerance:.2f}"
-                                             f", p={row['calibration_p_value']:.2g})"})
+                                             f", p={p_cal:.2g} for {k} groups)"})
             for rate, gap in result["error_rates"].items():
-                if gap["gap"] > policy.max_equalized_odds_difference and gap["p_value"] < alpha:
+                gap["p_value_adjusted"] = adjust["error_rates"](gap["p_value"])
+                if gap["gap"] > policy.max_equalized_odds_difference and gap["p_value_adjusted"] < alpha:
                     failures.append({"attribute": attr, "criterion": "error_rates", "figure": gap["gap"],
                                      "text": f"{attr}: {rate.upper()} {gap['raw_high']:.2f} for {gap['high']} against "
                                              f"{gap['raw_low']:.2f} for {gap['low']}, {gap['gap']:.2f} beyond what their "
                                              f"scores imply (tolerance {policy.max_equalized_odds_difference:.2f}, "
-                                             f"p={gap['p_value']:.2g})"})
-            if amp["amplification"] > policy.amplification_tolerance and amp["p_value"] < alpha:
+                                             f"p={gap['p_value_adjusted']:.2g} for {k * (k - 1)} comparisons)"})
+            amp["p_value_adjusted"] = adjust["amplification"](amp["p_value"])
+            if amp["amplification"] > policy.amplification_tolerance and amp["p_value_adjusted"] < alpha:
                 failures.append({"attribute": attr, "criterion": "amplification", "figure": amp["amplification"],
                                  "text": f"{attr}: predicted-risk ratio {amp['low']}/{amp['high']} "
                                          f"{amp['predicted_ratio']:.2f} where their observed outcome-rate ratio is "
                                          f"{amp['outcome_ratio']:.2f} (selection-rate ratio "
                                          f"{amp['selection_ratio']:.2f}; the model widens the gap by "
                                          f"{amp['amplification']:.2f}, tolerance {policy.amplification_tolerance:.2f}, "
-                                         f"p={amp['p_value']:.2g})"})
+                                         f"p={amp['p_value_adjusted']:.2g} for {k * (k - 1) // 2} pairs)"})
             parity = policy.demographic_parity
-            dpr, p_dp = result["demographic_parity_ratio"], result["demographic_parity_p_value"]
+            dpr = result["demographic_parity_ratio"]
+            p_dp = adjust["demographic_parity"](result["demographic_parity_p_value"])
             if parity.gate and dpr < parity.min_ratio and p_dp < alpha:
                 failures.append({"attribute": attr, "criterion": "demographic_parity", "figure": dpr,
                                  "text": f"{attr}: demographic-parity ratio {dpr:.2f} < {parity.min_ratio:.2f} "
