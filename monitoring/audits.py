@@ -255,6 +255,10 @@ def _residual_gap(table: pd.DataFrame, rate: str, base: str, per_entity: float) 
             "raw_high": float(usable.loc[high, rate])}
 
 
+def _ratio_text(value: float | None) -> str:
+    return "n/a (nothing selected)" if value is None else f"{value:.2f}"
+
+
 def _amplification(table: pd.DataFrame, per_entity: float) -> dict:
     """The pair of groups whose predicted-risk ratio falls furthest below their observed outcome-rate ratio.
 
@@ -394,7 +398,7 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
                                  "text": f"{attr}: predicted-risk ratio {amp['low']}/{amp['high']} "
                                          f"{amp['predicted_ratio']:.2f} where their observed outcome-rate ratio is "
                                          f"{amp['outcome_ratio']:.2f} (selection-rate ratio "
-                                         f"{amp['selection_ratio']:.2f}; the model widens the gap by "
+                                         f"{_ratio_text(amp['selection_ratio'])}; the model widens the gap by "
                                          f"{amp['amplification']:.2f}, tolerance {policy.amplification_tolerance:.2f}, "
                                          f"p={amp['p_value_adjusted']:.2g} for {k * (k - 1) // 2} pairs)"})
             parity = policy.demographic_parity
