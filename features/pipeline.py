@@ -153,6 +153,17 @@ def latest_event(store: FeatureStore, table: str, column: str) -> date:
     return pd.Timestamp(value).date()
 
 
+def build_latest(store: FeatureStore, view: str, events: tuple[str, str], threads: int = 1) -> BuiltView:
+    """A view at one cutoff, the store's latest data (the day of the newest row of ``events``, a table and its
+    time column), computed without materialising anything: what serving and drift audits read as "now".
+
+    Raises:
+        FeatureError: when the events table is missing or empty, or the view needs a table the store lacks.
+    """
+    as_of = latest_event(store, *events)
+    return build_view(store, view, as_of, [as_of], threads=threads)
+
+
 # ------------------------------------------------------------------------------------------------ build
 
 

@@ -196,7 +196,7 @@ def latest_rows(settings: Settings, task: str, recent: pd.DataFrame | None, wind
     """
     import duckdb
 
-    from features.pipeline import FeatureError, build_view, latest_event
+    from features.pipeline import FeatureError, build_latest
     from features.store import FeatureStore
 
     fallback = (recent, "the training run's newest month") if recent is not None and len(recent) else (
@@ -206,13 +206,12 @@ def latest_rows(settings: Settings, task: str, recent: pd.DataFrame | None, wind
         return fallback
     try:
         with FeatureStore.from_settings(settings, read_only=True) as store:
-            as_of = latest_event(store, *definition.data.events)
-            built = build_view(store, definition.data.name, as_of, [as_of], threads=settings.threads)
+            built = build_latest(store, definition.data.name, definition.data.events, settings.threads)
     except (duckdb.Error, FeatureError) as exc:
         log.warning("drift compares with the training run's newest month: the feature store cannot be read (%s)",
                     exc)
         return fallback[0], fallback[1] + " (the feature store could not be read)"
-    return built.frame, f"feature store: its latest data (as of {as_of}), read without materialising"
+    return built.frame, f"feature store: its latest data (as of {built.as_of}), read without materialising"
 
 
 def _offer_mitigation(settings: Settings, name: str, version: str, candidate, checks: list[CheckResult],

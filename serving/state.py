@@ -21,7 +21,7 @@ import pandas as pd
 from experiments.registered import RegistryError, get_alias, load_version_model
 from experiments.registry import CHAMPION, TAG_GATE, TAG_REPORT, TAG_TASK, TAG_TASK_KIND
 from experiments.tracking import configure_mlflow
-from features.pipeline import build_view, latest_event, snapshot_hash
+from features.pipeline import build_latest, snapshot_hash
 from features.store import FeatureStore
 from salesml.settings import Settings
 from serving.predict import Hierarchy, Lookup, RequestError, load_rules, score_lookup
@@ -93,11 +93,10 @@ def build_live_lookup(store: FeatureStore, task: Task, snapshot: str) -> Lookup:
     """The task's view computed on demand at one cutoff, the store's latest data (the newest row of the task's
     events table), for entities a materialised view does not hold yet: a deal created after its cutoff."""
     data = task.data
-    table, column = data.events
-    as_of = latest_event(store, table, column)
-    built = build_view(store, data.name, as_of, [as_of], threads=1)
+    built = build_latest(store, data.name, data.events)
     features = built.frame.drop_duplicates(data.id_column, keep="last").set_index(data.id_column, drop=False)
-    return Lookup(data.id_column, features, _owners(store, data), as_of=as_of.isoformat(), source=f"live@{snapshot}")
+    return Lookup(data.id_column, features, _owners(store, data), as_of=built.as_of.isoformat(),
+                  source=f"live@{snapshot}")
 
 
 def load_hierarchy(store: FeatureStore) -> Hierarchy:
