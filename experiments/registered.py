@@ -41,6 +41,17 @@ def get_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         return None
 
 
+def _first_registered(client: MlflowClient, names: list[str]) -> str | None:
+    """The first of ``names`` that is a registered model, or ``None``."""
+    for name in dict.fromkeys(names):
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            continue
+        return name
+    return None
+
+
 def resolve_model_name(client: MlflowClient, name: str) -> str:
     """The registered model a user named: the name itself when registered, else its spelling in the other
     naming (``churn.<task>`` was the name of risk models before the task registry, and stores from then keep it).
@@ -50,13 +61,7 @@ def resolve_model_name(client: MlflowClient, name: str) -> str:
     prefix, _, task = name.partition(".")
     candidates = [name, canonical_model_name(name)]
     candidates += [f"{old}.{task}" for old, new in LEGACY_PREFIXES.items() if new == prefix]
-    for candidate in dict.fromkeys(candidates):
-        try:
-            client.get_registered_model(candidate)
-        except MlflowException:
-            continue
-        return candidate
-    return name
+    return _first_registered(client, candidates) or name
 
 
 def task_model_name(client: MlflowClient, task: str) -> str:
@@ -70,18 +75,14 @@ def task_model_name(client: MlflowClient, task: str) -> str:
     from training.registry import TASKS
 
     if task in TASKS:
-        declared = TASKS[task].model_name
-        names = [declared, f"churn.{task}"]
+        names = [TASKS[task].model_name, f"churn.{task}"]
     else:
         names = [m.name for m in client.search_registered_models() if m.name.partition(".")[2] == task]
         names.sort(key=lambda n: n.startswith("churn."))  # today's spelling first
-    for name in names:
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            continue
-        return name
-    raise RegistryError(f"no model of task {task!r} is registered: train one with `salesml train {task}`")
+    found = _first_registered(client, names)
+    if found is None:
+        raise RegistryError(f"no model of task {task!r} is registered: train one with `salesml train {task}`")
+    return found
 
 
 def expected_digests(version: ModelVersion) -> dict[str, str]:
