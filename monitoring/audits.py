@@ -18,10 +18,9 @@ from fairlearn.metrics import (
 )
 from scipy.stats import chi2_contingency
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import roc_auc_score
 
 from monitoring.policy import DriftPolicy, ExplanationsPolicy, FairnessPolicy, PerformancePolicy
-from training.registry import Metric
+from training.registry import Metric, roc_auc_or_nan
 
 
 @dataclass
@@ -50,11 +49,6 @@ def _clean(value):
     if isinstance(value, np.integer):
         return int(value)
     return value
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    y = np.asarray(y, dtype=int)
-    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
 # ------------------------------------------------------------------------------------------------ performance
@@ -135,13 +129,6 @@ def _gap_p_value(hits_a: float, n_a: float, hits_b: float, n_b: float) -> float:
         return 1.0 if hits_a / n_a == hits_b / n_b else 0.0
     z = abs(hits_a / n_a - hits_b / n_b) / se
     return float(math.erfc(z / math.sqrt(2)))
-
-
-def _rate_gap(table: pd.DataFrame, rate: str, base: pd.Series) -> tuple[str, str, float]:
-    """The groups with the lowest and highest ``rate`` and the p-value of their gap (``base``: group sizes)."""
-    low, high = table[rate].idxmin(), table[rate].idxmax()
-    p = _gap_p_value(table.loc[low, rate] * base[low], base[low], table.loc[high, rate] * base[high], base[high])
-    return low, high, p
 
 
 class _Scores(ClassifierMixin, BaseEstimator):
@@ -229,7 +216,7 @@ def group_table(groups: np.ndarray, y: np.ndarray, p: np.ndarray, pred: np.ndarr
             "fpr": float(sg[yg == 0].mean()) if negatives else float("nan"),
             "expected_tpr": float(pg[sg].sum() / expected) if expected > 0 else float("nan"),
             "expected_fpr": float((1 - pg[sg]).sum() / (1 - pg).sum()) if (1 - pg).sum() > 0 else float("nan"),
-            "auc": _auc(yg, pg), "mean_predicted": float(pg.mean()), "observed_rate": float(yg.mean()),
+            "auc": roc_auc_or_nan(yg, pg), "mean_predicted": float(pg.mean()), "observed_rate": float(yg.mean()),
             "calibration_gap": float(pg.mean() - yg.mean()),
             "calibration_p_value": _z_p_value((yg.sum() - expected) / math.sqrt(variance)) if variance > 0 else 1.0,
             "positives": positives, "negatives": negatives,

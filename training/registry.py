@@ -64,7 +64,8 @@ class Metric:
         return value >= bound if self.higher_is_better else value <= bound
 
 
-def _roc_auc(y: np.ndarray, p: np.ndarray) -> float:
+def roc_auc_or_nan(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC AUC, or NaN when the rows hold a single class (a small group in an audit window)."""
     from sklearn.metrics import roc_auc_score
 
     y = np.asarray(y, dtype=int)
@@ -226,7 +227,7 @@ RISK = Kind(
     config="training.tasks:RiskConfig",
     trainer="training.risk:train_risk_model",
     metrics={m.name: m for m in (
-        Metric("roc_auc", True, "ROC AUC: how well the score ranks positives above negatives", _roc_auc),
+        Metric("roc_auc", True, "ROC AUC: how well the score ranks positives above negatives", roc_auc_or_nan),
         Metric("pr_auc", True, "PR AUC (average precision): ranking quality where positives are rare", _pr_auc),
         Metric("log_loss", False, "log loss of the calibrated probability", _log_loss),
         Metric("brier", False, "Brier score of the calibrated probability", _brier),
