@@ -81,8 +81,11 @@ class FairnessPolicy(CheckPolicy):
     significance: float = Field(0.05, gt=0, lt=1, description="A gap must also be unlikely by chance.")
     calibration_tolerance: float = Field(0.05, gt=0, description="Largest |mean predicted - observed rate| of a "
                                          "group.")
-    max_equalized_odds_difference: float = Field(0.10, gt=0, description="Largest gap between groups in TPR or "
-                                                 "FPR beyond what each group's own calibrated scores imply.")
+    max_equalized_odds_difference: float = Field(0.10, gt=0, description="Largest gap between groups in the TPR "
+                                                 "or FPR the model adds beyond each group's scores recalibrated to "
+                                                 "its own outcomes.")
+    bootstrap_rounds: int = Field(200, ge=20, description="Bootstrap draws over entities for the standard errors "
+                                  "of the error-rate criterion.")
     amplification_tolerance: float = Field(0.10, gt=0, description="How far the predicted-risk ratio of two "
                                            "groups may fall below their observed outcome-rate ratio.")
     demographic_parity: DemographicParityPolicy = Field(default_factory=DemographicParityPolicy)

@@ -7,7 +7,7 @@ objective on the cross-validation folds of the 80%, and prints the best trial by
 config's form. No test figure is computed, so none can steer the choice.
 
     python experiments/benchmarks/choose_start.py [--dataset ibm_sales_win_loss] [--trials 26]
-        [--exclude "Opportunity Number"] [--data ../shared/data]
+        [--exclude "Opportunity Number"] [--data ../shared/data] [--storage start.db]
 
 Prints one JSON object: the dataset, the columns used, every trial's CV ROC AUC, and the best trial.
 """
@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=26)
     parser.add_argument("--exclude", nargs="*", default=[], help="feature columns to leave out")
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--storage", type=Path, default=None,
+                        help="Optuna SQLite file to keep the study in; an interrupted run given the same file "
+                             "resumes it (default: a temporary file)")
     args = parser.parse_args()
     from experiments.benchmarks.tuning import load_benchmark_task
 
@@ -61,7 +64,8 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        study = open_study("start", f"sqlite:///{tmp}/optuna.db", config.seed, config.pruning)
+        storage = args.storage.resolve() if args.storage else Path(tmp) / "optuna.db"
+        study = open_study("start", f"sqlite:///{storage}", config.seed, config.pruning)
         run_study(study, make_objective(search, settings), settings.families, args.trials, None, None, [])
         trials = [{"number": t.number, "state": t.state.name, "cv_roc_auc": t.value, "params": t.params}
                   for t in study.trials]

@@ -7,7 +7,7 @@ as shipped (its number of trials unless ``--trials`` says otherwise) and audited
 check should pass every clean arm and fail every biased one, naming ``size_band``.
 
 Prints one JSON object: per seed and arm, the fairness status, the criteria that failed, and per attribute the
-figures each criterion judges (largest calibration gap, TPR/FPR gaps beyond what the groups' scores imply,
+figures each criterion judges (largest calibration gap, TPR/FPR gaps beyond the groups' recalibrated scores,
 amplification, demographic-parity ratio and the raw equalised-odds difference), plus the time of each step.
 
     python experiments/benchmarks/fairness.py [--orgs 8:1200 3:800 ...] [--trials N] [--keep DIR]
@@ -84,8 +84,10 @@ def _audit(settings, trained: dict, times: dict, trials: int | None) -> dict:
             continue
         attributes[attr] = {
             "calibration_gap": f["calibration"]["gap"], "calibration_group": f["calibration"]["group"],
-            "tpr_gap_beyond_scores": f["error_rates"]["tpr"]["gap"],
-            "fpr_gap_beyond_scores": f["error_rates"]["fpr"]["gap"],
+            "tpr_gap_beyond_recalibrated": f["error_rates"]["tpr"]["gap"],
+            "fpr_gap_beyond_recalibrated": f["error_rates"]["fpr"]["gap"],
+            "fpr_by_group": {g["group"]: [round(g["fpr"], 3), round(g["fpr_recalibrated"], 3)]
+                             for g in f["by_group"]},
             "amplification": f["amplification"]["amplification"],
             "amplification_pair": [f["amplification"].get("low"), f["amplification"].get("high")],
             "demographic_parity_ratio": f["demographic_parity_ratio"],

@@ -71,6 +71,22 @@ def test_a_group_whose_risk_is_overstated_fails_calibration_and_amplification_wi
     assert mitigation["thresholds"]["small"] > mitigation["thresholds"]["enterprise"]  # small deals need more
 
 
+def test_a_group_overstated_within_the_calibration_tolerance_fails_on_the_errors_the_model_adds():
+    frame, y, p = _groups(3, {"small": 0.3, "mid": 0.25, "enterprise": 0.22}, n=4000, inflate={"small": 0.04})
+    result = audit_fairness(frame, y, p, 0.4, ["region"], FairnessPolicy(), seed=0, entity="opportunity_id")
+    figures = result.figures["attributes"]["region"]
+    assert abs(figures["calibration"]["gap"]) < 0.05  # calibration alone would pass it
+    failed = [f for f in result.figures["failed"] if f["criterion"] == "error_rates"]
+    assert failed and failed[0]["figure"] > 0.10, result.reason
+    by_group = {row["group"]: row for row in figures["by_group"]}
+    # Recalibrated on its own outcomes, small's scores select fewer deals: the excess is the model's doing.
+    assert by_group["small"]["tpr_excess"] > 0.05 and abs(by_group["enterprise"]["tpr_excess"]) < 0.05
+    assert "recalibrated on its outcomes" in result.reason
+    clean = audit_fairness(*_groups(3, {"small": 0.3, "mid": 0.25, "enterprise": 0.22}, n=4000), 0.4, ["region"],
+                           FairnessPolicy(), seed=0, entity="opportunity_id")
+    assert clean.status == "pass", clean.reason
+
+
 def test_demographic_parity_gates_only_where_the_policy_asks_for_parity_of_outcomes():
     frame, y, p = _groups(3, {"APAC": 0.2, "EMEA": 0.4})
     parity = DemographicParityPolicy(gate=True, reason="leads are allocated evenly across regions")
