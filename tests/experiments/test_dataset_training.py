@@ -43,10 +43,11 @@ def test_telco_churn_beats_the_published_defaults(shared_data, tmp_path):
 def test_sales_win_loss_beats_the_lightgbm_default(shared_data, tmp_path):
     home = tmp_path / "home"
     _import(home, "ibm_sales_win_loss", shared_data / "ibm_sales_win_loss")
-    config = load_config(CONFIGS / "ibm_sales_win_loss.yaml", trials=2)
+    # One trial: the config's start, the best by cross-validation of a study that never saw the test rows
+    # (experiments/benchmarks/choose_start.py).
+    config = load_config(CONFIGS / "ibm_sales_win_loss.yaml", trials=1)
     result = run_risk_training(get_settings(home=home), "ibm_sales_win_loss", config, trainer="ci")
     auc = result["metrics"]["test_roc_auc"]
     assert result["metrics"]["test_rows"] == 15605  # 20% of all 78,025 rows, repeated opportunity numbers included
-    # The target. 0.9477 with these 2 trials: the config starts from a 26-trial study's best by CV
-    # (the 0.08-learning-rate start it replaced gave 0.9453); LightGBM defaults: 0.940, FLAML in 120 s: 0.946.
+    # The target: 0.9472 measured; LightGBM defaults: 0.940, FLAML in 120 s: 0.946.
     assert auc >= 0.947, auc
