@@ -237,18 +237,26 @@ def _recalibrated_error_rates(y: np.ndarray, p: np.ndarray, threshold: np.ndarra
     selected = p >= threshold
     codes = np.unique(clusters, return_inverse=True)[1]
     n_clusters = int(codes.max()) + 1 if len(codes) else 0
-    draws = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=rounds)[:, codes]
-    weights = np.vstack([np.ones(len(y)), draws]).astype(float)
-    a, b = _fit_recalibrations(x, y.astype(float), weights)
-    recalibrated = expit(a[:, None] + b[:, None] * x) >= threshold
+    draws = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=rounds)
+    # Row 0 is the window itself; the others are the draws. Chunks keep each array near 2M values however large
+    # the group.
+    weights = np.vstack([np.ones(n_clusters, dtype=np.int64), draws])
+    chunk = max(1, 2_000_000 // max(len(y), 1))
+    rates: dict[str, list[np.ndarray]] = {"tpr": [], "fpr": [], "tpr_recalibrated": [], "fpr_recalibrated": []}
+    for start in range(0, len(weights), chunk):
+        w_all = weights[start:start + chunk][:, codes].astype(float)
+        a, b = _fit_recalibrations(x, y.astype(float), w_all)
+        recalibrated = expit(a[:, None] + b[:, None] * x) >= threshold
+        for rate, outcome in (("tpr", 1), ("fpr", 0)):
+            w = w_all * (y == outcome)
+            total = w.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rates[rate].append((w * selected).sum(axis=1) / total)
+                rates[f"{rate}_recalibrated"].append((w * recalibrated).sum(axis=1) / total)
     out: dict = {}
-    for rate, outcome in (("tpr", 1), ("fpr", 0)):
-        w = weights * (y == outcome)
-        total = w.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            raw = (w * selected).sum(axis=1) / total
-            recal = (w * recalibrated).sum(axis=1) / total
-        excess = raw - recal
+    for rate in ("tpr", "fpr"):
+        recal = np.concatenate(rates[f"{rate}_recalibrated"])
+        excess = np.concatenate(rates[rate]) - recal
         out[f"{rate}_recalibrated"] = float(recal[0])
         out[f"{rate}_excess"] = float(excess[0])
         out[f"{rate}_excess_se"] = float(np.nanstd(excess[1:], ddof=1)) if rounds > 1 else float("nan")
