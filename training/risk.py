@@ -174,8 +174,9 @@ def train_risk_model(data: TaskData, config: RiskConfig, storage_url: str, study
                 best = float("nan")
             progress(done, best)
 
-    trials_run = run_study(study, make_objective(search, settings), settings.families, config.trials,
-                           config.timeout, report, config.initial_trials)
+    objective = make_objective(search, settings)
+    trials_run = run_study(study, objective, settings.families, config.trials, config.timeout, report,
+                           config.initial_trials)
     best = study.best_trial
     family, params = params_from_trial(best.params, float(np.mean(search.y_train)))
 
@@ -184,12 +185,17 @@ def train_risk_model(data: TaskData, config: RiskConfig, storage_url: str, study
         valid_scores = estimator.predict_proba(search.x_valid)[:, 1]
         valid_y = search.y_valid
     else:
-        valid_scores = np.zeros(len(search.y_train))
-        rounds_seen = []
-        for train_idx, valid_idx in search.folds:
-            fold_model, _, r = fit_trial_model(family, params, search, settings, train_idx, valid_idx)
-            valid_scores[valid_idx] = fold_model.predict_proba(search.x_train.iloc[valid_idx])[:, 1]
-            rounds_seen.append(r)
+        # The study's best trial scored these folds already; a resumed study's best may predate this process.
+        held = objective.out_of_fold(best.number)
+        if held is not None:
+            valid_scores, rounds_seen = held
+        else:
+            valid_scores = np.zeros(len(search.y_train))
+            rounds_seen = []
+            for train_idx, valid_idx in search.folds:
+                fold_model, _, r = fit_trial_model(family, params, search, settings, train_idx, valid_idx)
+                valid_scores[valid_idx] = fold_model.predict_proba(search.x_train.iloc[valid_idx])[:, 1]
+                rounds_seen.append(r)
         rounds = max(10, int(np.mean(rounds_seen) * 1.1))
         if settings.monotone:
             params = {**params, "monotone_constraints": settings.monotone if family == "lightgbm"

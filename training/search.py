@@ -189,27 +189,52 @@ def fit_trial_model(family: str, params: dict, data: SearchData, settings: Searc
     return estimator, auc, best_iteration(estimator, family) or settings.max_estimators
 
 
-def make_objective(data: SearchData, settings: SearchSettings) -> Callable[[optuna.Trial], float]:
-    """The Optuna objective: validation AUC, or mean cross-validated AUC (the first fold drives pruning)."""
-    positive_rate = float(np.mean(data.y_train))
+class Objective:
+    """The Optuna objective: validation AUC, or mean cross-validated AUC (the first fold drives pruning).
 
-    def objective(trial: optuna.Trial) -> float:
-        family, params = suggest_params(trial, settings.families, positive_rate)
+    With folds it keeps the out-of-fold scores of the best complete trial so far, so that the trainer calibrates
+    on them instead of fitting the same fold models a second time (``out_of_fold``). Only one trial's scores are
+    held, whatever the study's length.
+    """
+
+    def __init__(self, data: SearchData, settings: SearchSettings) -> None:
+        self.data, self.settings = data, settings
+        self.positive_rate = float(np.mean(data.y_train))
+        self._best: tuple[int, float, np.ndarray, list[int]] | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        family, params = suggest_params(trial, self.settings.families, self.positive_rate)
+        data = self.data
         if data.folds is None:
-            _, auc, best = fit_trial_model(family, params, data, settings, trial=trial)
+            _, auc, best = fit_trial_model(family, params, data, self.settings, trial=trial)
             trial.set_user_attr("best_iteration", best)
             return auc
         aucs, iterations = [], []
+        scores = np.zeros(len(data.y_train))
         for k, (train_idx, valid_idx) in enumerate(data.folds):
-            _, auc, best = fit_trial_model(family, params, data, settings, train_idx, valid_idx,
-                                           trial=trial if k == 0 else None)
+            model, auc, best = fit_trial_model(family, params, data, self.settings, train_idx, valid_idx,
+                                               trial=trial if k == 0 else None)
+            scores[valid_idx] = model.predict_proba(data.x_train.iloc[valid_idx])[:, 1]
             aucs.append(auc)
             iterations.append(best)
         trial.set_user_attr("best_iteration", int(np.mean(iterations)))
         trial.set_user_attr("fold_aucs", aucs)
-        return float(np.mean(aucs))
+        value = float(np.mean(aucs))
+        if self._best is None or value > self._best[1]:
+            self._best = (trial.number, value, scores, iterations)
+        return value
 
-    return objective
+    def out_of_fold(self, number: int) -> tuple[np.ndarray, list[int]] | None:
+        """Trial ``number``'s out-of-fold scores and best iterations per fold, if this process ran it and it is
+        the best complete trial it has run (a resumed study's earlier trials are not held)."""
+        if self._best is None or self._best[0] != number:
+            return None
+        return self._best[2], self._best[3]
+
+
+def make_objective(data: SearchData, settings: SearchSettings) -> Objective:
+    """The Optuna objective of a study on ``data`` (see ``Objective``)."""
+    return Objective(data, settings)
 
 
 def make_pruner(warmup_steps: int = PRUNING_WARMUP_STEPS) -> optuna.pruners.BasePruner:

@@ -30,9 +30,11 @@ from training.search import (
     ProgressSteps,
     SearchData,
     SearchSettings,
+    fit_trial_model,
     make_objective,
     make_pruner,
     open_study,
+    params_from_trial,
     run_study,
 )
 
@@ -323,3 +325,23 @@ def test_the_pruner_waits_for_its_warm_up_then_stops_a_trial_below_the_median():
             pruned_at = step
             break
     assert pruned_at == PRUNING_WARMUP_STEPS == 16
+
+
+def test_the_objective_keeps_the_best_trials_out_of_fold_scores_equal_to_a_refit(tmp_path):
+    x, y = _toy(400)
+    pre = TabularPreprocessor(["meetings_30d", "meetings_prev_30d", "discount"], ["stage"]).fit(x)
+    data = SearchData.cross_validated(pre.transform(x), y, ["stage"], 3, 0)
+    settings = SearchSettings(["lightgbm", "xgboost"], 60, 10, 1, 0)
+    study = open_study("oof", f"sqlite:///{tmp_path / 'optuna.db'}", 0, True)
+    objective = make_objective(data, settings)
+    run_study(study, objective, settings.families, trials=4)
+    best = study.best_trial
+    held = objective.out_of_fold(best.number)
+    assert held is not None and objective.out_of_fold(best.number + 100) is None
+    family, params = params_from_trial(best.params, float(np.mean(y)))
+    refit = np.zeros(len(y))
+    for train_idx, valid_idx in data.folds:
+        model, _, _ = fit_trial_model(family, params, data, settings, train_idx, valid_idx)
+        refit[valid_idx] = model.predict_proba(data.x_train.iloc[valid_idx])[:, 1]
+    np.testing.assert_allclose(held[0], refit)  # what the trainer would otherwise fit a second time
+    assert make_objective(data, settings).out_of_fold(best.number) is None  # a new process holds nothing
