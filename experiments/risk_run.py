@@ -239,7 +239,7 @@ def _log_explanations(result: TrainingResult, test_frame: pd.DataFrame, threads:
     model = result.model
     # Exact TreeSHAP is the costliest step of a large training (about 4 ms a row for the IBM model on one thread,
     # three minutes for its 15,605 test rows), so it gets the training's threads and a fixed-seed sample of the
-    # test rows: the mean |SHAP| of 5,000 rows ranks the features as the whole set does.
+    # test rows, whose mean |SHAP| estimates the whole set's within sampling error.
     sample = test_frame.sample(n=min(len(test_frame), EXPLANATION_ROWS), random_state=seed)
     mlflow.log_param("explanation_rows", len(sample))
     matrix = model.preprocessor.transform(sample)
