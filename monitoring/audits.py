@@ -21,6 +21,7 @@ from scipy.stats import chi2_contingency
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from monitoring.policy import DriftPolicy, ExplanationsPolicy, FairnessPolicy, PerformancePolicy
+from training.calibration import logit
 from training.registry import Metric, roc_auc_or_nan
 
 
@@ -233,7 +234,7 @@ def _recalibrated_error_rates(y: np.ndarray, p: np.ndarray, threshold: np.ndarra
     The standard errors come from a bootstrap over entities (``clusters``), refitting the recalibration each
     time, so they include the uncertainty of the recalibration itself.
     """
-    x = np.log(np.clip(p, 1e-6, 1 - 1e-6) / np.clip(1 - p, 1e-6, 1))
+    x = logit(p)
     selected = p >= threshold
     codes = np.unique(clusters, return_inverse=True)[1]
     n_clusters = int(codes.max()) + 1 if len(codes) else 0

@@ -25,7 +25,8 @@ _EPS = 1e-6
 TIE_BREAK = 1e-4
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), with p clipped to [1e-6, 1 - 1e-6] so that 0 and 1 stay finite."""
     p = np.clip(np.asarray(p, dtype=float), _EPS, 1 - _EPS)
     return np.log(p / (1 - p))
 
@@ -51,7 +52,7 @@ class Calibrator:
             self.y_ = iso.y_thresholds_.astype(float)
             self.tie_break_ = TIE_BREAK
         else:
-            lr = LogisticRegression(C=1e6, max_iter=1000).fit(_logit(scores).reshape(-1, 1), y)
+            lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit(scores).reshape(-1, 1), y)
             self.a_ = float(lr.coef_[0, 0])
             self.b_ = float(lr.intercept_[0])
         return self
@@ -61,7 +62,7 @@ class Calibrator:
         scores = np.asarray(scores, dtype=float)
         if self.method == "isotonic":
             return (1.0 - self.tie_break_) * np.interp(scores, self.x_, self.y_) + self.tie_break_ * scores
-        return 1.0 / (1.0 + np.exp(-(self.a_ * _logit(scores) + self.b_)))
+        return 1.0 / (1.0 + np.exp(-(self.a_ * logit(scores) + self.b_)))
 
     def to_dict(self) -> dict:
         """JSON-ready state."""

@@ -34,6 +34,7 @@ from training.search import (
     open_study,
     params_from_trial,
     run_study,
+    score_folds,
 )
 from training.tasks import RiskConfig, TaskData
 
@@ -190,12 +191,7 @@ def train_risk_model(data: TaskData, config: RiskConfig, storage_url: str, study
         if held is not None:
             valid_scores, rounds_seen = held
         else:
-            valid_scores = np.zeros(len(search.y_train))
-            rounds_seen = []
-            for train_idx, valid_idx in search.folds:
-                fold_model, _, r = fit_trial_model(family, params, search, settings, train_idx, valid_idx)
-                valid_scores[valid_idx] = fold_model.predict_proba(search.x_train.iloc[valid_idx])[:, 1]
-                rounds_seen.append(r)
+            valid_scores, _, rounds_seen = score_folds(family, params, search, settings)
         rounds = max(10, int(np.mean(rounds_seen) * 1.1))
         if settings.monotone:
             params = {**params, "monotone_constraints": settings.monotone if family == "lightgbm"

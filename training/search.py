@@ -189,6 +189,24 @@ def fit_trial_model(family: str, params: dict, data: SearchData, settings: Searc
     return estimator, auc, best_iteration(estimator, family) or settings.max_estimators
 
 
+def score_folds(family: str, params: dict, data: SearchData, settings: SearchSettings,
+                trial: optuna.Trial | None = None) -> tuple[np.ndarray, list[float], list[int]]:
+    """Fit one model per cross-validation fold (the first fold reports to ``trial`` for pruning).
+
+    Returns:
+        The out-of-fold scores of every training row, each fold's validation AUC and best iteration.
+    """
+    scores = np.zeros(len(data.y_train))
+    aucs, iterations = [], []
+    for k, (train_idx, valid_idx) in enumerate(data.folds):
+        model, auc, best = fit_trial_model(family, params, data, settings, train_idx, valid_idx,
+                                           trial=trial if k == 0 else None)
+        scores[valid_idx] = model.predict_proba(data.x_train.iloc[valid_idx])[:, 1]
+        aucs.append(auc)
+        iterations.append(best)
+    return scores, aucs, iterations
+
+
 class Objective:
     """The Optuna objective: validation AUC, or mean cross-validated AUC (the first fold drives pruning).
 
@@ -209,14 +227,7 @@ class Objective:
             _, auc, best = fit_trial_model(family, params, data, self.settings, trial=trial)
             trial.set_user_attr("best_iteration", best)
             return auc
-        aucs, iterations = [], []
-        scores = np.zeros(len(data.y_train))
-        for k, (train_idx, valid_idx) in enumerate(data.folds):
-            model, auc, best = fit_trial_model(family, params, data, self.settings, train_idx, valid_idx,
-                                               trial=trial if k == 0 else None)
-            scores[valid_idx] = model.predict_proba(data.x_train.iloc[valid_idx])[:, 1]
-            aucs.append(auc)
-            iterations.append(best)
+        scores, aucs, iterations = score_folds(family, params, data, self.settings, trial)
         trial.set_user_attr("best_iteration", int(np.mean(iterations)))
         trial.set_user_attr("fold_aucs", aucs)
         value = float(np.mean(aucs))
