@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 Progress = Callable[[str, int, int], None]
+#: Columns pandas adds to a Parquet file for an unnamed index (``df.to_parquet(path)`` after a filter): not data.
+PANDAS_INDEX_COLUMN = re.compile(r"^__index_level_\d+__$")
 
 def _order_of(df: pd.DataFrame, ctx: RuleContext, column: str) -> pd.Series:
     return df["order_id"].map(ctx.parents("orders")[column])
@@ -165,6 +168,11 @@ def _read_csv(path: Path, encoding: str = "utf-8", **kwargs) -> pd.DataFrame | I
     return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding, **kwargs)
 
 
+def parquet_columns(path: Path) -> list[str]:
+    """The data columns of a Parquet file: every column but those pandas wrote for an unnamed index."""
+    return [c for c in pq.read_schema(path).names if not PANDAS_INDEX_COLUMN.match(c)]
+
+
 def source_columns(source: Source) -> list[str]:
     """The column names of a source.
 
@@ -176,7 +184,7 @@ def source_columns(source: Source) -> list[str]:
     path = source.path
     try:
         if _suffix(path) == ".parquet":
-            return list(pq.read_schema(path).names)
+            return parquet_columns(path)
         if _suffix(path) in (".csv", ".csv.gz"):
             return list(_read_csv(path, nrows=0).columns)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable
@@ -221,7 +229,7 @@ def _key_frame(source: Source) -> pd.DataFrame:
         return source.frame.reindex(columns=key)
     try:
         if _suffix(source.path) == ".parquet":
-            return pq.read_table(source.path, columns=key).to_pandas()
+            return pq.read_table(source.path, columns=key).to_pandas(ignore_metadata=True)
         return _read_csv(source.path, usecols=key)
     except Exception as exc:  # noqa: BLE001
         raise IngestionError(f"{source.path}: cannot be parsed: {exc}") from exc
@@ -234,8 +242,9 @@ def _iter_chunks(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
         return
     if _suffix(source.path) == ".parquet":
         start = 0
-        for batch in pq.ParquetFile(source.path).iter_batches(batch_size=chunk_rows):
-            frame = batch.to_pandas()
+        columns = parquet_columns(source.path)
+        for batch in pq.ParquetFile(source.path).iter_batches(batch_size=chunk_rows, columns=columns):
+            frame = batch.to_pandas(ignore_metadata=True)
             frame.index = pd.RangeIndex(start, start + len(frame))
             start += len(frame)
             yield frame
@@ -416,7 +425,8 @@ def read_table_file(path: Path, delimiter: str = ",", encoding: str = "utf-8") -
     suffix = _suffix(path)
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            # pandas' metadata would turn an index column back into the index; the columns are what counts.
+            return pq.read_table(path, columns=parquet_columns(path)).to_pandas(ignore_metadata=True)
         if suffix in (".csv", ".csv.gz"):
             return _read_csv(path, sep=delimiter, encoding=encoding)
     except Exception as exc:  # noqa: BLE001 - any reader failure means the file is unusable

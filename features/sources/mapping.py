@@ -24,6 +24,8 @@ from features.standards import Rule, generic_rules, parse_column
 MappedType = Literal["string", "category", "int", "float", "bool", "date", "timestamp"]
 TASK_PREFIX = "task_"
 RESERVED = ("row_id", "source_row", "event_time", "label", "label_value")
+#: What a task table's id is called when its file has no id column: rows are numbered from 1 in file order.
+ROW_NUMBER = "row number"
 
 
 class MappingError(ValueError):
@@ -72,7 +74,7 @@ class TaskMapping(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: Literal["task"]
     name: str
-    id: str
+    id: str | None = Field(None, description="Column with the row id; without it the id is the 1-based row number.")
     repeated_ids: bool = Field(False, description=(
         "Rows may share an id (e.g. one row per product line of an opportunity): every row is kept, and the "
         "second and later rows of an id get the row id '<id>#<n>' (n = 2, 3, ... in file order). Without it a "
@@ -233,13 +235,14 @@ def task_source(frame: pd.DataFrame, path: Path, mapping: TaskMapping, lines: pd
         MappingError: when a mapped column is missing from the file, or a declared type fits none of its values.
     """
     sensitive = mapping.sensitive_types
-    needed = [mapping.id, mapping.label.column, *mapping.features, *sensitive]
+    needed = [*([mapping.id] if mapping.id else []), mapping.label.column, *mapping.features, *sensitive]
     if mapping.timestamp:
         needed.append(mapping.timestamp)
     _require_columns(frame, needed, path)
-    table, spec, rules = build_task_table(mapping.name, mapping.id, mapping.label, dict(mapping.features),
+    table, spec, rules = build_task_table(mapping.name, mapping.id or ROW_NUMBER, mapping.label, dict(mapping.features),
                                           sensitive, mapping.timestamp, source or str(path))
-    out = pd.DataFrame({"row_id": _row_ids(frame[mapping.id], mapping.repeated_ids),
+    ids = frame[mapping.id] if mapping.id else pd.Series(range(1, len(frame) + 1), index=frame.index).astype(str)
+    out = pd.DataFrame({"row_id": _row_ids(ids, mapping.repeated_ids),
                         "source_row": range(1, len(frame) + 1)}, index=frame.index)
     if mapping.timestamp:
         out["event_time"] = frame[mapping.timestamp]

@@ -159,3 +159,59 @@ def test_invalid_mappings_are_refused_with_the_field(tmp_path, text, message):
     csv = _write(tmp_path, "f.csv", "x,y,a\n1,1,1\n")
     with pytest.raises(MappingError, match=message):
         sources_from_mapping(load_mapping(_write(tmp_path, "m.yaml", text)), csv)
+
+
+def test_a_task_file_without_an_id_column_is_numbered_from_one(tmp_path, store):
+    csv = _write(tmp_path, "response.csv", (
+        "Responded;Channel;Age\n"
+        "yes;email;34\n"
+        "no;post;51\n"
+        "no;email;29\n"))
+    yaml_text = """
+kind: task
+name: campaign
+label: {column: Responded, positive: "yes"}
+features: {Channel: category, Age: int}
+read: {delimiter: ";"}
+"""
+    imported = sources_from_mapping(load_mapping(_write(tmp_path, "m.yaml", yaml_text)), csv)
+    store.register_task(imported.tasks[0]["name"], imported.tasks[0])
+    report = ingest(imported.sources, store, as_of=pd.Timestamp("2025-12-31"))
+    t = report.tables["task_campaign"]
+    assert (t.read, t.stored, t.quarantined) == (3, 3, 0)
+    rows = store.table("task_campaign").execute().sort_values("source_row")
+    assert rows["row_id"].tolist() == ["1", "2", "3"]
+    assert rows["label"].tolist() == [1, 0, 0]
+    assert store.task_spec("campaign")["id"] == "row number"
+
+
+def test_a_parquet_file_written_with_pandas_index_imports(tmp_path, store):
+    frame = pd.DataFrame({"Customer Ref": ["C1", "C2", "C3", "C4"], "Snapshot": ["2025-01-31"] * 4,
+                          "Churned?": ["yes", "no", "no", "yes"], "Plan": ["pro", "basic", "basic", "pro"],
+                          "Seats": [10, 2, 3, 8], "Monthly Fee": [99.5, 19.0, 19.0, 99.5],
+                          "Gender": ["f", "m", "m", "f"]})
+    kept = pd.concat([frame.iloc[[3, 1]], frame.iloc[[0]]])  # a filter and a concat: an index 3, 1, 0
+    path = tmp_path / "churn.parquet"
+    kept.to_parquet(path)
+    import pyarrow.parquet as pq
+
+    assert "__index_level_0__" in pq.read_schema(path).names
+    yaml_text = TASK_YAML.replace('read: {delimiter: ";"}\n', "")
+    imported = sources_from_mapping(load_mapping(_write(tmp_path, "m.yaml", yaml_text)), path)
+    store.register_task(imported.tasks[0]["name"], imported.tasks[0])
+    report = ingest(imported.sources, store, as_of=pd.Timestamp("2025-12-31"))
+    assert (report.tables["task_crm_churn"].read, report.tables["task_crm_churn"].stored) == (3, 3)
+    rows = store.table("task_crm_churn").execute().sort_values("source_row")
+    assert rows["row_id"].tolist() == ["C4", "C2", "C1"] and rows["source_row"].tolist() == [1, 2, 3]
+
+
+def test_a_canonical_parquet_file_with_pandas_index_ingests(tmp_path, store, small_org):
+    folder = tmp_path / "org"
+    folder.mkdir()
+    reps = small_org.tables["sales_reps"]
+    reps[reps.index % 2 == 0].to_parquet(folder / "sales_reps.parquet")  # index 0, 2, 4, ...: kept by pandas
+    from features.ingest import discover_sources
+
+    report = ingest(discover_sources(folder), store, as_of=pd.Timestamp("2026-01-01"))
+    t = report.tables["sales_reps"]
+    assert t.read == t.stored + t.quarantined == len(reps[reps.index % 2 == 0])
