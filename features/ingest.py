@@ -24,13 +24,14 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from features.governance import Governance, load_governance
 from features.model import TABLES, Table
 from features.standards import (
     PANDAS_DTYPES,
     Rule,
     RuleContext,
-    duplicate_keys,
-    rules_for,
+    find_repeats,
+    row_json,
     validate_table,
 )
 from features.store import FeatureStore
@@ -46,8 +47,8 @@ def _order_of(df: pd.DataFrame, ctx: RuleContext, column: str) -> pd.Series:
     return df["order_id"].map(ctx.parents("orders")[column])
 
 
-#: Conditions that are valid but worth counting in the report (the rows are stored).
-FLAGS: dict[str, dict[str, Callable[[pd.DataFrame, RuleContext], pd.Series]]] = {
+#: Conditions that are valid but worth counting in the report (the rows are stored, not flagged).
+CONDITIONS: dict[str, dict[str, Callable[[pd.DataFrame, RuleContext], pd.Series]]] = {
     "orders": {
         "guest_checkout": lambda df, ctx: df["account_id"].isna(),
         "cancellation": lambda df, ctx: df["status"] == "cancelled",
@@ -84,21 +85,29 @@ class Source:
 
 @dataclass
 class TableReport:
-    """Row accounting of one table in one load."""
+    """Row accounting of one table in one load.
+
+    ``read = stored + quarantined``. Of the stored rows, ``duplicates`` repeated an earlier row exactly (one record,
+    stored once) and ``flagged`` broke a warning standard (stored, with their flags in the ``flags`` table).
+    """
 
     read: int = 0
     stored: int = 0
     quarantined: int = 0
+    duplicates: int = 0
+    flagged: int = 0
     by_rule: Counter = field(default_factory=Counter)
-    flagged: Counter = field(default_factory=Counter)
+    by_warning: Counter = field(default_factory=Counter)
+    conditions: Counter = field(default_factory=Counter)
     files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
         out = {"read": self.read, "stored": self.stored, "quarantined": self.quarantined,
-               "by_rule": dict(sorted(self.by_rule.items()))}
-        if self.flagged:
-            out["flagged"] = dict(sorted(self.flagged.items()))
+               "duplicates": self.duplicates, "flagged": self.flagged,
+               "by_rule": dict(sorted(self.by_rule.items())), "by_warning": dict(sorted(self.by_warning.items()))}
+        if self.conditions:
+            out["conditions"] = dict(sorted(self.conditions.items()))
         out["files"] = self.files
         return out
 
@@ -112,7 +121,8 @@ class IngestReport:
     tables: dict[str, TableReport] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        """JSON-ready form: ``{"load_id", "as_of", "tables": {table: {read, stored, quarantined, by_rule}}}``."""
+        """JSON-ready form: ``{"load_id", "as_of", "tables": {table: {read, stored, quarantined, duplicates, flagged,
+        by_rule, by_warning, ...}}}``."""
         return {
             "load_id": self.load_id,
             "as_of": self.as_of.date().isoformat(),
@@ -192,15 +202,21 @@ def source_columns(source: Source) -> list[str]:
     raise IngestionError(f"{path}: not a CSV or Parquet file")
 
 
-def check_columns(source: Source) -> None:
+def check_columns(source: Source, required: Sequence[str] | None = None) -> None:
     """Refuse a source that lacks a required column or has columns the table does not know.
+
+    Args:
+        source: the source.
+        required: the columns the file must have (default: the table's required columns); a governance policy
+            that lets a column be empty lets the file leave it out.
 
     Raises:
         IngestionError: naming the file and the columns.
     """
     columns = source_columns(source)
     table = source.table
-    missing = [c for c in table.required_columns if c not in columns]
+    required = table.required_columns if required is None else required
+    missing = [c for c in required if c not in columns]
     unknown = [c for c in columns if c not in table.column_index]
     duplicated = sorted({c for c in columns if columns.count(c) > 1})
     problems = []
@@ -233,6 +249,19 @@ def _key_frame(source: Source) -> pd.DataFrame:
         return _read_csv(source.path, usecols=key)
     except Exception as exc:  # noqa: BLE001
         raise IngestionError(f"{source.path}: cannot be parsed: {exc}") from exc
+
+
+def _source_repeats(source: Source, key_frame: pd.DataFrame, chunk_rows: int) -> tuple[dict, set]:
+    """Exact repeats and conflicting keys over the whole source, reading only the rows whose key repeats."""
+    table = source.table
+    keys = key_frame.reindex(columns=list(table.primary_key))
+    if not keys.duplicated(keep=False).any():
+        return {}, set()
+    _, _, conflicting = find_repeats(keys, table)
+    positions = keys.index[keys.duplicated(keep=False).to_numpy()]
+    rows = pd.concat([chunk.loc[chunk.index.intersection(positions)] for chunk in _iter_chunks(source, chunk_rows)])
+    _, first_of, conflicting = find_repeats(rows, table)
+    return first_of, conflicting
 
 
 def _iter_chunks(source: Source, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -330,60 +359,77 @@ def ingest(
     store: FeatureStore,
     as_of: pd.Timestamp | None = None,
     *,
+    governance: Governance | None = None,
     chunk_rows: int = 1_000_000,
     progress: Progress | None = None,
 ) -> IngestReport:
-    """Validate and store sources; hold invalid rows in quarantine.
+    """Validate and store sources; hold invalid rows in quarantine, flag rows that broke only warnings.
 
     Args:
         sources: the tables to load, in any order (they are processed parents first).
         store: the feature store to write to.
         as_of: the load's as-of date; no timestamp may be later. Default: today (UTC).
+        governance: the severities and parameters of the standards; default: salesml's own policy.
         chunk_rows: rows validated at once for tables whose rules are row-local.
         progress: called with (table, rows done, rows total or -1) as rows are processed.
 
     Returns:
-        The report, per table: rows read, stored, quarantined, by rule, and flagged conditions.
+        The report, per table: rows read, stored (of which duplicates and flagged), quarantined, by rule.
 
     Raises:
         IngestionError: when a source cannot be read or has missing or unknown columns; nothing from any source
             is stored then.
     """
     as_of = pd.Timestamp(as_of or datetime.now(UTC).date()).normalize()
+    governance = governance or load_governance()
     started = datetime.now(UTC)
     load_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    order = {name: i for i, name in enumerate(TABLES)}
-    sources = sorted(sources, key=lambda s: order.get(s.table.name, len(order)))
+    sources = sorted(sources, key=lambda s: load_rank(s.table.name))
+    governed = {}
     for source in sources:
-        check_columns(source)
+        table = governance.table(source.table)
+        rules = governance.apply(source.rules) if source.rules is not None else governance.rules_for(table)
+        governed[id(source)] = (table, rules)
+        check_columns(source, governance.file_columns(table, rules))
     keys = {id(s): _key_frame(s) for s in sources}
 
     store.ensure_system_tables()
     parents = _Parents(store)
     report = IngestReport(load_id=load_id, as_of=as_of)
     for source in sources:
-        table = source.table
+        table, rules = governed[id(source)]
         store.ensure_table(table)
-        rules = list(source.rules) if source.rules is not None else rules_for(table)
         key_frame = keys.pop(id(source))
-        duplicates = None
-        chunk = chunk_rows
-        if not table.row_local:
-            chunk = max(len(key_frame), 1)
-        else:
-            duplicates = duplicate_keys(key_frame, table)
-        ctx = RuleContext(as_of=as_of, parents=parents.get, stored_rows=store.rows_where, duplicate_keys=duplicates)
+        chunk = chunk_rows if table.row_local else max(len(key_frame), 1)
+        first_of, conflicting = _source_repeats(source, key_frame, chunk_rows)
+        ctx = RuleContext(as_of=as_of, parents=parents.get, stored_rows=store.rows_where, duplicate_keys=conflicting)
         entry = report.tables.setdefault(table.name, TableReport())
         entry.files.append(str(source.path))
         store.clear_quarantine(table.name, str(source.path))
         lines = _LineMap(source)
         total = len(key_frame)
+        held_firsts: dict[object, tuple[str, str]] = {}
+        firsts = set(first_of.values())
         for frame in _iter_chunks(source, chunk):
             if frame.empty:
                 continue
-            result = validate_table(frame, table, ctx, rules)
+            repeats = frame.index.intersection(pd.Index(list(first_of), dtype=frame.index.dtype))
+            result = validate_table(frame.drop(index=repeats), table, ctx, rules)
             written = store.upsert(table, result.valid)
             q = result.quarantined
+            for position in q.index.intersection(pd.Index(list(firsts), dtype=frame.index.dtype)):
+                held_firsts[position] = (q.at[position, "rules"], q.at[position, "detail"])
+            held_repeats = [r for r in repeats if first_of[r] in held_firsts]
+            if held_repeats:
+                # A repeat of a held row is held with it: the same record, the same rules.
+                extra = pd.DataFrame({
+                    "rules": [held_firsts[first_of[r]][0] for r in held_repeats],
+                    "detail": [f"repeats line {int(lines.lines(pd.Index([first_of[r]]))[0])}: "
+                               f"{held_firsts[first_of[r]][1]}" for r in held_repeats],
+                    "record": frame.loc[held_repeats].astype("object").where(frame.loc[held_repeats].notna(), None)
+                    .apply(row_json, axis=1),
+                }, index=pd.Index(held_repeats, dtype=frame.index.dtype))
+                q = pd.concat([q, extra]).sort_index()
             if len(q):
                 rows = q.assign(
                     table_name=table.name,
@@ -395,10 +441,27 @@ def ingest(
                 store.add_quarantine(rows)
                 for rule_list in q["rules"]:
                     entry.by_rule.update(rule_list.split(","))
-            for flag, condition in FLAGS.get(table.name, {}).items():
-                entry.flagged[flag] += int(condition(result.valid, ctx).fillna(False).sum())
+            flagged = result.flagged
+            if written or len(flagged):
+                row_keys = _row_keys(result.valid, table)
+                flag_rows = flagged.assign(
+                    table_name=table.name,
+                    row_key=_row_keys(result.valid.loc[flagged.index], table) if len(flagged) else [],
+                    source_file=str(source.path),
+                    source_line=lines.lines(flagged.index) if len(flagged) else [],
+                    load_id=load_id,
+                    as_of=as_of,
+                )
+                store.replace_flags(table.name, row_keys, flag_rows)
+                for rule_list in flagged["rules"]:
+                    entry.by_warning.update(rule_list.split(","))
+            for name, condition in CONDITIONS.get(table.name, {}).items():
+                entry.conditions[name] += int(condition(result.valid, ctx).fillna(False).sum())
+            stored_repeats = len(repeats) - len(held_repeats)
             entry.read += len(frame)
-            entry.stored += written
+            entry.stored += written + stored_repeats
+            entry.duplicates += stored_repeats
+            entry.flagged += len(flagged)
             entry.quarantined += len(q)
             held = frame.loc[q.index, table.primary_key[0]].dropna().astype(str).tolist() if len(q) else []
             parents.add(table, result.valid, held)
@@ -406,9 +469,38 @@ def ingest(
                 progress(table.name, entry.read, total)
         if entry.read != entry.stored + entry.quarantined:
             raise RuntimeError(f"row accounting broken for {table.name}: {entry}")
-        log.info("%s: read %d, stored %d, quarantined %d", table.name, entry.read, entry.stored, entry.quarantined)
+        log.info("%s: read %d, stored %d (%d duplicates, %d flagged), quarantined %d", table.name, entry.read,
+                 entry.stored, entry.duplicates, entry.flagged, entry.quarantined)
     store.record_load(load_id, as_of, started, report.to_dict())
     return report
+
+
+def _row_keys(frame: pd.DataFrame, table: Table) -> list[str]:
+    """Each row's primary key as text (the parts of a composite key joined by ``|``)."""
+    if not len(frame):
+        return []
+    parts = [frame[k].astype("object").map(lambda v: "" if pd.isna(v) else str(v)) for k in table.primary_key]
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined + "|" + part
+    return joined.tolist()
+
+
+def load_rank(table_name: str) -> int:
+    """A table's place in the load order: parents before children, from the foreign keys of the data model.
+
+    Task tables come last. The order is a topological sort of the references (a table's reference to itself,
+    such as a manager, does not count).
+    """
+    return _load_order().get(table_name, len(TABLES))
+
+
+def _load_order() -> dict[str, int]:
+    from graphlib import TopologicalSorter
+
+    graph = {name: {fk.parent for fk in t.foreign_keys if fk.parent != name} for name, t in TABLES.items()}
+    order = list(TopologicalSorter(graph).static_order())
+    return {name: i for i, name in enumerate(order)}
 
 
 def empty_frame(table: Table) -> pd.DataFrame:
@@ -446,7 +538,7 @@ def source_lines(path: Path, rows: int, delimiter: str = ",", encoding: str = "u
 
 
 __all__ = [
-    "FLAGS",
+    "CONDITIONS",
     "IngestReport",
     "IngestionError",
     "Source",
@@ -455,6 +547,7 @@ __all__ = [
     "discover_sources",
     "empty_frame",
     "ingest",
+    "load_rank",
     "read_table_file",
     "source_lines",
 ]

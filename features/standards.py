@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 
@@ -59,6 +59,32 @@ class Rule:
     description: str
     columns: tuple[str, ...] = ()
     check: Check | None = field(default=None, compare=False, repr=False)
+    warning: bool | Mapping[str, tuple] = field(default=False, compare=False)
+    judges: tuple[str, ...] | None = None
+    params: Mapping[str, float | bool] = field(default_factory=dict, compare=False)
+    make: Callable[[Mapping], Check] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def judged_columns(self) -> tuple[str, ...]:
+        """The columns whose values the rule judges: a warning stores them as missing (default: its columns)."""
+        return self.columns if self.judges is None else self.judges
+
+    def with_params(self, params: Mapping[str, float | bool]) -> Rule:
+        """The rule with some parameters changed (only rules built from parameters take them).
+
+        Raises:
+            ValueError: for a rule without parameters, or a parameter it does not have.
+        """
+        if self.make is None:
+            raise ValueError(f"rule {self.name} on {self.table} takes no parameters")
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise ValueError(f"rule {self.name} on {self.table} has no parameter {', '.join(unknown)} "
+                             f"(it has: {', '.join(self.params)})")
+        merged = {**self.params, **params}
+        shown = ", ".join(f"{k}={v}" for k, v in merged.items())
+        description = self.description.split(" (set by policy:")[0] + f" (set by policy: {shown})"
+        return replace(self, params=merged, check=self.make(merged), description=description)
 
 
 @dataclass
@@ -94,10 +120,16 @@ class Validation:
         valid: the parsed rows that broke no rule.
         quarantined: one row per invalid source row, indexed like the source, with columns ``rules`` (sorted
             rule names, comma separated), ``detail`` (what was wrong) and ``record`` (the raw row as JSON).
+        flagged: the stored rows that broke a warning standard, in the same form (they are also in ``valid``,
+            with the values the warning judged set to missing).
+        repeats: source rows dropped because they repeat an earlier row of the frame exactly (same key, same
+            values): one record, stored once.
     """
 
     valid: pd.DataFrame
     quarantined: pd.DataFrame
+    flagged: pd.DataFrame = field(default_factory=lambda: _problem_frame())
+    repeats: pd.Index = field(default_factory=lambda: pd.Index([], dtype="int64"))
 
 
 def _empty_parent(table: str) -> pd.DataFrame:
@@ -231,6 +263,17 @@ def _between(column: str, low: float | None, high: float | None, *, low_open: bo
     return check
 
 
+def _range(name: str, table: str, description: str, column: str, low: float | None, high: float | None,
+           *, low_open: bool = False) -> Rule:
+    """A rule bounding one column; its bounds (``min``, ``max``, ``min_exclusive``) are policy parameters."""
+
+    def make(p: Mapping) -> Check:
+        return _between(column, p["min"], p["max"], low_open=bool(p["min_exclusive"]))
+
+    params = {"min": low, "max": high, "min_exclusive": low_open}
+    return Rule(name, table, description, (column,), make(params), params=params, make=make)
+
+
 def _not_after(first: str, second: str, *, slack: pd.Timedelta = pd.Timedelta(0)) -> Check:
     def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
         return _holds(df[first], df[second] + slack, operator.le)
@@ -258,20 +301,6 @@ def _currency_codes() -> frozenset[str]:
     return frozenset(c.alpha_3 for c in pycountry.currencies)
 
 
-def duplicate_keys(frame: pd.DataFrame, table: Table) -> set:
-    """The primary-key values (tuples for composite keys) that occur more than once in ``frame``.
-
-    Keys are parsed into their canonical types first, so ``2024-01-01`` and ``2024-01-01T00:00:00`` are the
-    same date.
-    """
-    key = list(table.primary_key)
-    parsed = pd.DataFrame({k: parse_column(frame[k] if k in frame.columns else
-                                           pd.Series(pd.NA, index=frame.index, dtype="object"),
-                                           table.column(k))[0] for k in key}, index=frame.index)
-    tuples = _key_tuples(parsed, key)
-    return set(tuples[tuples.duplicated(keep=False)])
-
-
 def _key_tuples(df: pd.DataFrame, key: Sequence[str]) -> pd.Series:
     if len(key) == 1:
         return df[key[0]].astype("object")
@@ -282,20 +311,19 @@ def _key_tuples(df: pd.DataFrame, key: Sequence[str]) -> pd.Series:
 # generic rules, derived from the data model
 
 
-def _required(table: Table) -> Rule:
-    cols = table.required_columns
+def _required(table: Table) -> list[Rule]:
+    """One ``required_field`` rule per required column, so a policy can relax one column (a deal's amount)."""
 
-    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-        ok = pd.Series(True, index=df.index)
-        for c in cols:
-            present = df[c].notna()
-            if table.column(c).dtype == "string":
-                present &= df[c].str.strip().str.len().fillna(0) > 0
-            ok &= present.astype(bool)
-        return ok
+    def present(column: str) -> Check:
+        def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
+            ok = df[column].notna()
+            if table.column(column).dtype == "string":
+                ok &= df[column].str.strip().str.len().fillna(0) > 0
+            return ok.astype(bool)
 
-    return Rule("required_field", table.name, f"Required columns hold a value: {', '.join(cols)}.", tuple(cols),
-                check)
+        return check
+
+    return [Rule("required_field", table.name, f"{c} holds a value.", (c,), present(c)) for c in table.required_columns]
 
 
 def _unique(table: Table) -> Rule:
@@ -426,7 +454,7 @@ def generic_rules(table: Table) -> list[Rule]:
         Rule("type_mismatch", table.name,
              f"Values parse as their column's type ({', '.join(f'{c.name}: {c.dtype}' for c in table.columns if c.dtype != 'string')}); "
              "numbers are finite, dates ISO 8601.", tuple(typed)),
-        _required(table),
+        *_required(table),
         _unique(table),
     ]
     if table.foreign_keys:
@@ -589,14 +617,13 @@ def _specific_rules() -> list[Rule]:
           ("founded_year",), _founded_year),
         R("customer_since_after_founded", "accounts", "An account became a customer no earlier than founded.",
           ("customer_since", "founded_year"), _customer_since_after_founded),
-        R("annual_revenue_in_range", "accounts", "annual_revenue is between 0 and 10^13.", ("annual_revenue",),
-          _between("annual_revenue", 0, 1e13)),
+        _range("annual_revenue_in_range", "accounts", "annual_revenue is between 0 and 10^13.", "annual_revenue",
+               0, 1e13),
         R("contact_left_after_started", "contacts", "A contact leaves no earlier than they started.",
           ("started_at", "left_at"), _not_after("started_at", "left_at")),
-        R("amount_in_range", "opportunities", "amount is above 0 and at most 10^9.", ("amount",),
-          _between("amount", 0, 1e9, low_open=True)),
-        R("discount_in_range", "opportunities", "discount is a fraction between 0 and 0.9.", ("discount",),
-          _between("discount", 0, 0.9)),
+        _range("amount_in_range", "opportunities", "amount is above 0 and at most 10^9.", "amount", 0, 1e9,
+               low_open=True),
+        _range("discount_in_range", "opportunities", "discount is a fraction between 0 and 0.9.", "discount", 0, 0.9),
         R("closed_after_created", "opportunities", "closed_at is not before created_at.",
           ("created_at", "closed_at"), _not_after("created_at", "closed_at")),
         R("expected_close_after_created", "opportunities", "expected_close is not before the creation day.",
@@ -631,8 +658,8 @@ def _specific_rules() -> list[Rule]:
           ("price_floor", "list_price", "price_ceiling"), _price_bounds),
         R("price_in_range", "price_changes", "list_price is above 0 and at most 10^7.", ("list_price",),
           _positive_prices(["list_price"])),
-        R("discount_in_range", "promotions", "discount_pct is a fraction between 0 and 0.9.", ("discount_pct",),
-          _between("discount_pct", 0, 0.9)),
+        _range("discount_in_range", "promotions", "discount_pct is a fraction between 0 and 0.9.", "discount_pct",
+               0, 0.9),
         R("promotion_period_ordered", "promotions", "end_date is not before start_date.",
           ("start_date", "end_date"), _not_after("start_date", "end_date")),
         R("inventory_in_range", "inventory", "on_hand and on_order are between 0 and 10^9.",
@@ -645,16 +672,15 @@ def _specific_rules() -> list[Rule]:
         R("quantity_sign_matches_status", "order_lines",
           "quantity is negative exactly on cancelled orders (returns) and positive otherwise.",
           ("order_id", "quantity"), _quantity_sign),
-        R("unit_price_in_range", "order_lines", "unit_price is above 0 and at most 10^7.", ("unit_price",),
-          _between("unit_price", 0, 1e7, low_open=True)),
-        R("discount_in_range", "order_lines", "discount is a fraction between 0 and 0.9.", ("discount",),
-          _between("discount", 0, 0.9)),
-        R("csat_in_range", "support_tickets", "csat is between 1 and 5.", ("csat",), _between("csat", 1, 5)),
+        _range("unit_price_in_range", "order_lines", "unit_price is above 0 and at most 10^7.", "unit_price", 0, 1e7,
+               low_open=True),
+        _range("discount_in_range", "order_lines", "discount is a fraction between 0 and 0.9.", "discount", 0, 0.9),
+        _range("csat_in_range", "support_tickets", "csat is between 1 and 5.", "csat", 1, 5),
         R("resolved_after_created", "support_tickets", "resolved_at is not before created_at.",
           ("created_at", "resolved_at"), _not_after("created_at", "resolved_at")),
         R("non_blank_text", "support_tickets", "text is not only white space.", ("text",), _non_blank("text")),
-        R("budget_change_in_range", "budget_signals", "budget_change_pct is between -100 and 500.",
-          ("budget_change_pct",), _between("budget_change_pct", -100, 500)),
+        _range("budget_change_in_range", "budget_signals", "budget_change_pct is between -100 and 500.",
+               "budget_change_pct", -100, 500),
         R("news_subject_consistent", "news_signals",
           "News about an account names the account; news about a competitor names the competitor and no account.",
           ("subject_type", "account_id", "competitor"), _news_subject),
@@ -664,22 +690,44 @@ def _specific_rules() -> list[Rule]:
     ]
 
 
+#: Rules that judge how a row's values fit together rather than one value: a warning stores the row as it is.
+CONSISTENCY_RULES = frozenset({
+    "unique_key", "manager_is_manager", "parent_not_self", "customer_since_after_founded",
+    "contact_left_after_started", "closed_after_created", "expected_close_after_created", "outcome_matches_stage",
+    "closed_at_matches_stage", "legal_stage_transition", "stage_history_continuous",
+    "stage_change_within_opportunity_life", "history_ends_at_current_stage", "links_same_account",
+    "price_bounds_ordered", "promotion_period_ordered", "quantity_sign_matches_status", "news_subject_consistent",
+})
+
+
+def _judging(rules: Sequence[Rule]) -> list[Rule]:
+    return [replace(r, judges=()) if r.name in CONSISTENCY_RULES and r.judges is None else r for r in rules]
+
+
+def specific_rules(table_name: str) -> list[Rule]:
+    """The rules of one canonical table beyond those its definition gives (``generic_rules``)."""
+    return _judging([r for r in _specific_rules() if r.table == table_name])
+
+
 @cache
 def canonical_rules() -> tuple[Rule, ...]:
-    """Every rule on the canonical tables, generic ones first, table by table."""
-    specific = _specific_rules()
+    """Every rule on the canonical tables, generic ones first, table by table, all blocking (the data model's
+    standards before any governance policy, ``features.governance``, sets severities)."""
     rules: list[Rule] = []
     for table in TABLES.values():
-        rules += generic_rules(table)
-        rules += [r for r in specific if r.table == table.name]
+        rules += _judging(generic_rules(table))
+        rules += specific_rules(table.name)
     return tuple(rules)
 
 
 def rules_for(table: Table, extra: Sequence[Rule] = ()) -> list[Rule]:
-    """The rules that apply to ``table`` (a canonical table, or a task table with its ``extra`` rules)."""
-    if table.name in TABLES:
+    """The rules that apply to ``table`` (a canonical table, or a task table with its ``extra`` rules), as the data
+    model defines them: every one blocking."""
+    if table.name in TABLES and table == TABLES[table.name]:
         return [r for r in canonical_rules() if r.table == table.name]
-    return generic_rules(table) + list(extra)
+    if table.name in TABLES:
+        return _judging(generic_rules(table)) + specific_rules(table.name)
+    return _judging(generic_rules(table)) + list(extra)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -687,7 +735,7 @@ def rules_for(table: Table, extra: Sequence[Rule] = ()) -> list[Rule]:
 
 
 def build_schema(table: Table, rules: Sequence[Rule], ctx: RuleContext) -> pa.DataFrameSchema:
-    """The pandera schema of ``table``: canonical dtypes, and one named check per rule.
+    """The pandera schema of ``table``: canonical dtypes, and one check per rule.
 
     Args:
         table: the table.
@@ -695,12 +743,13 @@ def build_schema(table: Table, rules: Sequence[Rule], ctx: RuleContext) -> pa.Da
         ctx: what cross-table rules may read.
 
     Returns:
-        A ``DataFrameSchema`` whose failure cases are named after the rules.
+        A ``DataFrameSchema`` whose failure cases name the rules as ``<name>@<position in rules>`` (a rule name
+        can have several instances: ``required_field`` has one per column).
     """
     columns = {c.name: pa.Column(PANDAS_DTYPES[c.dtype], nullable=True) for c in table.columns}
     checks = [
-        pa.Check(lambda df, _rule=rule: _rule.check(df, ctx), name=rule.name, ignore_na=False)
-        for rule in rules
+        pa.Check(lambda df, _rule=rule: _rule.check(df, ctx), name=f"{rule.name}@{i}", ignore_na=False)
+        for i, rule in enumerate(rules)
         if rule.check is not None
     ]
     return pa.DataFrameSchema(columns, checks=checks, strict=True, name=table.name)
@@ -717,87 +766,184 @@ def _describe(rule: Rule, rows: pd.DataFrame) -> pd.Series:
     return f"{rule.name}: " + joined
 
 
+def _problem_frame(index: pd.Index | None = None) -> pd.DataFrame:
+    index = pd.Index([], dtype="int64") if index is None else index
+    return pd.DataFrame({"rules": pd.Series(dtype=object, index=index), "detail": pd.Series(dtype=object, index=index),
+                         "record": pd.Series(dtype=object, index=index)})
+
+
+def matches(conditions: Mapping[str, Sequence], rows: pd.DataFrame) -> pd.Series:
+    """Rows whose columns hold one of the listed values, for every listed column (``None`` matches empty)."""
+    ok = pd.Series(True, index=rows.index)
+    for column, values in conditions.items():
+        listed = [v for v in values if v is not None]
+        hit = rows[column].astype("object").isin(listed).fillna(False).astype(bool)
+        if any(v is None for v in values):
+            hit |= rows[column].isna().astype(bool)
+        ok &= hit
+    return ok
+
+
+def _warned(rule: Rule, rows: pd.DataFrame) -> pd.Series:
+    """Which of the rows breaking ``rule`` are stored with a warning rather than quarantined."""
+    if rule.warning is True:
+        return pd.Series(True, index=rows.index)
+    if not rule.warning:
+        return pd.Series(False, index=rows.index)
+    return matches(rule.warning, rows)
+
+
+def find_repeats(frame: pd.DataFrame, table: Table) -> tuple[pd.Index, dict, set]:
+    """Rows that repeat a key: exact repeats (one record) and keys whose rows conflict.
+
+    Keys are parsed into their canonical types (``2024-01-01`` and ``2024-01-01T00:00:00`` are one date); values
+    are compared as written.
+
+    Returns:
+        The index of every row that repeats an earlier row exactly, a map from each such row to the first row it
+        repeats, and the keys (tuples for composite keys) whose rows differ.
+    """
+    key = list(table.primary_key)
+    parsed = pd.DataFrame({k: parse_column(frame[k] if k in frame.columns else
+                                           pd.Series(pd.NA, index=frame.index, dtype="object"),
+                                           table.column(k))[0] for k in key}, index=frame.index)
+    tuples = _key_tuples(parsed, key)
+    repeated = tuples.duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return pd.Index([], dtype=frame.index.dtype), {}, set()
+    rows = frame[repeated]
+    hashes = pd.util.hash_pandas_object(rows.astype("string"), index=False)
+    pairs = pd.DataFrame({"key": tuples[repeated].map(repr).to_numpy(), "hash": hashes.to_numpy(),
+                          "row": rows.index}, index=rows.index)
+    first_of = pairs.groupby(["key", "hash"], sort=False)["row"].transform("first")
+    exact = first_of[first_of.to_numpy() != pairs["row"].to_numpy()]
+    versions = pairs.drop_duplicates(["key", "hash"]).groupby("key", sort=False).size()
+    conflicting_repr = set(versions.index[versions > 1])
+    conflicting = set(tuples[repeated][pairs["key"].isin(conflicting_repr).to_numpy()])
+    return exact.index, exact.to_dict(), conflicting
+
+
 def validate_table(frame: pd.DataFrame, table: Table, ctx: RuleContext, rules: Sequence[Rule] | None = None
                    ) -> Validation:
     """Validate the rows of one source frame against the data standards of ``table``.
+
+    Rows that repeat an earlier row exactly are one record: they are dropped (``repeats``) before validation.
+    A row that breaks a blocking standard is quarantined; one that breaks only warnings is stored and flagged,
+    with the values those warnings judged set to missing.
 
     Args:
         frame: raw rows, indexed by their position in the source (used for source lines).
         table: the canonical (or task) table the rows are for.
         ctx: the load's as-of date and the parents cross-table rules read.
-        rules: the rules to apply; default: every rule of the table.
+        rules: the rules to apply; default: every rule of the table under the default governance.
 
     Returns:
-        The valid rows, parsed, and the quarantined rows with the rules they broke.
+        The valid rows, parsed, the quarantined rows with the rules they broke, and the flagged rows.
     """
     rules = list(rules) if rules is not None else rules_for(table)
+    repeats = pd.Index([], dtype=frame.index.dtype)
     if ctx.duplicate_keys is None:
-        ctx = replace(ctx, duplicate_keys=duplicate_keys(frame, table))
+        repeats, _, conflicting = find_repeats(frame, table)
+        frame = frame.drop(index=repeats)
+        ctx = replace(ctx, duplicate_keys=conflicting)
     parsed, type_problems = parse_frame(frame, table)
-    broken: dict[str, list[pd.Index]] = {}
-    if len(type_problems):
-        broken.setdefault("type_mismatch", []).append(type_problems.index)
-    candidates = parsed.drop(index=type_problems.index)
-    if len(type_problems):
+    broken: dict[int, list[pd.Index]] = {}
+    type_rule = next((i for i, r in enumerate(rules) if r.name == "type_mismatch"), None)
+    held_for_type = type_problems.index
+    if len(type_problems) and type_rule is not None:
+        broken.setdefault(type_rule, []).append(type_problems.index)
+        warned = _warned(rules[type_rule], parsed.loc[type_problems.index])
+        held_for_type = type_problems.index[~warned.to_numpy()]
+    candidates = parsed.drop(index=held_for_type)
+    if len(held_for_type):
         # Rows held for a bad value still count as sharing a repeated key.
-        unique = next((r for r in rules if r.name == "unique_key"), None)
-        if unique is not None and unique.check is not None:
-            held = parsed.loc[type_problems.index]
-            repeated = held.index[~unique.check(held, ctx).to_numpy()]
-            if len(repeated):
-                broken.setdefault("unique_key", []).append(repeated)
+        for i, rule in enumerate(rules):
+            if rule.name == "unique_key" and rule.check is not None:
+                held = parsed.loc[held_for_type]
+                repeated = held.index[~rule.check(held, ctx).to_numpy()]
+                if len(repeated):
+                    broken.setdefault(i, []).append(repeated)
     if len(candidates):
         schema = build_schema(table, rules, ctx)
         try:
             schema.validate(candidates, lazy=True, inplace=True)
         except pa.errors.SchemaErrors as errors:
             cases = errors.failure_cases
-            unexpected = cases[~cases["check"].isin([r.name for r in rules])]
+            known = {f"{r.name}@{i}" for i, r in enumerate(rules)}
+            unexpected = cases[~cases["check"].isin(known)]
             if len(unexpected):
                 raise RuntimeError(f"schema of {table.name} failed outside its rules:\n{unexpected}") from None
             cases = cases.dropna(subset=["index"]).drop_duplicates(["check", "index"])
             for name, group in cases.groupby("check"):
-                broken.setdefault(str(name), []).append(pd.Index(group["index"]))
-    _hold_children_of_held(frame, parsed, table, broken)
+                broken.setdefault(int(str(name).rsplit("@", 1)[1]), []).append(pd.Index(group["index"]))
+    blocking: dict[int, pd.Index] = {}
+    warnings: dict[int, pd.Index] = {}
+    for i, indexes in broken.items():
+        index = (indexes[0].append(indexes[1:]) if len(indexes) > 1 else indexes[0]).unique()
+        warned = _warned(rules[i], parsed.loc[index]).to_numpy()
+        if warned.any():
+            warnings[i] = index[warned]
+        if (~warned).any():
+            blocking[i] = index[~warned]
+    unique_rule = next((i for i, r in enumerate(rules) if r.name == "unique_key"), None)
+    orphan_rule = next((i for i, r in enumerate(rules) if r.name == "orphan"), len(rules))
+    children = _hold_children_of_held(frame, parsed, table, list(blocking.values()))
+    if len(children):
+        existing = blocking.get(orphan_rule)
+        blocking[orphan_rule] = children if existing is None else existing.append(children).unique()
+    held_rules = [*rules, Rule("orphan", table.name, "", ())]
+    quarantined = _problems(frame, parsed, held_rules, blocking, type_problems, type_rule)
+    stored = parsed.drop(index=quarantined.index)
+    warnings = {i: idx.difference(quarantined.index) for i, idx in warnings.items() if i != unique_rule}
+    warnings = {i: idx for i, idx in warnings.items() if len(idx)}
+    flagged = _problems(frame, parsed, held_rules, warnings, type_problems, type_rule)
+    for i, index in warnings.items():
+        judged = [c for c in held_rules[i].judged_columns if c in stored.columns]
+        if judged:
+            stored.loc[index, judged] = None
+    return Validation(valid=stored, quarantined=quarantined, flagged=flagged, repeats=repeats)
+
+
+def _problems(frame: pd.DataFrame, parsed: pd.DataFrame, rules: Sequence[Rule], broken: Mapping[int, pd.Index],
+              type_problems: pd.DataFrame, type_rule: int | None) -> pd.DataFrame:
+    """One row per source row that broke some of the rules: their names, what was wrong, the raw record."""
     by_row: dict[object, list[str]] = {}
     details: dict[object, list[str]] = {}
-    rule_by_name: dict[str, list[Rule]] = {}
-    for r in rules:
-        rule_by_name.setdefault(r.name, []).append(r)
-    for name, indexes in broken.items():
-        index = indexes[0].append(indexes[1:]) if len(indexes) > 1 else indexes[0]
-        index = index.unique()
-        if name == "type_mismatch":
+    for i, index in broken.items():
+        rule = rules[i]
+        if i == type_rule:
             texts = type_problems.loc[index, "detail"]
+        elif not rule.description:  # the orphan added for children of held parents in the same table
+            texts = pd.Series("orphan: its parent in this table is held", index=index)
         else:
-            texts = _describe(rule_by_name[name][0], parsed.loc[index])
-        for i, text in zip(index, texts, strict=True):
-            by_row.setdefault(i, []).append(name)
-            details.setdefault(i, []).append(text)
+            texts = _describe(rule, parsed.loc[index])
+        for row, text in zip(index, texts, strict=True):
+            by_row.setdefault(row, []).append(rule.name)
+            details.setdefault(row, []).append(text)
     bad_index = pd.Index(list(by_row), dtype=frame.index.dtype)
-    quarantined = pd.DataFrame(
+    if not len(bad_index):
+        return _problem_frame(bad_index)
+    out = pd.DataFrame(
         {
             "rules": [",".join(sorted(set(by_row[i]))) for i in bad_index],
             "detail": ["; ".join(details[i]) for i in bad_index],
         },
         index=bad_index,
     )
-    if len(bad_index):
-        quarantined["record"] = frame.loc[bad_index].astype("object").where(frame.loc[bad_index].notna(), None
-                                                                           ).apply(_row_json, axis=1)
-    else:
-        quarantined["record"] = pd.Series(dtype=object)
-    return Validation(valid=parsed.drop(index=bad_index), quarantined=quarantined.sort_index())
+    raw = frame.loc[bad_index]
+    out["record"] = raw.astype("object").where(raw.notna(), None).apply(row_json, axis=1)
+    return out.sort_index()
 
 
-def _hold_children_of_held(frame: pd.DataFrame, parsed: pd.DataFrame, table: Table,
-                           broken: dict[str, list[pd.Index]]) -> None:
-    """Add ``orphan`` for rows whose parent in the same table (a manager, a parent account) is held."""
+def _hold_children_of_held(frame: pd.DataFrame, parsed: pd.DataFrame, table: Table, parts: list[pd.Index]
+                           ) -> pd.Index:
+    """Rows whose parent in the same table (a manager, a parent account) is held: they are held as ``orphan``."""
     self_refs = [fk.column for fk in table.foreign_keys if fk.parent == table.name]
+    children = pd.Index([], dtype=frame.index.dtype)
     if not self_refs:
-        return
+        return children
     key = table.primary_key[0]
-    parts = [idx for indexes in broken.values() for idx in indexes if len(idx)]
+    parts = [idx for idx in parts if len(idx)]
     held = parts[0].append(parts[1:]).unique() if parts else pd.Index([], dtype=frame.index.dtype)
     while True:
         held_keys = frame.loc[held, key].dropna().astype(str)
@@ -808,15 +954,31 @@ def _hold_children_of_held(frame: pd.DataFrame, parsed: pd.DataFrame, table: Tab
             found.append(refs.index[refs.isin(held_keys).fillna(False).astype(bool)])
         newly = found[0].append(found[1:]).unique()
         if not len(newly):
-            return
-        broken.setdefault("orphan", []).append(newly)
+            return children
+        children = children.append(newly).unique()
         held = held.append(newly).unique()
 
 
-def _row_json(row: pd.Series) -> str:
+def row_json(row: pd.Series) -> str:
+    """A raw row as JSON text, every value a string (missing: null): how quarantine and flags keep records."""
     return json.dumps({k: (None if v is None else str(v)) for k, v in row.items()}, ensure_ascii=False)
 
 
-def describe_rules() -> list[dict[str, str]]:
-    """Every canonical rule as ``{"name", "table", "description"}``, for ``salesml data standards``."""
-    return [{"name": r.name, "table": r.table, "description": r.description} for r in canonical_rules()]
+def describe_rules(rules: Sequence[Rule] | None = None) -> list[dict]:
+    """Rules as ``{"name", "table", "columns", "severity", "description"}``, for ``salesml data standards``.
+
+    Args:
+        rules: the rules to describe; default: every canonical rule as the data model defines it.
+    """
+    out = []
+    for r in canonical_rules() if rules is None else rules:
+        if r.warning is True:
+            severity = "warning"
+        elif r.warning:
+            severity = "warning when " + "; ".join(
+                f"{c} is {' or '.join('empty' if v is None else str(v) for v in vs)}" for c, vs in r.warning.items())
+        else:
+            severity = "blocking"
+        out.append({"name": r.name, "table": r.table, "columns": list(r.columns), "severity": severity,
+                    "description": r.description})
+    return out

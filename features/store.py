@@ -30,6 +30,7 @@ IBIS_TYPES = {
     "timestamp": "timestamp",
 }
 QUARANTINE = "quarantine"
+FLAGS = "flags"
 LOADS = "loads"
 TASK_TABLES = "task_tables"
 FEATURE_VERSIONS = "feature_versions"
@@ -41,6 +42,19 @@ _QUARANTINE_SCHEMA = ibis.schema(
         "rules": "string",
         "detail": "string",
         "record": "string",
+        "load_id": "string",
+        "as_of": "date",
+    }
+)
+_FLAGS_SCHEMA = ibis.schema(
+    {
+        "table_name": "string",
+        "row_key": "string",
+        "rules": "string",
+        "detail": "string",
+        "record": "string",
+        "source_file": "string",
+        "source_line": "int64",
         "load_id": "string",
         "as_of": "date",
     }
@@ -120,8 +134,9 @@ class FeatureStore:
             self.con.create_table(table.name, schema=table_schema(table))
 
     def ensure_system_tables(self) -> None:
-        """Create the quarantine, load history and task-table registry when missing."""
-        for name, schema in ((QUARANTINE, _QUARANTINE_SCHEMA), (LOADS, _LOADS_SCHEMA), (TASK_TABLES, _TASK_SCHEMA)):
+        """Create the quarantine, the flags, the load history and the task-table registry when missing."""
+        for name, schema in ((QUARANTINE, _QUARANTINE_SCHEMA), (FLAGS, _FLAGS_SCHEMA), (LOADS, _LOADS_SCHEMA),
+                             (TASK_TABLES, _TASK_SCHEMA)):
             if not self.has_table(name):
                 self.con.create_table(name, schema=schema)
 
@@ -190,10 +205,29 @@ class FeatureStore:
         frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
         self.con.insert(QUARANTINE, frame)
 
-    def _quarantined(self, table_name: str | None, rule: str | None) -> ir.Table | None:
-        if not self.has_table(QUARANTINE):
+    def replace_flags(self, table_name: str, keys: Sequence[str], rows: pd.DataFrame) -> None:
+        """Record the warnings of rows just stored: drop the flags of every key written (a re-load that now meets
+        the standards clears them), then add ``rows`` (columns as in the flags schema)."""
+        self.ensure_system_tables()
+        if len(keys):
+            written = ibis.memtable(pd.DataFrame({"row_key": pd.Series(list(keys), dtype="object")}),
+                                    schema=ibis.schema({"row_key": "string"}))
+            self.con.create_table("_salesml_keys", written, temp=True, overwrite=True)
+            try:
+                self._execute(f"DELETE FROM {FLAGS} WHERE table_name = ? AND row_key IN (SELECT row_key FROM "
+                              "_salesml_keys)", [table_name])
+            finally:
+                self.con.raw_sql("DROP TABLE IF EXISTS _salesml_keys")
+        if rows.empty:
+            return
+        frame = rows[list(_FLAGS_SCHEMA.names)].copy()
+        frame["as_of"] = pd.to_datetime(frame["as_of"]).dt.date
+        self.con.insert(FLAGS, frame)
+
+    def _problem_rows(self, name: str, table_name: str | None, rule: str | None) -> ir.Table | None:
+        if not self.has_table(name):
             return None
-        q = self.con.table(QUARANTINE)
+        q = self.con.table(name)
         if table_name:
             q = q.filter(q.table_name == table_name)
         if rule:
@@ -203,7 +237,7 @@ class FeatureStore:
     def quarantine(self, table_name: str | None = None, rule: str | None = None, limit: int | None = None
                    ) -> pd.DataFrame:
         """Quarantined rows, optionally of one table and/or one rule."""
-        q = self._quarantined(table_name, rule)
+        q = self._problem_rows(QUARANTINE, table_name, rule)
         if q is None:
             return pd.DataFrame(columns=list(_QUARANTINE_SCHEMA.names))
         q = q.order_by([q.table_name, q.source_file, q.source_line])
@@ -211,7 +245,21 @@ class FeatureStore:
 
     def count_quarantined(self, table_name: str | None = None, rule: str | None = None) -> int:
         """How many rows are quarantined, optionally of one table and/or one rule."""
-        q = self._quarantined(table_name, rule)
+        q = self._problem_rows(QUARANTINE, table_name, rule)
+        return 0 if q is None else int(q.count().execute())
+
+    def flags(self, table_name: str | None = None, rule: str | None = None, limit: int | None = None
+              ) -> pd.DataFrame:
+        """Stored rows that broke a warning standard, optionally of one table and/or one rule."""
+        q = self._problem_rows(FLAGS, table_name, rule)
+        if q is None:
+            return pd.DataFrame(columns=list(_FLAGS_SCHEMA.names))
+        q = q.order_by([q.table_name, q.source_file, q.source_line, q.row_key])
+        return q.limit(limit).execute() if limit else q.execute()
+
+    def count_flags(self, table_name: str | None = None, rule: str | None = None) -> int:
+        """How many stored rows are flagged, optionally of one table and/or one rule."""
+        q = self._problem_rows(FLAGS, table_name, rule)
         return 0 if q is None else int(q.count().execute())
 
     # ---------------------------------------------------------------- reads for rules

@@ -56,11 +56,12 @@ def test_dataset_imports_with_exact_row_accounting(dataset: str, shared_data: Pa
             store.register_task(task["name"], task)
         report = ingest(imported.sources, store, as_of=None)
         assert set(report.tables) == set(tables)
-        for name, (read, stored, quarantined, by_rule, flagged) in tables.items():
+        for name, (read, stored, quarantined, by_rule, conditions) in tables.items():
             t = report.tables[name]
             assert (t.read, t.stored, t.quarantined) == (read, stored, quarantined), name
             assert dict(t.by_rule) == by_rule, name
-            assert dict(t.flagged) == flagged, name
+            assert dict(t.conditions) == conditions, name
+            assert (t.flagged, t.duplicates) == (0, 0), name
             assert store.count(name) == stored
         assert len(store.quarantine()) == sum(t[2] for t in tables.values())
 
