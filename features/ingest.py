@@ -394,6 +394,9 @@ def ingest(
     keys = {id(s): _key_frame(s) for s in sources}
 
     store.ensure_system_tables()
+    # Once per file and table: a bundle can make two sources of one table from one file (agents and managers).
+    for table_name, path in dict.fromkeys((s.table.name, str(s.path)) for s in sources):
+        store.clear_quarantine(table_name, path)
     parents = _Parents(store)
     report = IngestReport(load_id=load_id, as_of=as_of)
     for source in sources:
@@ -405,7 +408,6 @@ def ingest(
         ctx = RuleContext(as_of=as_of, parents=parents.get, stored_rows=store.rows_where, duplicate_keys=conflicting)
         entry = report.tables.setdefault(table.name, TableReport())
         entry.files.append(str(source.path))
-        store.clear_quarantine(table.name, str(source.path))
         lines = _LineMap(source)
         total = len(key_frame)
         held_firsts: dict[object, tuple[str, str]] = {}

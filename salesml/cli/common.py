@@ -195,18 +195,21 @@ def open_store(settings: Settings, read_only: bool = False):
 
 def render_ingest(result: dict) -> None:
     """Print an ingestion report as a table."""
-    table = new_table("table", "read", "stored", "quarantined", "by rule", right=("read", "stored", "quarantined"),
+    table = new_table("table", "read", "stored", "of which repeats", "of which flagged", "quarantined", "rules",
+                      right=("read", "stored", "of which repeats", "of which flagged", "quarantined"),
                       title=f"Ingestion report (load {result['load_id']}, as of {result['as_of']})")
     for name, t in result["tables"].items():
         rules = ", ".join(f"{k}: {v}" for k, v in t["by_rule"].items())
-        flags = ", ".join(f"{k}: {v} (stored)" for k, v in t.get("flagged", {}).items() if v)
-        table.add_row(name, f"{t['read']:,}", f"{t['stored']:,}", f"{t['quarantined']:,}",
-                      "; ".join(x for x in (rules, flags) if x))
+        warned = ", ".join(f"{k}: {v} (warning)" for k, v in t.get("by_warning", {}).items())
+        conditions = ", ".join(f"{k}: {v} (stored)" for k, v in t.get("conditions", {}).items() if v)
+        table.add_row(name, f"{t['read']:,}", f"{t['stored']:,}", f"{t.get('duplicates', 0):,}",
+                      f"{t.get('flagged', 0):,}", f"{t['quarantined']:,}",
+                      "; ".join(x for x in (rules, warned, conditions) if x))
     stdout.print(table)
     if "source" in result:
         stdout.print(f"source: {result['source']}")
-
-
+    if any(t.get("flagged") for t in result["tables"].values()):
+        stdout.print("flagged rows: `salesml data flags`; quarantined rows: `salesml data quarantine`")
 
 
 def current_identity(settings: Settings) -> str:

@@ -65,10 +65,22 @@ def simulate(
     emit(result, as_json, render)
 
 
+StandardsOpt = Annotated[Path | None, typer.Option(
+    "--standards", help="Data-governance policy YAML (severities, parameters, vocabularies); default: "
+                        "SALESML_HOME/standards.yaml when it exists, on top of salesml's own policy.")]
+
+
+def _governance(standards: Path | None):
+    from features.governance import load_governance
+
+    return load_governance(standards, get_settings().home)
+
+
 @app.command()
 def ingest(
     directory: Annotated[Path, typer.Argument(help="Folder of canonical tables (<table>.csv or .parquet).")],
     as_of: Annotated[str | None, typer.Option("--as-of", help="The load's as-of date (default: today).")] = None,
+    standards: StandardsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validate every row against the data standards; store valid rows, quarantine the rest with reasons."""
@@ -77,10 +89,11 @@ def ingest(
 
     settings = get_settings()
     with failures(as_json):
+        governance = _governance(standards)
         sources = discover_sources(directory)
         with open_store(settings) as store, progress_bar("validating") as progress:
-            report = run_ingest(sources, store, as_of=parse_date(as_of), chunk_rows=settings.ingest_chunk_rows,
-                                progress=progress)
+            report = run_ingest(sources, store, as_of=parse_date(as_of), governance=governance,
+                                chunk_rows=settings.ingest_chunk_rows, progress=progress)
     emit(report.to_dict(), as_json, render_ingest)
 
 
@@ -88,54 +101,72 @@ def ingest(
 def import_data(
     dataset: Annotated[str | None, typer.Argument(
         help="A known dataset: telco_churn, ibm_sales_win_loss, uci_online_retail, cdnow, walmart_weekly_sales, "
-             "retail_price_optimization. Omit it with --mapping.")] = None,
-    source: Annotated[Path | None, typer.Option("--from", help="The dataset's folder or file.")] = None,
+             "retail_price_optimization. Omit it with --mapping or --bundle.")] = None,
+    source: Annotated[Path | None, typer.Option("--from", help=(
+        "The dataset's folder or file; with --bundle, the export's folder (default: the bundle's folder)."))] = None,
     mapping: Annotated[Path | None, typer.Option(help="Mapping YAML for any CSV/Parquet file (see README).")] = None,
+    bundle: Annotated[Path | None, typer.Option(help="Bundle YAML mapping a whole export folder (see README).")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="The load's as-of date (default: today).")] = None,
+    standards: StandardsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import a public dataset, or any CSV/Parquet file through a mapping, with the same standards."""
+    """Import a public dataset, any CSV/Parquet file through a mapping, or a whole export through a bundle, with
+    the same standards, in one load and one report."""
     from features.ingest import ingest as run_ingest
+    from features.sources.bundle import load_bundle, sources_from_bundle
     from features.sources.datasets import DATASETS, load_dataset
     from features.sources.mapping import load_mapping, sources_from_mapping
 
     settings = get_settings()
     with failures(as_json):
-        if source is None:
+        if sum(x is not None for x in (dataset, mapping, bundle)) != 1:
+            raise CommandError(f"give one of: a DATASET name ({', '.join(DATASETS)}), --mapping MAPPING.yaml or "
+                               "--bundle BUNDLE.yaml")
+        governance = _governance(standards)
+        if bundle is not None:
+            with stderr.status(f"reading the export mapped by {bundle}"):
+                imported = sources_from_bundle(load_bundle(bundle), source or bundle.parent)
+        elif source is None:
             raise CommandError("--from PATH is required: the dataset's folder or file")
-        if mapping is not None:
-            if dataset is not None:
-                raise CommandError("give either a DATASET name or --mapping, not both")
+        elif mapping is not None:
             imported = sources_from_mapping(load_mapping(mapping), source)
-        elif dataset is None:
-            raise CommandError(f"name a DATASET ({', '.join(DATASETS)}) or give --mapping MAPPING.yaml")
         else:
             with stderr.status(f"reading {dataset} from {source}"):
                 imported = load_dataset(dataset, source)
         with open_store(settings) as store, progress_bar("validating") as progress:
             for task in imported.tasks:
                 store.register_task(task["name"], task)
-            report = run_ingest(imported.sources, store, as_of=parse_date(as_of), chunk_rows=settings.ingest_chunk_rows,
-                                progress=progress)
+            report = run_ingest(imported.sources, store, as_of=parse_date(as_of), governance=governance,
+                                chunk_rows=settings.ingest_chunk_rows, progress=progress)
         result = report.to_dict()
         result["source"] = imported.description
     emit(result, as_json, render_ingest)
 
 
 @data_app.command("standards")
-def data_standards(as_json: JsonOpt = False) -> None:
-    """List the data standards: every named rule, the table it applies to, and what it requires."""
+def data_standards(
+    table: Annotated[str | None, typer.Option(help="Only the rules of this table.")] = None,
+    standards: StandardsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the data standards in force: every named rule, its table, its severity under the governance policy,
+    and what it requires."""
+    from features.model import TABLES, get_table
     from features.standards import describe_rules
 
-    result = {"rules": describe_rules()}
+    with failures(as_json):
+        governance = _governance(standards)
+        names = [get_table(table).name] if table else list(TABLES)
+        rules = [r for name in names for r in governance.rules_for(TABLES[name])]
+    result = {"policies": governance.sources, "rules": describe_rules(rules)}
 
     def render(r: dict) -> None:
-        table = new_table("name", "table", "description",
-                          title=f"Data standards ({len({x['name'] for x in r['rules']})} rules, "
-                                f"{len(r['rules'])} rule-table pairs)")
+        rich = new_table("name", "table", "severity", "description",
+                         title=f"Data standards ({len({x['name'] for x in r['rules']})} rules, "
+                               f"{len(r['rules'])} rule-table pairs; policy: {', '.join(r['policies'])})")
         for rule in r["rules"]:
-            table.add_row(rule["name"], rule["table"], rule["description"])
-        stdout.print(table)
+            rich.add_row(rule["name"], rule["table"], rule["severity"], rule["description"])
+        stdout.print(rich)
 
     emit(result, as_json, render)
 
@@ -193,6 +224,34 @@ def data_stages(as_json: JsonOpt = False) -> None:
     emit(result, as_json, render)
 
 
+def _problem_command(kind: str, table: str | None, rule: str | None, limit: int, as_json: bool) -> None:
+    settings = get_settings()
+    with failures(as_json), open_store(settings, read_only=True) as store:
+        if kind == "quarantined":
+            frame, total = store.quarantine(table, rule, limit), store.count_quarantined(table, rule)
+        else:
+            frame, total = store.flags(table, rule, limit), store.count_flags(table, rule)
+    rows = [{k: (None if v is None else str(v)) for k, v in r.items()} for r in frame.to_dict("records")]
+    result = {"rows": rows, "shown": len(rows), "total": total}
+
+    def render(r: dict) -> None:
+        scope = "".join([f" of table {table}" if table else "", f" that broke rule {rule}" if rule else ""])
+        noun = "Quarantined rows" if kind == "quarantined" else "Flagged rows (stored)"
+        if not r["total"]:
+            stdout.print(f"No {noun.split(' (')[0].lower()}{scope}.", highlight=False)
+            return
+        columns = ("table", "file:line", "rules", "detail") if kind == "quarantined" else (
+            "table", "key", "file:line", "rules", "detail")
+        rich = new_table(*columns, title=f"{noun}{scope}: {r['shown']:,} of {r['total']:,}")
+        for row in r["rows"]:
+            where = f"{row['source_file']}:{row['source_line']}"
+            cells = [row["table_name"], where] if kind == "quarantined" else [row["table_name"], row["row_key"], where]
+            rich.add_row(*cells, row["rules"], row["detail"])
+        stdout.print(rich)
+
+    emit(result, as_json, render)
+
+
 @data_app.command("quarantine")
 def data_quarantine(
     table: Annotated[str | None, typer.Option(help="Only rows of this table.")] = None,
@@ -201,25 +260,19 @@ def data_quarantine(
     as_json: JsonOpt = False,
 ) -> None:
     """Show quarantined rows: the rules they broke, what was wrong, and their source file and line."""
-    settings = get_settings()
-    with failures(as_json), open_store(settings, read_only=True) as store:
-        frame = store.quarantine(table, rule, limit)
-        total = store.count_quarantined(table, rule)
-    rows = [{k: (None if v is None else str(v)) for k, v in r.items()} for r in frame.to_dict("records")]
-    result = {"rows": rows, "shown": len(rows), "total": total}
+    _problem_command("quarantined", table, rule, limit, as_json)
 
-    def render(r: dict) -> None:
-        scope = "".join([f" of table {table}" if table else "", f" that broke rule {rule}" if rule else ""])
-        if not r["total"]:
-            stdout.print(f"No quarantined rows{scope}.", highlight=False)
-            return
-        rich = new_table("table", "file:line", "rules", "detail",
-                         title=f"Quarantined rows{scope}: {r['shown']:,} of {r['total']:,}")
-        for row in r["rows"]:
-            rich.add_row(row["table_name"], f"{row['source_file']}:{row['source_line']}", row["rules"], row["detail"])
-        stdout.print(rich)
 
-    emit(result, as_json, render)
+@data_app.command("flags")
+def data_flags(
+    table: Annotated[str | None, typer.Option(help="Only rows of this table.")] = None,
+    rule: Annotated[str | None, typer.Option(help="Only rows that broke this warning.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most rows to show.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show stored rows that broke a warning standard: their key, the warnings, what was wrong (the judged values
+    are stored as missing), the original record, and its source file and line."""
+    _problem_command("flagged", table, rule, limit, as_json)
 
 
 @data_app.command("loads")

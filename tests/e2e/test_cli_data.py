@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pandas as pd
+
 import json
 import os
 import subprocess
@@ -71,7 +73,10 @@ def test_simulate_ingest_and_inspect(home, tmp_path):
     assert loads["loads"][0]["load_id"] == report["load_id"]
     standards = last_json(run("data", "standards", "--json", home=home))
     assert len({r["name"] for r in standards["rules"]}) >= 30
-    assert set(standards["rules"][0]) == {"name", "table", "description"}
+    assert set(standards["rules"][0]) == {"name", "table", "columns", "severity", "description"}
+    amount = next(r for r in standards["rules"] if r["table"] == "opportunities" and r["columns"] == ["amount"]
+                  and r["name"] == "required_field")
+    assert amount["severity"] == "warning"
 
 
 def test_bad_input_gets_a_clear_error_and_stores_nothing(home, tmp_path):
@@ -93,9 +98,9 @@ def test_quarantined_rows_are_shown_with_reasons(home, tmp_path):
     (folder / "sales_reps.csv").write_text(
         "rep_id,name,role,region,email\nR1,Ana,director,EMEA,ana@x.example\nR2,Ben,rep,MARS,not-an-email\n")
     report = last_json(run("ingest", str(folder), "--json", home=home))
-    assert report["tables"]["sales_reps"] == {"read": 2, "stored": 1, "quarantined": 1,
-                                              "by_rule": {"allowed_value": 1, "valid_email": 1},
-                                              "files": [str(folder / "sales_reps.csv")]}
+    assert report["tables"]["sales_reps"] == {"read": 2, "stored": 1, "quarantined": 1, "duplicates": 0,
+                                              "flagged": 0, "by_rule": {"allowed_value": 1, "valid_email": 1},
+                                              "by_warning": {}, "files": [str(folder / "sales_reps.csv")]}
     shown = last_json(run("data", "quarantine", "--table", "sales_reps", "--json", home=home))
     row = shown["rows"][0]
     assert row["rules"] == "allowed_value,valid_email" and row["source_line"] == "3"
@@ -105,6 +110,43 @@ def test_quarantined_rows_are_shown_with_reasons(home, tmp_path):
     assert "Quarantined rows that broke rule valid_email: 1 of 1" in listing and "not-an-email" in listing
     none = run("data", "quarantine", "--table", "accounts", home=home)
     assert none.stdout.strip() == "No quarantined rows of table accounts."
+
+
+def test_a_governance_policy_turns_standards_into_warnings_and_extends_vocabularies(home, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "sales_reps.csv").write_text(
+        "rep_id,name,role,region,email\nR1,Ana,director,EMEA,ana@x.example\nR2,Ben,rep,Central,not-an-email\n"
+        "R3,Cy,rep,MARS,cy@x.example\nR3,Cy,rep,MARS,cy@x.example\n")
+    policy = tmp_path / "standards.yaml"
+    policy.write_text("standards:\n  - {table: sales_reps, rule: valid_email, severity: warning, reason: old CRM}\n"
+                      "vocabularies:\n  region: [Central, East, West]\n")
+    report = last_json(run("ingest", str(folder), "--standards", str(policy), "--json", home=home))
+    reps = report["tables"]["sales_reps"]
+    assert (reps["read"], reps["stored"], reps["quarantined"]) == (4, 2, 2)  # R3 twice: one record, held once each
+    assert (reps["flagged"], reps["duplicates"]) == (1, 0)
+    assert reps["by_warning"] == {"valid_email": 1} and reps["by_rule"] == {"allowed_value": 2}
+    flags = last_json(run("data", "flags", "--json", home=home))
+    assert flags["total"] == 1 and flags["rows"][0]["row_key"] == "R2" and flags["rows"][0]["source_line"] == "3"
+    assert "email='not-an-email'" in flags["rows"][0]["detail"] and "not-an-email" in flags["rows"][0]["record"]
+    from features.store import FeatureStore
+    from salesml.settings import get_settings
+
+    with FeatureStore(get_settings(home=home).feature_store_path, read_only=True) as store:
+        stored = store.table("sales_reps").execute().set_index("rep_id")
+    assert stored.loc["R2", "region"] == "Central" and pd.isna(stored.loc["R2", "email"])  # a flagged value is missing
+    listed = last_json(run("data", "standards", "--table", "sales_reps", "--standards", str(policy), "--json",
+                           home=home))
+    assert next(r for r in listed["rules"] if r["name"] == "valid_email")["severity"] == "warning"
+    assert "Central" in next(r for r in listed["rules"] if r["name"] == "allowed_value")["description"]
+    # Under the home's policy file, the same as --standards; a bad policy is a clear error naming the entry.
+    (home / "standards.yaml").write_text(policy.read_text())
+    again = last_json(run("ingest", str(folder), "--json", home=home))
+    assert again["tables"]["sales_reps"]["flagged"] == 1
+    policy.write_text("standards:\n  - {table: sales_reps, rule: valid_emial, severity: warning}\n")
+    bad = run("ingest", str(folder), "--standards", str(policy), home=home, check=False)
+    assert bad.returncode == 2 and "valid_emial" in bad.stderr and "standards[1]" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_import_with_a_mapping(home, tmp_path):

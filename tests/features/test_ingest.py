@@ -171,3 +171,83 @@ def test_read_equals_stored_plus_quarantined_under_random_corruption(small_org, 
             assert t.read == t.stored + t.quarantined
             assert s.count(name) == t.stored
         assert len(s.quarantine()) == sum(t.quarantined for t in report.tables.values())
+
+
+def _opportunity_csv(path: Path, rows: list[str]) -> Path:
+    header = "opportunity_id,account_id,owner_rep_id,amount,currency,created_at,closed_at,stage,outcome"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def _parents(small_org, store) -> tuple[str, str]:
+    ingest([Source(TABLES[n], Path(f"{n}.parquet"), small_org.tables[n]) for n in ("sales_reps", "accounts")],
+           store, AS_OF)
+    accounts = small_org.tables["accounts"]
+    return accounts["account_id"].iloc[0], accounts["owner_rep_id"].dropna().iloc[0]
+
+
+def test_identical_repeats_are_one_record_and_conflicting_versions_are_all_held(small_org, store, tmp_path):
+    account, rep = _parents(small_org, store)
+    same = f"D1,{account},{rep},100,USD,2025-01-02,,lead,"
+    path = _opportunity_csv(tmp_path / "opportunities.csv", [
+        same, same, same,
+        f"D2,{account},{rep},200,USD,2025-01-03,,lead,",
+        f"D2,{account},{rep},250,USD,2025-01-03,,qualified,",
+        f"D2,{account},{rep},200,USD,2025-01-03,,lead,",
+    ])
+    report = ingest([Source(TABLES["opportunities"], path)], store, AS_OF)
+    t = report.tables["opportunities"]
+    assert (t.read, t.stored, t.quarantined, t.duplicates) == (6, 3, 3, 2)
+    assert store.count("opportunities") == 1  # D1, stored once
+    held = store.quarantine("opportunities").sort_values("source_line")
+    assert held["source_line"].tolist() == [5, 6, 7]  # every version of D2, the repeated one with the first
+    assert set(held["rules"]) == {"unique_key"}
+    assert '"amount": "250"' in held["record"].iloc[1] and "repeats line 5" in held["detail"].iloc[2]
+
+
+def test_a_warning_stores_the_row_flagged_with_its_judged_value_missing(small_org, store, tmp_path):
+    from features.governance import Governance, StandardPolicy, load_governance
+
+    account, rep = _parents(small_org, store)
+    path = _opportunity_csv(tmp_path / "opportunities.csv", [
+        f"L1,{account},{rep},0,USD,2025-01-02,2025-02-01,closed_lost,lost",
+        f"W1,{account},{rep},0,USD,2025-01-02,2025-02-01,closed_won,won",
+        f"O1,,{rep},,USD,,,lead,",
+    ])
+    lost_is_zero = StandardPolicy(table="opportunities", rule="amount_in_range", severity="warning",
+                                  when={"outcome": ["lost"]}, reason="the CRM records 0 on lost deals")
+    policy = Governance(standards=[*load_governance().standards, lost_is_zero])
+    report = ingest([Source(TABLES["opportunities"], path)], store, AS_OF, governance=policy)
+    t = report.tables["opportunities"]
+    assert (t.read, t.stored, t.quarantined, t.flagged) == (3, 2, 1, 2)
+    assert dict(t.by_rule) == {"amount_in_range": 1}  # a won deal worth 0 is still held
+    assert dict(t.by_warning) == {"amount_in_range": 1, "required_field": 1}
+    flags = store.flags("opportunities").set_index("row_key")
+    assert set(flags.index) == {"L1", "O1"}
+    assert flags.loc["O1", "detail"].count("required_field") == 3  # no amount, no account, no creation date
+    rows = store.table("opportunities").execute().set_index("opportunity_id")
+    assert pd.isna(rows.loc["L1", "amount"])  # the flagged 0 is missing, never 0
+    assert pd.isna(rows.loc["O1", "account_id"]) and pd.isna(rows.loc["O1", "created_at"])
+    # Re-loaded with the values fixed, the deal meets the standards and its flag goes.
+    _opportunity_csv(path, [f"L1,{account},{rep},900,USD,2025-01-02,2025-02-01,closed_lost,lost"])
+    ingest([Source(TABLES["opportunities"], path)], store, AS_OF, governance=policy)
+    assert set(store.flags("opportunities")["row_key"]) == {"O1"}
+
+
+def test_a_policy_changes_a_rule_parameter_and_names_what_it_does_not_know(small_org, store, tmp_path):
+    from features.governance import GovernanceError, load_governance
+
+    account, rep = _parents(small_org, store)
+    path = _opportunity_csv(tmp_path / "opportunities.csv", [
+        f"L1,{account},{rep},0,USD,2025-01-02,2025-02-01,closed_lost,lost"])
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("standards:\n  - table: opportunities\n    rule: amount_in_range\n"
+                           "    params: {min: 0, min_exclusive: false}\n")
+    report = ingest([Source(TABLES["opportunities"], path)], store, AS_OF, governance=load_governance(policy_file))
+    assert report.tables["opportunities"].stored == 1
+    policy_file.write_text("standards:\n  - {table: opportunities, rule: amount_in_range, params: {floor: 1}}\n")
+    with pytest.raises(GovernanceError, match="no parameter floor"):
+        load_governance(policy_file)
+    policy_file.write_text("vocabularies:\n  stage: [won]\n")
+    with pytest.raises(GovernanceError, match="stage is fixed"):
+        load_governance(policy_file)
