@@ -112,6 +112,12 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
                            if not isinstance(v, (list, dict))})
         _log_dataset(data, settings.feature_store_path)
+        unavailable = [{k: g[k] for k in ("group", "tables", "reason", "columns")} for g in data.unavailable]
+        if unavailable:
+            mlflow.log_dict(unavailable, "unavailable_feature_groups.json")
+            mlflow.set_tag("salesml.unavailable_feature_groups", ",".join(g["group"] for g in unavailable))
+            say("unavailable feature groups (missing in the view, not model features): "
+                + "; ".join(f"{g['group']} ({g['reason']})" for g in unavailable))
         if baseline:
             say("fitting the stage-based baseline")
             result_model, metrics, test_rows, test_frame, split = _train_baseline(data, config)
@@ -148,6 +154,7 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
                     for k, v in metrics.items()},
         "feature_version": data.feature_version,
         "params": params,
+        "unavailable_feature_groups": [{k: g[k] for k in ("group", "tables", "reason")} for g in unavailable],
     }
 
 

@@ -11,6 +11,7 @@ import hashlib
 import inspect
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,8 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import views as views_module
+from features.ingest import empty_frame
+from features.model import TABLES
 from features.standards import STRING
-from features.store import FEATURE_VERSIONS, FeatureStore
+from features.store import FEATURE_VERSIONS, FeatureStore, table_schema
 from features.text import SentimentModel, template_corpus, train_sentiment_model
 from features.views import (
     VIEWS,
@@ -68,6 +71,7 @@ class BuiltView:
     backend: str
     label_columns: list[str]
     warnings: list[str] = field(default_factory=list)
+    unavailable: list[dict] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ sentiment
@@ -138,29 +142,42 @@ def snapshot_hash(store: FeatureStore) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def latest_event(store: FeatureStore, table: str, column: str) -> date:
-    """The day of the newest row of ``table`` by ``column``: what "as of the store's latest data" means.
+def event_source(store: FeatureStore, events: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The first (table, time column) of ``events`` that the store holds with rows.
 
     Raises:
-        FeatureError: when the table is missing or empty.
+        FeatureError: when it holds none of them, naming them.
     """
-    if not store.has_table(table):
-        raise FeatureError(f"no {table} in the feature store: ingest data first")
+    for table, column in events:
+        if store.has_table(table) and store.count(table):
+            return table, column
+    names = " or ".join(t for t, _ in events) or "event tables"
+    raise FeatureError(f"no {names} in the feature store: ingest data first")
+
+
+def latest_event(store: FeatureStore, events: Sequence[tuple[str, str]]) -> date:
+    """The day of the newest event: what "as of the store's latest data" means. ``events`` are (table, time
+    column) pairs; the first the store holds with rows counts.
+
+    Raises:
+        FeatureError: when the store holds none of them.
+    """
+    table, column = event_source(store, events)
     t = store.table(table)
     value = t.aggregate(last=t[column].max()).execute()["last"].iloc[0]
     if pd.isna(value):
-        raise FeatureError(f"no {table} in the feature store: ingest data first")
+        raise FeatureError(f"no {table} with a {column} in the feature store: ingest data first")
     return pd.Timestamp(value).date()
 
 
-def build_latest(store: FeatureStore, view: str, events: tuple[str, str], threads: int = 1) -> BuiltView:
-    """A view at one cutoff, the store's latest data (the day of the newest row of ``events``, a table and its
-    time column), computed without materialising anything: what serving and drift audits read as "now".
+def build_latest(store: FeatureStore, view: str, events: Sequence[tuple[str, str]], threads: int = 1) -> BuiltView:
+    """A view at one cutoff, the store's latest data (the day of the newest event, see ``latest_event``),
+    computed without materialising anything: what serving and drift audits read as "now".
 
     Raises:
         FeatureError: when the events table is missing or empty, or the view needs a table the store lacks.
     """
-    as_of = latest_event(store, *events)
+    as_of = latest_event(store, events)
     return build_view(store, view, as_of, [as_of], threads=threads)
 
 
@@ -210,6 +227,28 @@ def resolve_cutoffs(as_of: date, cutoffs: str | None, start: date | None, end: d
     return days
 
 
+def unavailable_groups(view: str, absent: list[str], config: ViewConfig | None = None) -> list[dict]:
+    """The feature groups of a view that tables in ``absent`` (missing or empty) leave without data.
+
+    Returns:
+        ``[{"group", "tables", "columns", "reason"}]``: their columns are missing (NaN) in the view.
+    """
+    config = config or ViewConfig()
+    out = []
+    for group in get_view(view).groups:
+        lacking = [t for t in group.tables if t in absent]
+        if lacking:
+            out.append({"group": group.name, "tables": list(group.tables), "columns": group.columns(config),
+                        "reason": f"no {', '.join(lacking)} in the feature store ({group.meaning})"})
+    return out
+
+
+def store_unavailable_groups(store: FeatureStore, view: str, config: ViewConfig | None = None) -> list[dict]:
+    """The feature groups of ``view`` that the store's data leaves missing (their tables are absent or empty)."""
+    absent = [t for t in get_view(view).tables if not store.has_table(t) or store.count(t) == 0]
+    return unavailable_groups(view, absent, config)
+
+
 def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] | None = None,
                start: date | None = None, end: date | None = None, backend: str = "duckdb",
                config: ViewConfig | None = None, threads: int = 2) -> BuiltView:
@@ -235,12 +274,15 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
     spec = get_view(view)
     config = config or ViewConfig()
     held = set(store.con.list_tables())
-    missing = [t for t in spec.tables if t not in held]
-    if missing:
-        raise FeatureError(f"the {view} view needs tables the store does not hold: {', '.join(missing)}; "
-                           "ingest or import them first")
-    warnings: list[str] = []
-    names = list(spec.tables)
+    absent = [t for t in spec.tables if t not in held or store.count(t) == 0]
+    needed = [t for t in spec.required if t in absent]
+    if needed:
+        raise FeatureError(f"the {view} view needs {', '.join(needed)}, which the feature store does not hold "
+                           f"(or holds empty): ingest or import {'it' if len(needed) == 1 else 'them'} first. "
+                           f"The view can do without {', '.join(t for t in spec.tables if t not in spec.required)}.")
+    unavailable = unavailable_groups(view, absent, config)
+    warnings: list[str] = [f"feature group {g['group']} is missing (NaN): {g['reason']}" for g in unavailable]
+    names = [t for t in spec.tables if t in held]
     if TEXT_SENTIMENT in held:
         names.append(TEXT_SENTIMENT)
     elif view in ("opportunity", "customer"):
@@ -268,6 +310,9 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
         execute = store.con.to_pyarrow
     else:
         raise FeatureError(f"--backend must be duckdb or spark, not {backend!r}")
+    for name in spec.tables:
+        if name not in tables:  # an optional table the store never held: empty, so the expressions compile
+            tables[name] = ibis.memtable(empty_frame(TABLES[name]), schema=table_schema(TABLES[name]))
     try:
         if view == "opportunity":
             frame = execute(build_opportunity_view(tables, cutoff_table(days, as_of, config.horizon_days), config))
@@ -283,11 +328,15 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
         if spark is not None:
             spark.close()
     frame = normalise_frame(frame, view, config, categories)
+    missing_columns = [c for g in unavailable for c in g["columns"] if c in frame.columns]
+    nowhere = pd.Series(False, index=frame.index)
+    for column in missing_columns:
+        frame[column] = frame[column].where(nowhere)
     definition = definition_hash(view, config, categories)
     snapshot = snapshot_hash(store)
     version = hashlib.sha256(f"{definition}:{snapshot}:{as_of}".encode()).hexdigest()[:16]
     labels = [c.name for c in spec.columns(config, *([categories] if view == "customer" else [])) if c.role == "label"]
-    return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings)
+    return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings, unavailable)
 
 
 def normalise_frame(frame: pa.Table | pd.DataFrame, view: str, config: ViewConfig,
@@ -368,6 +417,9 @@ def materialize(store: FeatureStore, built: BuiltView, out: Path | None = None) 
     }
     if built.warnings:
         result["warnings"] = built.warnings
+    if built.unavailable:
+        result["unavailable_feature_groups"] = [{k: g[k] for k in ("group", "tables", "reason")}
+                                                for g in built.unavailable]
     return result
 
 

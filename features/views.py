@@ -227,7 +227,10 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
     o = opps.select("opportunity_id", "account_id", "owner_rep_id", "product_line", "amount", "discount",
                     "outcome", created_s=epoch(opps.created_at), closed_s=epoch(opps.closed_at))
     pairs = o.cross_join(cutoffs)
-    pairs = pairs.filter(pairs.created_s < pairs.cutoff_s, pairs.closed_s.isnull() | (pairs.closed_s >= pairs.cutoff_s))
+    # A deal without a creation date cannot be placed in time: it is open at the as-of date only (scored, never a
+    # training row, since its label horizon passes the as-of date).
+    opened = ibis.coalesce(pairs.created_s, pairs.as_of_s - 1)
+    pairs = pairs.filter(opened < pairs.cutoff_s, pairs.closed_s.isnull() | (pairs.closed_s >= pairs.cutoff_s))
     keys = pairs.select("opportunity_id", "cutoff", "cutoff_s")
     opp_keys = ["opportunity_id", "cutoff"]
 
@@ -280,7 +283,8 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
     # The account's median deal (lower median, exact on every backend).
     deals = o.select("account_id", d_amount=o.amount, d_created_s=o.created_s)
     ad = acc_keys.join(deals, "account_id")
-    ad = ad.filter(ad.d_created_s < ad.cutoff_s)
+    # Deals without an amount do not count (and Spark would sort their nulls first).
+    ad = ad.filter(ad.d_created_s < ad.cutoff_s, ad.d_amount.notnull())
     window = ibis.window(group_by=[ad.account_id, ad.cutoff], order_by=[ad.d_amount])
     ad = ad.mutate(_rn=ibis.row_number().over(window), _n=ad.d_amount.count().over(
         ibis.window(group_by=[ad.account_id, ad.cutoff])))
@@ -325,6 +329,9 @@ def build_opportunity_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, co
     )
     out = out.filter(~out.stage.isin(["closed_won", "closed_lost"]))
     names = [c.name for c in opportunity_columns(config)]
+    # A lead without an account has no account facts: missing, not the zero counts the joins filled in.
+    no_account = out.account_id.isnull()
+    out = out.mutate(**{c: ibis.ifelse(no_account, ibis.null(out[c].type()), out[c]) for c in ACCOUNT_COLUMNS})
     return out.select(*names)
 
 
@@ -750,14 +757,78 @@ def week_table(weeks: Sequence[date]) -> ir.Table:
 
 
 @dataclass(frozen=True)
+class FeatureGroup:
+    """Columns of a view that come from optional tables: when one of them is absent or empty, the columns are
+    missing (NaN) rather than zero, and the build reports the group as unavailable."""
+
+    name: str
+    tables: tuple[str, ...]
+    columns: Callable[[ViewConfig], list[str]]
+    meaning: str
+
+
+def _activity_columns(config: ViewConfig) -> list[str]:
+    names = []
+    for _, label in ACTIVITY_KINDS:
+        names += [f"{label}_{w}d" for w in config.activity_windows]
+        names += [f"{label}_prev_{config.trend_days}d", f"{label}_trend_{config.trend_days}d"]
+    return [*names, "days_since_last_activity", "days_since_last_inbound", "contacts_engaged_90d"]
+
+
+def _fixed(*names: str) -> Callable[[ViewConfig], list[str]]:
+    return lambda config: list(names)
+
+
+OPPORTUNITY_GROUPS = (
+    FeatureGroup("engagement", ("activities",), _activity_columns, "e-mails, meetings and calls on the deal"),
+    FeatureGroup("key_contacts", ("contacts",), _fixed("dm_departures"), "decision makers who left"),
+    FeatureGroup("budget", ("budget_signals",), _fixed("budget_change_pct", "budget_signals"), "budget changes"),
+    FeatureGroup("news", ("news_signals",),
+                 _fixed("competitor_news", "competitor_news_negative", "competitor_news_sentiment", "account_news",
+                        "account_news_sentiment"), "news about competitors and the account"),
+    FeatureGroup("stage_dynamics", ("opportunity_stage_history",),
+                 _fixed("stage", "days_in_stage", "stage_changes", "stage_regressions"),
+                 "stage at the cutoff and its changes"),
+    FeatureGroup("account_profile", ("accounts",),
+                 _fixed(*ACCOUNT_PROFILE, "is_customer", "customer_tenure_days"), "the account's profile"),
+)
+#: Opportunity columns that describe the deal's account: missing for a lead that has no account yet.
+ACCOUNT_COLUMNS = ("dm_departures", "budget_change_pct", "budget_signals", "competitor_news",
+                   "competitor_news_negative", "competitor_news_sentiment", "account_news", "account_news_sentiment",
+                   "amount_vs_account_median", *ACCOUNT_PROFILE, "is_customer", "customer_tenure_days")
+
+
+def _customer_service(config: ViewConfig) -> list[str]:
+    long = max(config.rfm_windows)
+    return ["tickets_90d", f"tickets_{long}d", f"tickets_per_order_{long}d", f"negative_ticket_share_{long}d",
+            f"csat_mean_{long}d", "csat_min_90d"]
+
+
+CUSTOMER_GROUPS = (
+    FeatureGroup("service", ("support_tickets",), _customer_service, "support tickets and satisfaction"),
+    FeatureGroup("price_exposure", ("price_changes",), _fixed("price_change_exposure_90d"),
+                 "list-price changes of what the account buys"),
+)
+PRODUCT_WEEK_GROUPS = (
+    FeatureGroup("promotions", ("promotions",), _fixed("promotion", "promotion_discount"), "promotions"),
+    FeatureGroup("competitor_prices", ("competitor_prices",), _fixed("competitor_price", "competitor_price_min"),
+                 "competitors' prices"),
+    FeatureGroup("stock", ("inventory",), _fixed("on_hand"), "stock on hand"),
+)
+
+
+@dataclass(frozen=True)
 class View:
-    """A feature view: its name, entity, the tables it reads and its documented columns."""
+    """A feature view: its name, entity, the tables it reads (those it cannot do without first) and its
+    documented columns, and the groups of columns that optional tables feed."""
 
     name: str
     entity: str
     description: str
     tables: tuple[str, ...]
     columns: Callable[..., list[ViewColumn]]
+    required: tuple[str, ...] = ()
+    groups: tuple[FeatureGroup, ...] = ()
 
 
 VIEWS: dict[str, View] = {
@@ -768,6 +839,8 @@ VIEWS: dict[str, View] = {
         ("opportunities", "opportunity_stage_history", "activities", "contacts", "accounts", "budget_signals",
          "news_signals"),
         opportunity_columns,
+        required=("opportunities",),
+        groups=OPPORTUNITY_GROUPS,
     ),
     "customer": View(
         "customer", "account with a completed order in the active window before the cutoff",
@@ -775,6 +848,8 @@ VIEWS: dict[str, View] = {
         "sensitivity, CSAT, price-change exposure, profile; label: churn (no order in the horizon).",
         ("accounts", "orders", "order_lines", "products", "support_tickets", "price_changes"),
         customer_columns,
+        required=("accounts", "orders", "order_lines", "products"),
+        groups=CUSTOMER_GROUPS,
     ),
     "product_week": View(
         "product_week", "product and ISO week",
@@ -782,6 +857,8 @@ VIEWS: dict[str, View] = {
         "targets: units, revenue, paid price. Lags are left to the demand trainer.",
         ("products", "orders", "order_lines", "price_changes", "promotions", "competitor_prices", "inventory"),
         product_week_columns,
+        required=("products", "orders", "order_lines"),
+        groups=PRODUCT_WEEK_GROUPS,
     ),
 }
 

@@ -483,7 +483,14 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
         if figures["mitigation"].get("note"):
             reason += f"; {figures['mitigation']['note']}"
         return CheckResult("fairness", policy.on_fail, figures, reason, tables, charts)
-    judged_attrs = ", ".join(a for a, r in figures["attributes"].items() if r["groups_judged"] >= 2) or "none"
+    judged_attrs = ", ".join(a for a, r in figures["attributes"].items() if r["groups_judged"] >= 2)
+    if not judged_attrs:
+        # Nothing was compared (an export without the attributes): that is for a validator to weigh, not a pass.
+        why = "; ".join([*(f"{a}: not in the data" for a in skipped),
+                         *(f"{a}: {r['groups_judged']} group(s) of at least {policy.min_group_size} rows"
+                           for a, r in figures["attributes"].items())])
+        return CheckResult("fairness", "review", figures, "fairness could not be judged: no sensitive attribute has "
+                           f"two groups to compare ({why or 'none declared'})", tables, charts)
     return CheckResult("fairness", "pass", figures, "within-group calibration, error rates beyond the groups' own "
                        f"risk and disparity amplification hold for {judged_attrs}", tables, charts)
 

@@ -17,7 +17,9 @@ from pathlib import Path
 import yaml
 
 ROLES = ("sales_rep", "sales_manager", "executive", "application", "data_scientist", "model_validator")
-SCOPE_PATTERN = re.compile(r"^(all|rep:[\w.-]+|team:[\w.-]+)$")
+# Ids come from the organisation's own exports, where a rep is often known by name ("rep:Moses Frase"): any text
+# without a colon or line break, not starting or ending with a space.
+SCOPE_PATTERN = re.compile(r"^(all|(rep|team):[^\s:](?:[^:\n\r]*[^\s:])?)$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 
 

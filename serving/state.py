@@ -182,7 +182,7 @@ class ModelServer:
             RequestError: 503 when the store cannot be read now (another process is writing it).
         """
         definition = TASKS.get(served.task)
-        if definition is None or definition.data.source != "view" or definition.data.events is None:
+        if definition is None or definition.data.source != "view" or not definition.data.events:
             return None
         with self._live_lock:
             now = time.monotonic()

@@ -58,9 +58,11 @@ def _change(label: str, now: str, before: str) -> Template:
     return Template((before, now), sentence)
 
 
-def _says(feature: str, text: str, fmt: str = "{:.0f}") -> Template:
-    """``text`` with ``{}`` replaced by the feature's value formatted with ``fmt``."""
-    return Template((feature,), lambda v: text.replace("{}", _number(v, fmt)))
+def _says(feature: str, text: str, fmt: str = "{:.0f}", unknown: str | None = None) -> Template:
+    """``text`` with ``{}`` replaced by the feature's value formatted with ``fmt`` (``unknown`` when it is missing,
+    if given)."""
+    return Template((feature,), lambda v: unknown if unknown is not None and _missing(v)
+                    else text.replace("{}", _number(v, fmt)))
 
 
 def _counted(value: object, singular: str, plural: str) -> str:
@@ -146,8 +148,8 @@ TEMPLATES: dict[str, Template] = {
     "account_news_sentiment": _says("account_news_sentiment", "news sentiment about the account is {}", "{:+.2f}"),
     "stage": Template(("stage",), lambda s: f"the deal is in stage {_readable(s)}"),
     "stage_changes": _count("stage_changes", "stage change", "stage changes", "so far"),
-    "age_days": _says("age_days", "the deal was opened {} days ago"),
-    "amount": _says("amount", "the deal is worth {}", "{:,.0f}"),
+    "age_days": _says("age_days", "the deal was opened {} days ago", unknown="the deal's creation date is unknown"),
+    "amount": _says("amount", "the deal is worth {}", "{:,.0f}", unknown="the deal's value is not known yet"),
     "product_line": Template(("product_line",), lambda v: f"the product line is {_readable(v)}"),
     "rep_closed_deals": Template(("rep_closed_deals",),
                                  lambda v: f"the owner has closed {_counted(v, 'deal', 'deals')} so far"),

@@ -180,7 +180,8 @@ class Data:
         label: the label column (``{h}`` is the horizon in days).
         time_column: the time a row is as of (``None``: untimed rows, split at random).
         entity: what a row is, for people (``opportunity``, ``account``, ``record``).
-        events: the table and time column whose newest row is the default as-of date.
+        events: the (table, time column) pairs whose newest row is the default as-of date: the first the store
+            holds with rows (a CRM export without activities falls back to the deals' creation dates).
         owners: the table holding ``id_column`` and ``owner_rep_id``, whose owner scopes a record.
     """
 
@@ -190,7 +191,7 @@ class Data:
     label: str
     time_column: str | None
     entity: str
-    events: tuple[str, str] | None = None
+    events: tuple[tuple[str, str], ...] = ()
     owners: str | None = None
 
 
@@ -249,14 +250,14 @@ KINDS: dict[str, Kind] = {RISK.name: RISK}
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("opportunity_loss", "risk",
          Data("view", "opportunity", "opportunity_id", "label_lost_{h}d", "cutoff", "opportunity",
-              events=("activities", "occurred_at"), owners="opportunities"),
+              events=(("activities", "occurred_at"), ("opportunities", "created_at")), owners="opportunities"),
          "an open deal is lost within the horizon",
          outcomes=Outcomes("opportunities", "opportunity_id", "closed_at", "outcome", "lost", "won"),
          min_outcomes=MIN_DEALS_PER_OUTCOME, baseline="stage",
          oracle=Oracle("opportunity_loss_probability.parquet", "opportunity_id", "p_loss_90d")),
     Task("customer_churn", "risk",
          Data("view", "customer", "account_id", "label_churn_{h}d", "cutoff", "account",
-              events=("orders", "order_date"), owners="accounts"),
+              events=(("orders", "order_date"),), owners="accounts"),
          "an active customer places no order within the horizon",
          oracle=Oracle("customer_churn_probability.parquet", "account_id", "p_no_order_90d")),
 )}

@@ -153,7 +153,9 @@ def train_risk_model(data: TaskData, config: RiskConfig, storage_url: str, study
             raise InsufficientDataError(f"the {name} set has a single class; more labelled history is needed")
     pre = TabularPreprocessor(spec.numeric, spec.categorical).fit(frame.iloc[split.train])
     x = pre.transform(frame)
-    unknown = [f for f in config.monotone if f not in pre.feature_names_]
+    # A constraint on a feature whose group the data lacks (no activities in a CRM export) has nothing to hold.
+    missing = {c for g in data.unavailable for c in g["columns"]}
+    unknown = [f for f in config.monotone if f not in pre.feature_names_ and f not in missing]
     if unknown:
         raise ValueError(f"monotone constraints name features the task does not have: {', '.join(unknown)}")
     constraints = [{"increasing": 1, "decreasing": -1}.get(config.monotone.get(f, ""), 0) for f in pre.feature_names_]

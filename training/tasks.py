@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.pipeline import build_view, latest_event, materialize, resolve_cutoffs, snapshot_hash
+from features.pipeline import build_view, event_source, latest_event, materialize, resolve_cutoffs, snapshot_hash
 from features.store import FeatureStore
 from features.views import ViewConfig, get_view
 from training.registry import MIN_DEALS_PER_OUTCOME, Task, get_task
@@ -134,6 +134,7 @@ class TaskData:
     oracle: pd.DataFrame | None = None
     source_rows: int = 0
     recent: pd.DataFrame | None = None
+    unavailable: list[dict] = field(default_factory=list)
 
 
 def resolve_task(name: str, store: FeatureStore, config: RiskConfig) -> TaskSpec:
@@ -198,8 +199,8 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> T
     """
     definition = spec.definition or get_task(spec.name, store)
     if spec.kind == "view":
-        table, column = definition.data.events
-        as_of = config.as_of or latest_event(store, table, column)
+        table, column = event_source(store, definition.data.events)
+        as_of = config.as_of or latest_event(store, definition.data.events)
         first = store.table(table).aggregate(first=store.table(table)[column].min()).execute()["first"].iloc[0]
         start = config.start or (pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date()
         cutoffs = resolve_cutoffs(as_of, "monthly", start, as_of)
@@ -207,6 +208,10 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> T
                            threads=config.threads)
         materialize(store, built)
         frame = built.frame[built.frame[spec.label].notna()].reset_index(drop=True)
+        # Columns of unavailable groups are missing everywhere: nothing to learn from, so not model features.
+        empty = {c for g in built.unavailable for c in g["columns"]}
+        spec.numeric = [c for c in spec.numeric if c not in empty]
+        spec.categorical = [c for c in spec.categorical if c not in empty]
         features = spec.features
         spec.categorical = [c for c in features if not pd.api.types.is_numeric_dtype(frame[c].dtype)
                             and not pd.api.types.is_bool_dtype(frame[c].dtype)]
@@ -218,7 +223,8 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> T
         oracle = _oracle(config, definition)
         window = f"{frame['cutoff'].min():%Y-%m-%d}..{frame['cutoff'].max():%Y-%m-%d}" if len(frame) else ""
         recent = built.frame[built.frame["cutoff"] == built.frame["cutoff"].max()].reset_index(drop=True)
-        return TaskData(spec, frame, built.version, built.snapshot, window, outcomes, oracle, len(built.frame), recent)
+        return TaskData(spec, frame, built.version, built.snapshot, window, outcomes, oracle, len(built.frame), recent,
+                        built.unavailable)
     table = store.table(spec.source)
     frame = table.execute()
     order = "source_row" if "source_row" in frame.columns else "row_id"

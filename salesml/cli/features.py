@@ -32,25 +32,43 @@ def features_describe(
     from features.pipeline import _categories
     from features.views import ViewConfig, get_view
 
+    from features.pipeline import store_unavailable_groups
+
     settings = get_settings()
     with failures(as_json):
         spec = get_view(view)
         config = ViewConfig()
         categories = ["<category>"]
-        if view == "customer" and settings.feature_store_path.exists():
+        unavailable = None
+        if settings.feature_store_path.exists():
             with open_store(settings, read_only=True) as store:
-                categories = _categories(store) or categories
+                if view == "customer":
+                    categories = _categories(store) or categories
+                unavailable = store_unavailable_groups(store, view, config)
         columns = spec.columns(config, categories) if view == "customer" else spec.columns(config)
+    missing = {c: g["group"] for g in unavailable or [] for c in g["columns"]}
     result = {"view": spec.name, "entity": spec.entity, "description": spec.description, "tables": list(spec.tables),
-              "columns": [{"name": c.name, "meaning": c.meaning, "window": c.window, "role": c.role}
-                          for c in columns]}
+              "required_tables": list(spec.required),
+              "groups": [{"group": g.name, "tables": list(g.tables), "columns": g.columns(config)} for g in spec.groups],
+              "columns": [{"name": c.name, "meaning": c.meaning, "window": c.window, "role": c.role,
+                           **({"unavailable": missing[c.name]} if c.name in missing else {})} for c in columns]}
+    if unavailable is not None:
+        result["unavailable_feature_groups"] = [{k: g[k] for k in ("group", "tables", "reason")} for g in unavailable]
 
     def render(r: dict) -> None:
-        stdout.print(f"[bold]{r['view']}[/]: one row per {r['entity']}.\n{r['description']}")
+        stdout.print(f"[bold]{r['view']}[/]: one row per {r['entity']}.\n{r['description']}\n"
+                     f"needs: {', '.join(r['required_tables'])}; can do without: "
+                     f"{', '.join(t for t in r['tables'] if t not in r['required_tables'])}")
         rich = new_table("column", "role", "window", "meaning")
         for c in r["columns"]:
-            rich.add_row(c["name"], c["role"], c["window"], c["meaning"])
+            meaning = c["meaning"] + (f" [yellow](unavailable: group {c['unavailable']})[/]" if "unavailable" in c else "")
+            rich.add_row(c["name"], c["role"], c["window"], meaning)
         stdout.print(rich)
+        if "unavailable_feature_groups" not in r:
+            stdout.print("no feature store yet: which groups the data leaves missing shows once data is ingested")
+        for g in r.get("unavailable_feature_groups", []):
+            stdout.print(f"unavailable feature group [bold]{g['group']}[/] (missing, NaN): {g['reason']}",
+                         highlight=False)
 
     emit(result, as_json, render)
 

@@ -88,6 +88,8 @@ def train(
             if key.startswith(("test_", "oracle", "early_warning", "lead_time")):
                 rich.add_row(key, "-" if value is None else f"{value:.4f}")
         stdout.print(rich)
+        for group in r.get("unavailable_feature_groups", []):
+            stdout.print(f"unavailable feature group [bold]{group['group']}[/]: {group['reason']}", highlight=False)
 
     emit(result, as_json, render)
 
