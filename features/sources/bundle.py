@@ -103,20 +103,18 @@ def load_bundle(path: Path) -> Bundle:
 
 @cache
 def _country(text: str) -> str | None:
+    # Exact names, official and common names and codes only: pycountry's fuzzy search reads "Republic of Korea" as
+    # North Korea, and a wrong country is worse than one the country standard names.
     try:
         return pycountry.countries.lookup(text).alpha_2
     except LookupError:
-        pass
-    try:
-        found = pycountry.countries.search_fuzzy(text)
-    except LookupError:
         return None
-    return found[0].alpha_2 if len(found) == 1 else None
 
 
 def normalise_values(values: pd.Series, how: Normaliser) -> pd.Series:
-    """Normalise raw values: ``country_code`` turns a country's name or code into its ISO 3166-1 alpha-2 code
-    (values pycountry cannot resolve stay as they are, so the country standard names them)."""
+    """Normalise raw values: ``country_code`` turns a country's name, official name or code into its ISO 3166-1
+    alpha-2 code (values pycountry does not know exactly, such as "Korea", stay as they are, so the country
+    standard names them; recode those with ``values``)."""
     text = values.astype("string").str.strip()
     if how == "strip":
         return text

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from experiments.registered import load_version_model
 from experiments.registry import TAG_FEATURE_VERSION, TAG_TRAINER, sha_tag
 from experiments.risk_run import TEST_PREDICTIONS, run_risk_training
 from features.ingest import discover_sources, ingest
@@ -125,3 +126,34 @@ def test_too_few_deals_is_refused_with_the_baseline_offered_and_the_baseline_tra
     model = mlflow.pyfunc.load_model(f"models:/risk.opportunity_loss/{result['version']}")
     out = model.predict(pd.DataFrame({"stage": ["lead", "negotiation", "unheard-of"]}))
     assert out["probability"].between(0, 1).all()
+
+
+def test_training_without_activities_contacts_news_or_budget_lists_the_unavailable_groups(tmp_path):
+    home = tmp_path / "home"
+    org = simulate_organisation(SimulationConfig(accounts=800, months=18, seed=3))
+    write_organisation(org, home / "demo_data")
+    absent = ("activities", "contacts", "news_signals", "budget_signals")
+    for name in absent:
+        (home / "demo_data" / f"{name}.parquet").unlink()
+    with FeatureStore(home / "features.duckdb") as store:
+        ingest(discover_sources(home / "demo_data"), store)
+        assert not any(store.has_table(name) for name in absent)
+    config = load_config(Path(__file__).resolve().parents[2] / "experiments" / "configs" / "opportunity_loss.yaml",
+                         trials=1)
+    result = run_risk_training(get_settings(home=home), "opportunity_loss", config, trainer="alice")
+    groups = {g["group"]: g for g in result["unavailable_feature_groups"]}
+    assert set(groups) == {"engagement", "key_contacts", "news", "budget"}
+    assert groups["engagement"]["tables"] == ["activities"] and "no activities" in groups["engagement"]["reason"]
+    assert result["metrics"]["test_roc_auc"] > 0.6  # stage dynamics, deal and account facts still carry signal
+    client = mlflow.MlflowClient(get_settings(home=home).tracking_uri_resolved)
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["salesml.unavailable_feature_groups"] == "engagement,key_contacts,budget,news"
+    logged = json.loads(Path(client.download_artifacts(result["run_id"], "unavailable_feature_groups.json",
+                                                       str(tmp_path))).read_text())
+    assert {g["group"] for g in logged} == set(groups)
+    with FeatureStore(home / "features.duckdb", read_only=True) as store:
+        view = store.table(store.latest_view_table("opportunity")).execute()
+    assert view["meetings_30d"].isna().all() and view["dm_departures"].isna().all()  # missing, never 0
+    assert view["stage_changes"].notna().any()
+    model = load_version_model(client, "risk.opportunity_loss", result["version"])[0]
+    assert "meetings_30d" not in model.features and "stage_changes" in model.features
