@@ -257,7 +257,6 @@ def _source_repeats(source: Source, key_frame: pd.DataFrame, chunk_rows: int) ->
     keys = key_frame.reindex(columns=list(table.primary_key))
     if not keys.duplicated(keep=False).any():
         return {}, set()
-    _, _, conflicting = find_repeats(keys, table)
     positions = keys.index[keys.duplicated(keep=False).to_numpy()]
     rows = pd.concat([chunk.loc[chunk.index.intersection(positions)] for chunk in _iter_chunks(source, chunk_rows)])
     _, first_of, conflicting = find_repeats(rows, table)

@@ -338,53 +338,37 @@ def _unique(table: Table) -> Rule:
                 tuple(key), check)
 
 
-def _orphan(table: Table) -> Rule:
-    fks = table.foreign_keys
+def _orphan(table: Table) -> list[Rule]:
+    """One ``orphan`` rule per reference, so a warning empties only the reference that does not resolve."""
 
-    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-        ok = pd.Series(True, index=df.index)
-        for fk in fks:
+    def resolves(fk) -> Check:
+        def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
             keys = ctx.parents(fk.parent).index
             if fk.parent == table.name:
                 keys = keys.union(pd.Index(df[table.primary_key[0]].dropna()))
-            ok &= df[fk.column].isna() | df[fk.column].isin(keys).fillna(False).astype(bool)
-        return ok
+            return (df[fk.column].isna() | df[fk.column].isin(keys).fillna(False)).astype(bool)
 
-    refs = ", ".join(f"{fk.column} -> {fk.parent}" for fk in fks)
-    return Rule("orphan", table.name,
-                f"Every reference resolves to a valid row, stored or in this load ({refs}); rows whose parent "
-                "is missing or quarantined are held.", tuple(fk.column for fk in fks), check)
+        return check
 
-
-def _no_future(table: Table) -> Rule | None:
-    cols = [c.name for c in table.columns if c.dtype in ("date", "timestamp")]
-    if not cols:
-        return None
-
-    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-        ok = pd.Series(True, index=df.index)
-        for c in cols:
-            ok &= _holds(df[c], ctx.as_of_end, operator.lt)
-        return ok
-
-    return Rule("no_future_timestamp", table.name,
-                f"No date or time is after the load's as-of date ({', '.join(cols)}).", tuple(cols), check)
+    return [Rule("orphan", table.name,
+                 f"{fk.column} resolves to a valid {fk.parent} row, stored or in this load; rows whose parent is "
+                 "missing or quarantined are held.", (fk.column,), resolves(fk)) for fk in table.foreign_keys]
 
 
-def _bounded_text(table: Table) -> Rule | None:
-    cols = [(c.name, c.max_chars) for c in table.columns if c.max_chars]
-    if not cols:
-        return None
+def _no_future(table: Table) -> list[Rule]:
+    def before_end(column: str) -> Check:
+        return lambda df, ctx: _holds(df[column], ctx.as_of_end, operator.lt)
 
-    def check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-        ok = pd.Series(True, index=df.index)
-        for c, n in cols:
-            ok &= _ok(df[c].str.len() <= n)
-        return ok
+    return [Rule("no_future_timestamp", table.name, f"{c.name} is not after the load's as-of date.", (c.name,),
+                 before_end(c.name)) for c in table.columns if c.dtype in ("date", "timestamp")]
 
-    limits = ", ".join(f"{c} <= {n}" for c, n in cols)
-    return Rule("bounded_text", table.name, f"Text fits its limit in characters ({limits}).",
-                tuple(c for c, _ in cols), check)
+
+def _bounded_text(table: Table) -> list[Rule]:
+    def fits(column: str, n: int) -> Check:
+        return lambda df, ctx: _ok(df[column].str.len() <= n)
+
+    return [Rule("bounded_text", table.name, f"{c.name} fits in {c.max_chars} characters.", (c.name,),
+                 fits(c.name, c.max_chars)) for c in table.columns if c.max_chars]
 
 
 def _vocabularies(table: Table) -> list[Rule]:
@@ -412,16 +396,8 @@ def _vocabularies(table: Table) -> list[Rule]:
         rules.append(Rule("valid_stage", table.name,
                           f"{', '.join(stage_cols)} name a stage of the stage machine ({', '.join(STAGES)}).",
                           tuple(stage_cols), stage_check))
-    if generic:
-        def vocab_check(df: pd.DataFrame, ctx: RuleContext) -> pd.Series:
-            ok = pd.Series(True, index=df.index)
-            for c in generic:
-                ok &= _in(c.name, c.allowed)(df, ctx)
-            return ok
-
-        names = "; ".join(f"{c.name} in {{{', '.join(map(str, c.allowed))}}}" for c in generic)
-        rules.append(Rule("allowed_value", table.name, f"Coded columns use their vocabulary: {names}.",
-                          tuple(c.name for c in generic), vocab_check))
+    rules += [Rule("allowed_value", table.name, f"{c.name} is one of {', '.join(map(str, c.allowed))}.", (c.name,),
+                   _in(c.name, c.allowed)) for c in generic]
     return rules
 
 
@@ -453,13 +429,12 @@ def generic_rules(table: Table) -> list[Rule]:
     rules = [
         Rule("type_mismatch", table.name,
              f"Values parse as their column's type ({', '.join(f'{c.name}: {c.dtype}' for c in table.columns if c.dtype != 'string')}); "
-             "numbers are finite, dates ISO 8601.", tuple(typed)),
+             "numbers are finite, dates ISO 8601.", tuple(typed), judges=()),
         *_required(table),
         _unique(table),
     ]
-    if table.foreign_keys:
-        rules.append(_orphan(table))
-    rules += [r for r in (_no_future(table), _bounded_text(table)) if r is not None]
+    rules += _orphan(table)
+    rules += _no_future(table) + _bounded_text(table)
     rules += _vocabularies(table)
     rules += _codes(table)
     return rules
@@ -886,11 +861,10 @@ def validate_table(frame: pd.DataFrame, table: Table, ctx: RuleContext, rules: S
         if (~warned).any():
             blocking[i] = index[~warned]
     unique_rule = next((i for i, r in enumerate(rules) if r.name == "unique_key"), None)
-    orphan_rule = next((i for i, r in enumerate(rules) if r.name == "orphan"), len(rules))
+    orphan_rule = len(rules)  # the held children's own entry (below), whichever reference holds them
     children = _hold_children_of_held(frame, parsed, table, list(blocking.values()))
     if len(children):
-        existing = blocking.get(orphan_rule)
-        blocking[orphan_rule] = children if existing is None else existing.append(children).unique()
+        blocking[orphan_rule] = children
     held_rules = [*rules, Rule("orphan", table.name, "", ())]
     quarantined = _problems(frame, parsed, held_rules, blocking, type_problems, type_rule)
     stored = parsed.drop(index=quarantined.index)

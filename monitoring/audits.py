@@ -161,12 +161,15 @@ def audit_proxies(frame: pd.DataFrame, attributes: list[str], features: pd.DataF
     acknowledged = {(a.feature, a.attribute): a for a in policy.acknowledged_proxies}
     proxies = []
     for attr in [a for a in attributes if a in frame.columns]:
+        # Rows whose attribute is unknown say nothing about a feature's association with it; kept, they would make
+        # every account feature a "proxy" of size band on leads that have neither (both missing together).
+        has_attr = frame[attr].notna().to_numpy()
         for column in features.columns:
-            values = features[column]
+            values = features[column][has_attr]
             if pd.api.types.is_numeric_dtype(values.dtype) and values.nunique() > 12:
-                strength, measure = correlation_ratio(frame[attr], values), "correlation ratio"
+                strength, measure = correlation_ratio(frame[attr][has_attr], values), "correlation ratio"
             else:
-                strength, measure = cramers_v(frame[attr], values), "Cramér's V"
+                strength, measure = cramers_v(frame[attr][has_attr], values), "Cramér's V"
             if strength > policy.proxy_threshold:
                 known = acknowledged.get((column, attr))
                 proxies.append({"feature": column, "attribute": attr, "measure": measure, "strength": strength,

@@ -17,7 +17,14 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from features.pipeline import build_view, event_source, latest_event, materialize, resolve_cutoffs, snapshot_hash
+from features.pipeline import (
+    build_view,
+    event_source,
+    latest_event,
+    materialize,
+    resolve_cutoffs,
+    snapshot_hash,
+)
 from features.store import FeatureStore
 from features.views import ViewConfig, get_view
 from training.registry import MIN_DEALS_PER_OUTCOME, Task, get_task

@@ -14,14 +14,21 @@ from functools import cache
 from pathlib import Path
 from typing import Literal, Union
 
+import numpy as np
 import pandas as pd
 import pycountry
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from features.ingest import Source, load_rank, read_table_file, source_lines
 from features.model import get_table
-from features.sources.mapping import CanonicalMapping, ImportedData, MappingError, ReadOptions, canonical_source
+from features.sources.mapping import (
+    CanonicalMapping,
+    ImportedData,
+    MappingError,
+    ReadOptions,
+    canonical_source,
+    read_mapping_yaml,
+)
 
 Normaliser = Literal["country_code", "upper", "lower", "strip"]
 
@@ -35,13 +42,32 @@ class Lookup(BaseModel):
     value: str
 
 
+class Bands(BaseModel):
+    """Numbers into labelled bands: a value up to ``edges[0]`` gets ``labels[0]``, ..., above the last edge the
+    last label (so there is one label more than edges)."""
+
+    model_config = ConfigDict(extra="forbid")
+    edges: list[float]
+    labels: list[str]
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Bands:
+        if len(self.labels) != len(self.edges) + 1:
+            raise ValueError(f"bands need one label more than edges ({len(self.edges)} edges, {len(self.labels)} labels)")
+        if self.edges != sorted(self.edges):
+            raise ValueError("band edges must increase")
+        return self
+
+
 class FieldSpec(BaseModel):
-    """How one canonical field is made: a column, a lookup through a column, or the first non-empty of several."""
+    """How one canonical field is made: a column, a lookup through a column, or the first non-empty of several;
+    optionally put into bands (employees into employee bands)."""
 
     model_config = ConfigDict(extra="forbid")
     column: str | None = None
     lookup: Lookup | None = None
     first_of: list[Union[str, FieldSpec]] | None = None  # noqa: UP007 - pydantic needs the forward reference
+    bands: Bands | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> FieldSpec:
@@ -82,15 +108,7 @@ def load_bundle(path: Path) -> Bundle:
     Raises:
         MappingError: when the file is missing, not YAML, or not a valid bundle (the message lists the fields).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MappingError(f"bundle file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise MappingError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("kind") != "bundle":
-        raise MappingError(f"{path}: a bundle needs `kind: bundle` at the top level")
+    raw = read_mapping_yaml(path, "bundle", ("bundle",))
     try:
         return Bundle.model_validate(raw)
     except ValidationError as exc:
@@ -124,6 +142,16 @@ def normalise_values(values: pd.Series, how: Normaliser) -> pd.Series:
         return text.str.lower()
     codes = text.map(lambda v: _country(v) if isinstance(v, str) and v else None, na_action="ignore")
     return codes.where(codes.notna(), text)
+
+
+def band_values(values: pd.Series, bands: Bands) -> pd.Series:
+    """The band label of each number (empty where the value is empty; a value that is not a number stays as it
+    is, so the vocabulary standard names it)."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    codes = np.searchsorted(np.asarray(bands.edges, dtype=float), numbers.to_numpy(dtype=float), side="left")
+    labels = pd.Series(np.asarray(bands.labels, dtype=object)[np.minimum(codes, len(bands.labels) - 1)],
+                       index=values.index)
+    return labels.where(numbers.notna(), values.astype("object").where(values.notna(), None))
 
 
 class _Files:
@@ -166,6 +194,9 @@ class _Files:
 def _field(frame: pd.DataFrame, spec: str | FieldSpec, files: _Files, where: str) -> pd.Series:
     if isinstance(spec, str):
         spec = FieldSpec(column=spec)
+    if spec.bands is not None:
+        values = _field(frame, spec.model_copy(update={"bands": None}), files, where)
+        return band_values(values, spec.bands)
     if spec.first_of is not None:
         parts = [_field(frame, s, files, where) for s in spec.first_of]
         out = parts[0].astype("object")

@@ -117,21 +117,32 @@ class _MappingFile(BaseModel):
     mapping: Annotated[TaskMapping | CanonicalMapping, Field(discriminator="kind")]
 
 
+def read_mapping_yaml(path: Path, what: str, kinds: tuple[str, ...]) -> dict:
+    """The top level of a mapping or bundle YAML file, whose ``kind`` must be one of ``kinds``.
+
+    Raises:
+        MappingError: when the file is missing, not YAML, or of another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MappingError(f"{what} file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("kind") not in kinds:
+        needed = " or ".join(f"`kind: {k}`" for k in kinds)
+        raise MappingError(f"{path}: a {what} needs {needed} at the top level")
+    return raw
+
+
 def load_mapping(path: Path) -> TaskMapping | CanonicalMapping:
     """Read and check a mapping YAML.
 
     Raises:
         MappingError: when the file is missing, not YAML, or not a valid mapping (the message lists the fields).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MappingError(f"mapping file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise MappingError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("kind") not in ("task", "canonical"):
-        raise MappingError(f"{path}: a mapping needs `kind: task` or `kind: canonical` at the top level")
+    raw = read_mapping_yaml(path, "mapping", ("task", "canonical"))
     try:
         return _MappingFile(mapping=raw).mapping
     except ValidationError as exc:

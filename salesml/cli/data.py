@@ -163,7 +163,8 @@ def data_standards(
     def render(r: dict) -> None:
         rich = new_table("name", "table", "severity", "description",
                          title=f"Data standards ({len({x['name'] for x in r['rules']})} rules, "
-                               f"{len(r['rules'])} rule-table pairs; policy: {', '.join(r['policies'])})")
+                               f"{len({(x['name'], x['table']) for x in r['rules']})} rule-table pairs, "
+                               f"{len(r['rules'])} instances; policy: {', '.join(r['policies'])})")
         for rule in r["rules"]:
             rich.add_row(rule["name"], rule["table"], rule["severity"], rule["description"])
         stdout.print(rich)

@@ -29,10 +29,8 @@ def features_describe(
     as_json: JsonOpt = False,
 ) -> None:
     """Document a view's columns: name, meaning, window and role (key, feature, sensitive, label)."""
-    from features.pipeline import _categories
+    from features.pipeline import _categories, store_unavailable_groups
     from features.views import ViewConfig, get_view
-
-    from features.pipeline import store_unavailable_groups
 
     settings = get_settings()
     with failures(as_json):

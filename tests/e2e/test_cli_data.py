@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 import json
 import os
 import subprocess
@@ -11,6 +9,7 @@ import sys
 from pathlib import Path
 
 import click
+import pandas as pd
 import pytest
 import typer
 from typer.testing import CliRunner

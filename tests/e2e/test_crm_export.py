@@ -56,6 +56,18 @@ def test_the_export_imports_with_one_bundle_command_and_its_report_adds_up(expor
     assert all("account_id=empty" in row["detail"] or "created_at=empty" in row["detail"] for row in flags["rows"])
 
 
+def test_features_describe_names_the_groups_the_export_cannot_feed(export):
+    described = last_json(run("features", "describe", "opportunity", "--json", home=export["home"]))
+    assert described["required_tables"] == ["opportunities"]
+    groups = {g["group"]: g for g in described["unavailable_feature_groups"]}
+    assert set(groups) == {"engagement", "key_contacts", "budget", "news", "stage_dynamics"}
+    assert groups["engagement"]["reason"].startswith("no activities in the feature store")
+    columns = {c["name"]: c for c in described["columns"]}
+    assert columns["meetings_30d"]["unavailable"] == "engagement" and "unavailable" not in columns["amount"]
+    text = run("features", "describe", "opportunity", home=export["home"]).stdout
+    assert "unavailable feature group stage_dynamics (missing, NaN): no opportunity_stage_history" in text
+
+
 def test_at_least_95_percent_of_the_open_pipeline_is_stored(export):
     from features.store import FeatureStore
     from salesml.settings import get_settings
@@ -79,10 +91,12 @@ def test_train_audit_promote_serve_scores_open_deals_by_id_in_the_team_files_sco
     version = trained["version"]
     audited = last_json(run("audit", "risk.opportunity_loss", version, "--json", home=home))
     assert audited["gate"] in ("PASS", "REVIEW"), audited
+    fairness = next(c for c in audited["checks"] if c["name"] == "fairness")
+    assert fairness["status"] == "pass" and fairness["figures"]["attributes"]["size_band"]["groups_judged"] >= 2
     vera = last_json(run("access", "add", "--name", "vera", "--role", "model_validator", "--json", home=home))
     if audited["gate"] == "REVIEW":
-        run("review", "approve", "risk.opportunity_loss", version, "--reason", "export without activities: "
-            "fairness not judgeable, drift expected", home=home, token=vera["token"])
+        run("review", "approve", "risk.opportunity_loss", version, "--reason", "drift of cumulative rep "
+            "counts over the export's 18 months is expected", home=home, token=vera["token"])
     promoted = last_json(run("promote", "risk.opportunity_loss", version, "--json", home=home, token=vera["token"]))
     assert promoted["champion"] == version
 

@@ -251,3 +251,20 @@ def test_a_policy_changes_a_rule_parameter_and_names_what_it_does_not_know(small
     policy_file.write_text("vocabularies:\n  stage: [won]\n")
     with pytest.raises(GovernanceError, match="stage is fixed"):
         load_governance(policy_file)
+
+
+def test_a_warning_empties_only_the_value_it_judged(small_org, store, tmp_path):
+    from features.governance import Governance, StandardPolicy
+
+    accounts = small_org.tables["accounts"].head(3).copy()
+    accounts["parent_account_id"] = None
+    accounts["ownership_type"] = accounts["ownership_type"].astype("object")
+    accounts.iloc[0, accounts.columns.get_loc("ownership_type")] = "cooperative"
+    ingest([Source(TABLES["sales_reps"], Path("sales_reps.parquet"), small_org.tables["sales_reps"])], store, AS_OF)
+    policy = Governance(standards=[StandardPolicy(table="accounts", rule="allowed_value", severity="warning")])
+    report = ingest([Source(TABLES["accounts"], Path("accounts.parquet"), accounts)], store, AS_OF, governance=policy)
+    assert (report.tables["accounts"].stored, report.tables["accounts"].flagged) == (3, 1)
+    row = store.table("accounts").execute().set_index("account_id").loc[accounts["account_id"].iloc[0]]
+    assert pd.isna(row["ownership_type"]) and row["tier"] == accounts["tier"].iloc[0]  # the other codes stay
+    flag = store.flags("accounts").iloc[0]
+    assert flag["detail"] == "allowed_value: ownership_type='cooperative'" and '"cooperative"' in flag["record"]

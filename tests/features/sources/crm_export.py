@@ -48,6 +48,12 @@ files:
         industry: sector
         founded_year: year_established
         annual_revenue: revenue
+        employee_band:
+          column: employees
+          bands: {edges: [10, 50, 200, 1000, 5000], labels: [1-10, 11-50, 51-200, 201-1000, 1001-5000, 5000+]}
+        size_band:
+          column: employees
+          bands: {edges: [50, 1000], labels: [small, mid, enterprise]}
         country: office_location
         parent_account_id: subsidiary_of
       normalise: {country: country_code}
@@ -101,7 +107,7 @@ def write_crm_export(folder: Path, deals: int = 3000, seed: int = 5, end: str = 
         "sector": rng.choice(SECTORS, n_accounts),
         "year_established": rng.integers(1979, 2017, n_accounts),
         "revenue": np.round(rng.lognormal(6, 1.2, n_accounts), 2),
-        "employees": rng.integers(9, 20000, n_accounts),
+        "employees": np.maximum(np.round(rng.lognormal(5, 1.8, n_accounts)), 1).astype(int),
         "office_location": rng.choice(COUNTRIES, n_accounts),
     })
     parents = accounts["account"].sample(frac=0.15, random_state=seed)

@@ -52,6 +52,9 @@ def test_one_load_stores_the_export_with_lookups_and_iso_countries(export, tmp_p
         deals = store.table("opportunities").execute().set_index("opportunity_id")
         reps = store.table("sales_reps").execute().set_index("rep_id")
     assert set(accounts["country"]) <= {"US", "PH", "KE", "DE", "JP", "BR"}
+    assert set(accounts["size_band"]) == {"small", "mid", "enterprise"}  # employees put into bands
+    small = accounts[accounts["size_band"] == "small"]
+    assert set(small["employee_band"]) <= {"1-10", "11-50"}
     raw = info["deals"].set_index("opportunity_id")
     prices = {"GTX Basic": 550, "GTX Pro": 4821, "MG Special": 55, "MG Advanced": 3393, "GTX Plus Basic": 1096,
               "GTX Plus Pro": 5482, "GTK 500": 26768}
