@@ -207,8 +207,8 @@ class FeatureStore:
 
     def replace_flags(self, table_name: str, keys: Sequence[str], rows: pd.DataFrame) -> None:
         """Record the warnings of rows just stored: drop the flags of every key written (a re-load that now meets
-        the standards clears them), then add ``rows`` (columns as in the flags schema)."""
-        self.ensure_system_tables()
+        the standards clears them), then add ``rows`` (columns as in the flags schema). The system tables must
+        exist (``ensure_system_tables``)."""
         if len(keys):
             written = ibis.memtable(pd.DataFrame({"row_key": pd.Series(list(keys), dtype="object")}),
                                     schema=ibis.schema({"row_key": "string"}))
@@ -277,7 +277,9 @@ class FeatureStore:
         if not values or not self.has_table(table_name):
             return pd.DataFrame()
         t = self.con.table(table_name)
-        frame = t.filter(t[column].isin(list(values))).execute()
+        # A semi-join on a small table, not isin(): Ibis compiles an isin of 10,000 ids in seconds.
+        wanted = ibis.memtable(pd.DataFrame({"_value": pd.Series(list(values), dtype="object")}))
+        frame = t.semi_join(wanted, t[column] == wanted._value).execute()
         spec = TABLES.get(table_name)
         if spec is not None:
             for c in spec.columns:

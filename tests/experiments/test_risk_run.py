@@ -130,7 +130,7 @@ def test_too_few_deals_is_refused_with_the_baseline_offered_and_the_baseline_tra
 
 def test_training_without_activities_contacts_news_or_budget_lists_the_unavailable_groups(tmp_path):
     home = tmp_path / "home"
-    org = simulate_organisation(SimulationConfig(accounts=800, months=18, seed=3))
+    org = simulate_organisation(SimulationConfig(accounts=600, months=17, seed=3))
     write_organisation(org, home / "demo_data")
     absent = ("activities", "contacts", "news_signals", "budget_signals")
     for name in absent:
