@@ -137,7 +137,8 @@ def test_a_governance_policy_turns_standards_into_warnings_and_extends_vocabular
     listed = last_json(run("data", "standards", "--table", "sales_reps", "--standards", str(policy), "--json",
                            home=home))
     assert next(r for r in listed["rules"] if r["name"] == "valid_email")["severity"] == "warning"
-    assert "Central" in next(r for r in listed["rules"] if r["name"] == "allowed_value")["description"]
+    region = next(r for r in listed["rules"] if r["name"] == "allowed_value" and r["columns"] == ["region"])
+    assert "Central" in region["description"] and region["severity"] == "blocking"
     # Under the home's policy file, the same as --standards; a bad policy is a clear error naming the entry.
     (home / "standards.yaml").write_text(policy.read_text())
     again = last_json(run("ingest", str(folder), "--json", home=home))
