@@ -41,7 +41,7 @@ def test_risk_experiment_notebook_runs(home):
 
 @pytest.mark.slow
 def test_audit_review_notebook_runs(home):
-    nb = run_notebook("audit_review.ipynb", {"MODEL": "risk.opportunity_loss", "VERSION": None, "ACCOUNTS": 1500,
-                                             "TRIALS": 2})
+    nb = run_notebook("audit_review.ipynb", {"MODEL": "risk.opportunity_loss", "VERSION": None, "ACCOUNTS": 1200,
+                                             "TRIALS": 1})
     text = _outputs(nb)
     assert "demographic-parity ratio" in text and "champion: version 1" in text
