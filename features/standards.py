@@ -816,6 +816,9 @@ def validate_table(frame: pd.DataFrame, table: Table, ctx: RuleContext, rules: S
         The valid rows, parsed, the quarantined rows with the rules they broke, and the flagged rows.
     """
     rules = list(rules) if rules is not None else rules_for(table)
+    if not any(r.name == "type_mismatch" for r in rules):
+        # Parsing applies it whatever the list says: a value that does not parse is never stored as missing.
+        rules.append(Rule("type_mismatch", table.name, "Values parse as their column's type.", judges=()))
     repeats = pd.Index([], dtype=frame.index.dtype)
     if ctx.duplicate_keys is None:
         repeats, _, conflicting = find_repeats(frame, table)
