@@ -31,7 +31,7 @@ from features.standards import (
     Rule,
     RuleContext,
     find_repeats,
-    row_json,
+    records_json,
     validate_table,
 )
 from features.store import FeatureStore
@@ -427,8 +427,7 @@ def ingest(
                     "rules": [held_firsts[first_of[r]][0] for r in held_repeats],
                     "detail": [f"repeats line {int(lines.lines(pd.Index([first_of[r]]))[0])}: "
                                f"{held_firsts[first_of[r]][1]}" for r in held_repeats],
-                    "record": frame.loc[held_repeats].astype("object").where(frame.loc[held_repeats].notna(), None)
-                    .apply(row_json, axis=1),
+                    "record": records_json(frame.loc[held_repeats]),
                 }, index=pd.Index(held_repeats, dtype=frame.index.dtype))
                 q = pd.concat([q, extra]).sort_index()
             if len(q):

@@ -907,8 +907,7 @@ def _problems(frame: pd.DataFrame, parsed: pd.DataFrame, rules: Sequence[Rule], 
         },
         index=bad_index,
     )
-    raw = frame.loc[bad_index]
-    out["record"] = raw.astype("object").where(raw.notna(), None).apply(row_json, axis=1)
+    out["record"] = records_json(frame.loc[bad_index])
     return out.sort_index()
 
 
@@ -934,6 +933,11 @@ def _hold_children_of_held(frame: pd.DataFrame, parsed: pd.DataFrame, table: Tab
             return children
         children = children.append(newly).unique()
         held = held.append(newly).unique()
+
+
+def records_json(rows: pd.DataFrame) -> pd.Series:
+    """Each raw row as JSON text (see ``row_json``), indexed like ``rows``."""
+    return rows.astype("object").where(rows.notna(), None).apply(row_json, axis=1)
 
 
 def row_json(row: pd.Series) -> str:
