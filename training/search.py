@@ -253,7 +253,8 @@ def make_pruner(warmup_steps: int = PRUNING_WARMUP_STEPS) -> optuna.pruners.Base
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_steps)
 
 
-def open_study(name: str, storage_url: str, seed: int, pruning: bool, heartbeat_seconds: int = 30) -> optuna.Study:
+def open_study(name: str, storage_url: str, seed: int, pruning: bool, heartbeat_seconds: int = 30,
+               direction: str = "maximize") -> optuna.Study:
     """Create or load a study in RDB storage, failing trials whose worker stopped sending heartbeats.
 
     The sampler's seed is ``seed`` plus the trials the study already holds: a new study is reproducible, and a
@@ -263,7 +264,7 @@ def open_study(name: str, storage_url: str, seed: int, pruning: bool, heartbeat_
     storage = optuna.storages.RDBStorage(storage_url, heartbeat_interval=heartbeat_seconds,
                                          grace_period=2 * heartbeat_seconds)
     pruner = make_pruner() if pruning else optuna.pruners.NopPruner()
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
                                 sampler=_sampler(seed), pruner=pruner)
     optuna.storages.fail_stale_trials(study)
     held = len(study.get_trials(deepcopy=False))
@@ -278,10 +279,12 @@ def _sampler(seed: int) -> optuna.samplers.TPESampler:
 
 def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], families: list[str], trials: int,
               timeout: float | None = None, callback: Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
-              | None = None, initial: list[dict] | None = None) -> int:
+              | None = None, initial: list[dict] | None = None, defaults: dict[str, dict] | None = None,
+              fixed: dict | None = None) -> int:
     """Run trials until the study holds ``trials`` finished (complete or pruned) ones, or ``timeout`` passes.
 
-    New studies start with the ``initial`` parameter sets, and a default trial for each family they leave out.
+    New studies start with the ``initial`` parameter sets, and a default trial for each family they leave out
+    (``defaults``: risk models' unless given); ``fixed`` parameters are added to every enqueued set.
 
     Returns:
         The number of trials run now.
@@ -295,11 +298,13 @@ def run_study(study: optuna.Study, objective: Callable[[optuna.Trial], float], f
         return 0
     if not study.trials:
         given = [p for p in initial or [] if p.get("family") in families]
+        fixed = {"imbalance": "none"} if fixed is None else fixed
+        defaults = DEFAULT_TRIALS if defaults is None else defaults
         for params in given:
-            study.enqueue_trial({"imbalance": "none", **params})
+            study.enqueue_trial({**fixed, **params})
         for family in families:
             if not any(p["family"] == family for p in given):
-                study.enqueue_trial(DEFAULT_TRIALS[family])
+                study.enqueue_trial(defaults[family])
     study.optimize(objective, n_trials=remaining, timeout=timeout, callbacks=[callback] if callback else None,
                    catch=(ValueError,), gc_after_trial=True)
     return finished() - done
