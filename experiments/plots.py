@@ -53,3 +53,35 @@ def shap_summary_figure(contributions: pd.DataFrame, features: pd.DataFrame) -> 
     fig = plt.gcf()
     fig.tight_layout()
     return fig
+
+
+def forecast_figure(test: pd.DataFrame, series: list[str], history: pd.DataFrame | None = None) -> plt.Figure:
+    """Forecast (p50 with its p10-p90 band) against actuals for a few series over the test windows."""
+    fig, axes = plt.subplots(len(series), 1, figsize=(8, 2.2 * len(series)), squeeze=False)
+    for ax, uid in zip(axes[:, 0], series):
+        part = test[test["unique_id"] == uid].sort_values("ds")
+        if history is not None:
+            past = history[history["unique_id"] == uid].sort_values("ds").tail(52)
+            ax.plot(past["ds"], past["y"], color="0.6", lw=1, label="history")
+        ax.plot(part["ds"], part["y"], color="black", lw=1.2, label="actual")
+        ax.plot(part["ds"], part["p50"], color="tab:blue", lw=1.2, label="p50")
+        if part["p10"].notna().any():
+            ax.fill_between(part["ds"], part["p10"], part["p90"], color="tab:blue", alpha=0.2, label="p10-p90")
+        ax.set_title(str(uid), fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def horizon_figure(by_step: pd.DataFrame, baselines: dict[str, pd.Series] | None = None) -> plt.Figure:
+    """WAPE by horizon step, the model's beside each baseline's."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(by_step["step"], by_step["wape"], marker="o", label="model")
+    for name, values in (baselines or {}).items():
+        ax.plot(values.index, values.to_numpy(), marker=".", lw=1, label=name)
+    ax.set_xlabel("horizon step")
+    ax.set_ylabel("WAPE")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -152,14 +152,15 @@ def load_evaluation(client: MlflowClient, info: ModelVersion) -> dict:
 def _download_model(target: Path, name: str, version: str, digests: dict[str, str]) -> RiskModel:
     # Imported here, not at the top: it brings in LightGBM, XGBoost and scikit-learn (about a second), which the
     # registry lookups above (reviews, promotions, listings) do not need.
-    from training.models import MODEL_FILE, RiskModel
+    from training.registry import canonical_model_name, get_kind, resolve
 
+    kind = get_kind(canonical_model_name(name).partition(".")[0])
     # MLflow's tracking URI is the one configure_mlflow set.
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(target)))
-    found = next(local.rglob(MODEL_FILE), None)
+    found = next(local.rglob(kind.artifact_file), None)
     if found is None:
-        raise RegistryError(f"{name} version {version} has no {MODEL_FILE} in its artifact")
+        raise RegistryError(f"{name} version {version} has no {kind.artifact_file} in its artifact")
     try:
-        return RiskModel.load(found.parent, expected=digests)
+        return resolve(kind.artifact_loader)(found.parent, digests)
     except ValueError as exc:
         raise RegistryError(f"{name} version {version}: {exc}") from None

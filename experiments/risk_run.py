@@ -145,7 +145,7 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
         say("registering")
         tags = {TAG_WINDOW: data.window, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
                 TAG_KIND: "stage_baseline" if baseline else "tuned"}
-        version = _register(client, name, model_uri, run.info.run_id, digests, spec.name, tags)
+        version = register_version(client, name, model_uri, run.info.run_id, digests, spec.name, tags)
     return {
         "model": name,
         "version": str(version),
@@ -279,8 +279,14 @@ def _log_model(model, test_frame: pd.DataFrame) -> tuple[dict[str, str], str]:
     return digests, info.model_uri
 
 
-def _register(client, name: str, model_uri: str, run_id: str, digests: dict[str, str], task: str, tags: dict
-              ) -> str:
+def register_version(client, name: str, model_uri: str, run_id: str, digests: dict[str, str], task: str,
+                     tags: dict) -> str:
+    """Register a logged model as a new version of ``name`` with its lineage, gate and digest tags; a version
+    whose tags could not all be written is deleted again, so none stays half-registered.
+
+    Returns:
+        The new version.
+    """
     version = mlflow.register_model(model_uri, name, tags={TAG_TASK: task})
     try:
         tags = {**tags, TAG_CODE_VERSION: code_version(), TAG_GATE: "pending", "salesml.run_id": run_id,
@@ -331,7 +337,7 @@ def register_threshold_variant(settings: Settings, name: str, version: str, miti
         tags = {key: info.tags[key] for key in (TAG_WINDOW, TAG_FEATURE_VERSION, TAG_TRAINER) if key in info.tags}
         tags.update({TAG_KIND: "threshold_variant", TAG_VARIANT_OF: str(version),
                      TAG_MITIGATION: f"{mitigation.get('method', 'ThresholdOptimizer')} on {mitigation['attribute']}"})
-        return _register(client, name, model_uri, run.info.run_id, digests,
+        return register_version(client, name, model_uri, run.info.run_id, digests,
                          info.tags.get(TAG_TASK) or model.metadata.get("task"), tags)
 
 

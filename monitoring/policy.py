@@ -128,8 +128,39 @@ class ExplanationsPolicy(CheckPolicy):
     max_violation_share: float = Field(0.05, ge=0, le=1)
 
 
+class BaselinesPolicy(CheckPolicy):
+    """A demand model against the statsforecast baselines of its own run, on the same test windows."""
+
+    max_ratio: float = Field(1.0, gt=0, description="Largest candidate WAPE / best baseline WAPE.")
+
+
+class IntervalsPolicy(CheckPolicy):
+    """Coverage of the p10-p90 (80%) interval on the test windows."""
+
+    on_fail: Severity = "review"
+    min_coverage: float = Field(0.75, ge=0, le=1)
+    max_coverage: float = Field(0.85, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntervalsPolicy:
+        if self.min_coverage > self.max_coverage:
+            raise ValueError("min_coverage is above max_coverage")
+        return self
+
+
+class MonotonePricePolicy(CheckPolicy):
+    """Demand never rises with the product's own price: forecasts along higher price paths, per series."""
+
+    price_factors: list[float] = Field(default_factory=lambda: [0.8, 0.9, 1.0, 1.1, 1.25], min_length=2,
+                                       description="Price paths tried, as multiples of the last price.")
+    max_violation_share: float = Field(0.0, ge=0, le=1, description="Share of series and steps where a higher "
+                                       "price raises p50.")
+
+
 CHECK_POLICIES: dict[str, type[CheckPolicy]] = {"performance": PerformancePolicy, "fairness": FairnessPolicy,
-                                                "drift": DriftPolicy, "explanations": ExplanationsPolicy}
+                                                "drift": DriftPolicy, "explanations": ExplanationsPolicy,
+                                                "baselines": BaselinesPolicy, "intervals": IntervalsPolicy,
+                                                "monotone_price": MonotonePricePolicy}
 #: Checks that run as part of another check's section (proxies are judged with the fairness settings).
 PART_OF = {"proxies": "fairness"}
 

@@ -29,12 +29,16 @@ import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from features.store import FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +85,22 @@ class DemandConfig(BaseModel):
         "Inputs observed as they happen (carried forward into the future)."))
     holiday_column: str | None = Field("is_holiday", description="A 0/1 holiday flag, known a season ahead.")
     static_columns: list[str] = Field(default_factory=list, description="Per-series constants (e.g. category).")
+    series_feature: bool = Field(False, description="Give the booster the series itself as a categorical feature, "
+                                 "so that it can learn each series' own price response.")
     monotone_price: bool = Field(True, description="Demand non-increasing in the own price (booster constraints).")
     elasticity_step: float = Field(0.1, gt=0, lt=0.5, description="Relative price change (+/-) over which the "
                                    "implied own-price elasticity is measured.")
     min_sales_weeks: int = Field(26, ge=1, description="Steps with sales a series needs for its elasticity.")
     max_series_per_request: int = Field(1000, ge=1, description="Most series one forecast request may name.")
-    initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first.")
+    initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
+                                       "(Optuna parameter names: family, lags, windows, transform, rounds, "
+                                       "lgb_learning_rate, ...).")
+    as_of: date | None = Field(None, description="Data as-of date for view tasks (default: the latest order).")
+    period_length: str | None = Field(None, description="Sales-periods tasks: the period length to forecast "
+                                      "(week, month; default: the most common one in the table).")
+    series: list[str] = Field(default_factory=list, description="Forecast only these series (default: all).")
+    ground_truth: str | None = Field(None, description="Simulator ground_truth folder, for the elasticity "
+                                     "oracle; '{home}' is SALESML_HOME.")
     heartbeat_seconds: int = Field(30, ge=1)
     threads: int = 2
 
@@ -187,7 +201,8 @@ def make_series_frame(rows: pd.DataFrame, *, id_column: str, time_column: str, t
             raise ValueError(f"the {what} column {column!r} is not in the data (columns: {', '.join(rows.columns)})")
     freq = infer_freq(rows[time_column])
     season = config.season_length or season_length_of(freq)
-    present = set(rows.columns)
+    # An input the data never fills (a sales-periods table without prices) is no input at all.
+    present = {c for c in rows.columns if rows[c].notna().any()}
     price = [c for c in config.price_columns if c in present]
     competitor = [c for c in config.competitor_columns if c in present]
     planned = [c for c in config.planned_columns if c in present]
@@ -205,6 +220,9 @@ def make_series_frame(rows: pd.DataFrame, *, id_column: str, time_column: str, t
     frame = frame.groupby([ID, TIME], as_index=False).agg(
         {TARGET: "sum", **{c: "mean" for c in inputs}, **{c: "last" for c in static}})
     frame = _fill_gaps(frame, freq, inputs, static, planned, holiday)
+    if config.series_feature:
+        frame["series"] = frame[ID]
+        static = [*static, "series"]
     short = frame.groupby(ID).size()
     if (short < 3).any():
         raise ValueError(f"series with fewer than 3 periods: {', '.join(short[short < 3].index[:5])}")
@@ -373,7 +391,8 @@ def make_regressor(family: str, booster: Mapping, *, threads: int, seed: int, mo
         import xgboost as xgb
 
         extra = {"monotone_constraints": tuple(monotone)} if monotone is not None and any(monotone) else {}
-        return xgb.XGBRegressor(nthread=threads, random_state=seed, tree_method="hist", **booster, **extra)
+        return xgb.XGBRegressor(nthread=threads, random_state=seed, tree_method="hist", enable_categorical=True,
+                                **booster, **extra)
     raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 
@@ -444,7 +463,7 @@ class DemandForecaster:
         order = mlf.ts.features_order_
         self.features_ = list(order)
         monotone = self._monotone(order)
-        x = prepared[order]
+        x = prepared[order].copy()
         for column in static:
             x[column] = x[column].astype("category")
         y = prepared[TARGET].to_numpy()
@@ -639,8 +658,12 @@ class DemandForecaster:
 
     # ----------------------------------------------------------------------------- files
 
-    def save(self, folder: Path) -> None:
-        """Write the model as plain files: ``demand.json``, the booster (native format), ``history.parquet``."""
+    def save(self, folder: Path) -> dict[str, str]:
+        """Write the model as plain files: ``demand.json``, the booster (native format), ``history.parquet``.
+
+        Returns:
+            The SHA-256 of each file (registered as version tags).
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         model = self.mlf_.models_["model"]
@@ -661,6 +684,9 @@ class DemandForecaster:
             "interval_quantiles": self.interval_quantiles_, "booster_file": booster_file,
         }
         (folder / "demand.json").write_text(json.dumps(meta, indent=1, default=_json_default))
+        from training.models import artifact_digests
+
+        return artifact_digests(folder)
 
     @classmethod
     def load(cls, folder: Path) -> DemandForecaster:
@@ -708,7 +734,7 @@ def _load_booster(family: str, path: Path, threads: int):
         return _LightGBMBooster(lgb.Booster(model_file=str(path)), threads)
     import xgboost as xgb
 
-    model = xgb.XGBRegressor(nthread=threads)
+    model = xgb.XGBRegressor(nthread=threads, enable_categorical=True)
     model.load_model(str(path))
     return model
 
@@ -1057,3 +1083,101 @@ def train_demand_model(series: SeriesFrame, config: DemandConfig, storage_url: s
             metrics["elasticity_judged_series"] = int(len(judged))
     trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "duration"))
     return DemandResult(model, best, test, metrics, by_step, by_series, elasticities, trials, study_name, windows)
+
+
+# ------------------------------------------------------------------------------------------------ the task's data
+
+
+@dataclass
+class DemandData:
+    """A demand task's series and where they came from."""
+
+    series: SeriesFrame
+    target: str
+    feature_version: str
+    snapshot: str
+    window: str
+    source_rows: int
+    oracle: pd.DataFrame | None = None
+
+
+def load_demand_data(store: FeatureStore, task: str, config: DemandConfig) -> DemandData:
+    """Load a demand task's series (a pipeline: it reads the feature store).
+
+    ``product_week`` tasks build the view up to the as-of date (and materialise it for lineage); ``sales_periods``
+    tasks read the imported table, one period length at a time, forecasting units where the table has them and
+    revenue otherwise (Walmart's weekly sales), unless the config names the target.
+
+    Raises:
+        ValueError: naming what is missing (no rows, an unknown series, a target the data lacks).
+    """
+    from features.pipeline import build_view, latest_event, materialize, snapshot_hash
+    from training.registry import get_task
+
+    definition = get_task(task, store)
+    data = definition.data
+    snapshot = snapshot_hash(store)
+    if data.source == "view":
+        as_of = config.as_of or latest_event(store, data.events)
+        built = build_view(store, data.name, as_of, threads=config.threads)
+        materialize(store, built)
+        rows, version = built.frame, built.version
+    else:
+        if not store.has_table(data.name) or store.count(data.name) == 0:
+            raise ValueError(f"no {data.name} in the feature store: import a dataset (walmart_weekly_sales, "
+                             f"retail_price_optimization) or a mapped file first")
+        rows = store.table(data.name).execute()
+        lengths = rows["period_length"].value_counts()
+        length = config.period_length or lengths.index[0]
+        if length not in lengths.index:
+            raise ValueError(f"no {data.name} of period length {length!r}; the table holds "
+                             f"{', '.join(f'{k} ({v} rows)' for k, v in lengths.items())}")
+        rows = rows[rows["period_length"] == length].rename(columns={"avg_price": "price"})
+        version = f"{data.name}@{snapshot[:16]}"
+    target = config.target or data.label
+    if target in rows.columns and rows[target].notna().sum() == 0 and "revenue" in rows.columns \
+            and config.target is None:
+        target = "revenue"  # a sales-periods table of revenue only (Walmart)
+    if config.series:
+        unknown = sorted(set(config.series) - set(rows[data.id_column].astype(str)))
+        if unknown:
+            raise ValueError(f"unknown series: {', '.join(unknown[:10])}")
+        rows = rows[rows[data.id_column].astype(str).isin(config.series)]
+    if rows.empty:
+        raise ValueError(f"task {task} has no rows")
+    series = make_series_frame(rows, id_column=data.id_column, time_column=data.time_column, target=target,
+                               config=config)
+    window = f"{series.frame[TIME].min():%Y-%m-%d}..{series.end:%Y-%m-%d}"
+    oracle = _elasticity_oracle(config, definition)
+    return DemandData(series, target, version, snapshot, window, len(rows), oracle)
+
+
+def _elasticity_oracle(config: DemandConfig, task) -> pd.DataFrame | None:
+    """The simulator's own-price elasticity at fixed competitor prices: its price exponent minus its competitor
+    exponent (demand goes with (price / reference) ** e x (competitor / price) ** c)."""
+    if not config.ground_truth or task.oracle is None:
+        return None
+    path = Path(config.ground_truth) / task.oracle.file
+    if not path.is_file():
+        return None
+    truth = pd.read_parquet(path)
+    own = truth[task.oracle.column] - truth.get("competitor_elasticity", 0.0)
+    return pd.DataFrame({ID: truth[task.oracle.id_column].astype(str), "elasticity": own})
+
+
+def demand_config_with_home(config: DemandConfig, home: Path) -> DemandConfig:
+    """The config with ``{home}`` in its paths replaced by SALESML_HOME."""
+    if config.ground_truth and "{home}" in config.ground_truth:
+        return config.model_copy(update={"ground_truth": config.ground_truth.format(home=home)})
+    return config
+
+
+def load_demand_artifact(folder: Path, expected: dict[str, str] | None = None) -> DemandForecaster:
+    """Load a saved demand model, after checking its files' SHA-256 against ``expected`` when given."""
+    if expected:
+        from training.models import verify_digests
+
+        verify_digests(Path(folder), expected)
+    return DemandForecaster.load(folder)
+
+

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
 #: The kinds salesml knows, in the order of the roadmap; only those in ``KINDS`` are implemented.
 KIND_NAMES = ("risk", "demand", "segments", "value", "pricing")
 #: The audit checks the gate knows (``monitoring.gate`` implements each).
-CHECK_NAMES = ("performance", "fairness", "proxies", "drift", "explanations")
+CHECK_NAMES = ("performance", "fairness", "proxies", "drift", "explanations", "baselines", "intervals",
+               "monotone_price")
+#: The checks of risk models.
+RISK_CHECKS = ("performance", "fairness", "proxies", "drift", "explanations")
 
 
 class UnknownTaskError(ValueError):
@@ -117,8 +120,9 @@ class Kind:
     """A kind of model and how it goes through the loop.
 
     ``config``, ``trainer``, ``artifact_loader`` and ``tracked_run`` are ``module:attribute`` references (the typed
-    config, the pure trainer, the artifact loader, and the MLflow-tracked pipeline that wraps the trainer and
-    registers a version); ``pyfunc`` is the models-from-code file in ``experiments/``.
+    config, the pure trainer, the artifact loader ``(folder, expected digests) -> model``, and the MLflow-tracked
+    pipeline that wraps the trainer and registers a version); ``pyfunc`` is the models-from-code file in
+    ``experiments/``; ``artifact_file`` is the file that marks the artifact's folder.
     """
 
     name: str
@@ -133,6 +137,7 @@ class Kind:
     tracked_run: str
     serving: Serving
     checks: tuple[str, ...]
+    artifact_file: str = "model.json"
 
     def metric(self, name: str | None = None) -> Metric:
         """A metric of this kind by name (the gate's default when ``None``).
@@ -242,10 +247,45 @@ RISK = Kind(
                     request_schema="serving.schemas:ScoreRequest", response_schema="serving.schemas:ScoreResponse",
                     score="serving.predict:score_request", prediction="probability",
                     log_fields=("probability", "risk_band", "reasons", "actions")),
-    checks=CHECK_NAMES,
+    checks=RISK_CHECKS,
 )
 
-KINDS: dict[str, Kind] = {RISK.name: RISK}
+
+def _wape(y: np.ndarray, yhat: np.ndarray) -> float:
+    y, yhat = np.asarray(y, dtype=float), np.asarray(yhat, dtype=float)
+    total = np.abs(y).sum()
+    return float(np.abs(y - yhat).sum() / total) if total > 0 else float("nan")
+
+
+def _abs_bias(y: np.ndarray, yhat: np.ndarray) -> float:
+    y, yhat = np.asarray(y, dtype=float), np.asarray(yhat, dtype=float)
+    total = np.abs(y).sum()
+    return float(abs((yhat - y).sum()) / total) if total > 0 else float("nan")
+
+
+DEMAND = Kind(
+    name="demand",
+    description="units (or revenue) per series and period ahead, p10 / p50 / p90, recomputed for what-if prices",
+    config="training.demand:DemandConfig",
+    trainer="training.demand:train_demand_model",
+    metrics={m.name: m for m in (
+        Metric("wape", False, "WAPE: sum of absolute errors over the sum of actuals, pooled over series", _wape),
+        Metric("abs_bias", False, "absolute forecast bias: |sum of errors| over the sum of actuals", _abs_bias),
+    )},
+    gate_metric="wape",
+    artifact_format="mlforecast features rebuilt from history.parquet; LightGBM text or XGBoost JSON booster; "
+                    "price references and conformal quantiles as JSON",
+    artifact_loader="training.demand:load_demand_artifact",
+    pyfunc="pyfunc_demand.py",
+    tracked_run="experiments.demand_run:run_demand_training",
+    serving=Serving(endpoint="/demand/forecast", request_schema="serving.schemas:ForecastRequest",
+                    response_schema="serving.schemas:ForecastResponse", score="serving.demand:forecast_request",
+                    prediction="p50", log_fields=("p10", "p50", "p90")),
+    checks=("performance", "baselines", "intervals", "drift", "explanations", "monotone_price"),
+    artifact_file="demand.json",
+)
+
+KINDS: dict[str, Kind] = {RISK.name: RISK, DEMAND.name: DEMAND}
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("opportunity_loss", "risk",
@@ -260,6 +300,15 @@ TASKS: dict[str, Task] = {t.name: t for t in (
               events=(("orders", "order_date"),), owners="accounts"),
          "an active customer places no order within the horizon",
          oracle=Oracle("customer_churn_probability.parquet", "account_id", "p_no_order_90d")),
+    Task("product_demand", "demand",
+         Data("view", "product_week", "product_id", "units", "week_start", "product",
+              events=(("orders", "order_date"),)),
+         "units of each product sold per week, and how they move with its price",
+         oracle=Oracle("product_elasticities.parquet", "product_id", "elasticity")),
+    Task("sales_periods", "demand",
+         Data("table", "sales_periods", "series_id", "units", "period_start", "series",
+              events=(("sales_periods", "period_start"),)),
+         "units (or revenue) of each imported sales series per period (Walmart stores, retail products)"),
 )}
 
 

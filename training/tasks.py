@@ -69,8 +69,9 @@ class RiskConfig(BaseModel):
     threads: int = 2
 
 
-def load_config(path: Path | None, **overrides: object) -> RiskConfig:
-    """Read a training config YAML and apply command-line overrides (``None`` values are ignored).
+def load_config(path: Path | None, model: type[BaseModel] = RiskConfig, **overrides: object) -> BaseModel:
+    """Read a training config YAML into ``model`` (the kind's typed config: ``RiskConfig``, ``DemandConfig``) and
+    apply command-line overrides (``None`` values are ignored).
 
     Raises:
         ValueError: naming the file and the invalid fields.
@@ -89,7 +90,7 @@ def load_config(path: Path | None, **overrides: object) -> RiskConfig:
     given = {k: v for k, v in overrides.items() if v is not None}
     data.update(given)
     try:
-        return RiskConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         # Name where each bad value came from: a command-line option, or the field in the file.
         problems = []

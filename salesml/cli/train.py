@@ -45,6 +45,7 @@ def train(
 ) -> None:
     """Tune (Optuna), train and evaluate a model of TASK's kind; track it in MLflow and register a version of
     <kind>.<task>."""
+    from training.demand import InsufficientHistoryError
     from training.registry import get_task, resolve
     from training.risk import InsufficientDataError
     from training.tasks import load_config
@@ -59,10 +60,11 @@ def train(
             definition = get_task(task)
         if baseline and not definition.baseline:
             raise CommandError(f"task {task} has no baseline to train (only tuned models)")
-        run = resolve(definition.definition().tracked_run)
+        kind = definition.definition()
+        run = resolve(kind.tracked_run)
         default = CONFIGS / f"{task}.yaml"
-        cfg = load_config(config or (default if default.is_file() else None), task=task, trials=trials,
-                          timeout=timeout, threads=settings.threads)
+        cfg = load_config(config or (default if default.is_file() else None), resolve(kind.config), task=task,
+                          trials=trials, timeout=timeout, threads=settings.threads)
         trainer = current_identity(settings)
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]}"),
                    TimeElapsedColumn()]
@@ -77,7 +79,7 @@ def train(
 
             try:
                 result = run(settings, task, cfg, trainer, baseline, progress, status)
-            except InsufficientDataError as exc:
+            except (InsufficientDataError, InsufficientHistoryError) as exc:
                 raise CommandError(str(exc)) from None
 
     def render(r: dict) -> None:
@@ -85,7 +87,8 @@ def train(
         stdout.print(f"registered [bold]{r['model']}[/] version {r['version']} (run {r['run_id']})")
         rich = new_table("metric", "value", right=("value",), title="Test metrics")
         for key, value in m.items():
-            if key.startswith(("test_", "oracle", "early_warning", "lead_time")):
+            if key.startswith(("test_", "oracle", "early_warning", "lead_time", "baseline_", "best_baseline",
+                               "wape_vs", "elasticity_")):
                 rich.add_row(key, "-" if value is None else f"{value:.4f}")
         stdout.print(rich)
         for group in r.get("unavailable_feature_groups", []):
