@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -87,7 +88,12 @@ class DemandConfig(BaseModel):
     static_columns: list[str] = Field(default_factory=list, description="Per-series constants (e.g. category).")
     series_feature: bool = Field(False, description="Give the booster the series itself as a categorical feature, "
                                  "so that it can learn each series' own price response.")
-    monotone_price: bool = Field(True, description="Demand non-increasing in the own price (booster constraints).")
+    monotone_price: bool = Field(True, description="Demand non-increasing in the own price (sign constraints on the "
+                                 "log-linear response, or booster constraints).")
+    price_response: Literal["loglinear", "booster"] = Field("loglinear", description=(
+        "loglinear: each series' own-price and competitor elasticities from a Poisson regression with controls, "
+        "shrunk towards the pooled estimate, and the booster forecasts price-normalised demand; booster: the "
+        "prices are booster features under monotone constraints."))
     elasticity_step: float = Field(0.1, gt=0, lt=0.5, description="Relative price change (+/-) over which the "
                                    "implied own-price elasticity is measured.")
     min_sales_weeks: int = Field(26, ge=1, description="Steps with sales a series needs for its elasticity.")
@@ -404,13 +410,14 @@ class DemandForecaster:
     """
 
     def __init__(self, params: DemandParams, *, horizon: int, max_horizon: int, threads: int = 2, seed: int = 42,
-                 monotone_price: bool = True):
+                 monotone_price: bool = True, price_response: str = "loglinear"):
         self.params = params
         self.horizon = horizon
         self.max_horizon = max_horizon
         self.threads = threads
         self.seed = seed
         self.monotone_price = monotone_price
+        self.price_response = price_response
 
     # ----------------------------------------------------------------------------- fitting
 
@@ -438,12 +445,20 @@ class DemandForecaster:
         self.history_ = frame.reset_index(drop=True)
         self.holidays_ = (sorted(frame.loc[frame[series.holiday] > 0, TIME].unique())
                           if series.holiday else [])
-        self.mlf_ = self._fit_mlforecast(self._features(frame))
+        self.price_effects_ = {}
+        if price and self.price_response == "loglinear":
+            self.price_effects_ = fit_price_response(frame, price, series.competitor[0] if series.competitor
+                                                     else None, [*series.planned, *([series.holiday]
+                                                                                    if series.holiday else [])],
+                                                     self.references_, series.season_length,
+                                                     sign_constraints=self.monotone_price)
+        self.mlf_ = self._fit_mlforecast(self._features(self._normalised(frame)))
         self.residuals_ = None
         self.interval_quantiles_ = None
         if calibration_windows:
             backtest = rolling_backtest(self.params, series, windows=calibration_windows, horizon=self.horizon,
-                                        threads=self.threads, seed=self.seed, monotone_price=self.monotone_price)
+                                        threads=self.threads, seed=self.seed, monotone_price=self.monotone_price,
+                                        price_response=self.price_response)
             self.calibrate(backtest)
         return self
 
@@ -476,7 +491,7 @@ class DemandForecaster:
         return mlf
 
     def _monotone(self, order: Sequence[str]) -> list[int] | None:
-        if not (self.monotone_price and self.roles_["price"]):
+        if not (self.monotone_price and self._price_features):
             return None
         constraint = []
         for name in order:
@@ -491,12 +506,40 @@ class DemandForecaster:
                 constraint.append(0)
         return constraint
 
+    @property
+    def _price_features(self) -> bool:
+        return bool(self.roles_["price"]) and self.price_response == "booster"
+
+    def price_effect(self, rows: pd.DataFrame) -> np.ndarray:
+        """log of the price factor of each row under the log-linear response (0 without one):
+        own x log(price / reference) + competitor x log(competitor price / price)."""
+        if not self.price_effects_:
+            return np.zeros(len(rows))
+        roles = self.roles_
+        price = rows[roles["price"][0]].astype(float).where(lambda v: v > 0)
+        reference = rows[ID].map(self.references_).astype(float)
+        own = rows[ID].map({k: float(v["own"]) for k, v in self.price_effects_.items()}).astype(float)
+        total = own.fillna(0.0).to_numpy() * np.log(price / reference).to_numpy()
+        if roles["competitor"]:
+            gap = np.log(rows[roles["competitor"][0]].astype(float).where(lambda v: v > 0) / price).to_numpy()
+            competitor = rows[ID].map({k: float(v["competitor"]) for k, v in self.price_effects_.items()})
+            total = total + competitor.astype(float).fillna(0.0).to_numpy() * gap
+        return np.nan_to_num(total, nan=0.0)
+
+    def _normalised(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows with demand at reference prices: what the booster learns and forecasts."""
+        if not self.price_effects_:
+            return frame
+        out = frame.copy()
+        out[TARGET] = out[TARGET].to_numpy() * np.exp(-self.price_effect(frame))
+        return out
+
     def _features(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Model inputs of series rows: the derived price features replace the raw prices."""
         out = frame[[ID, TIME, *([TARGET] if TARGET in frame.columns else [])]].copy()
         roles = self.roles_
         price = roles["price"][0] if roles["price"] else None
-        if price:
+        if price and self._price_features:
             reference = out[ID].map(self.references_).astype(float)
             p = frame[price].astype(float).where(lambda s: s > 0)
             out[PRICE_INDEX] = np.log(p / reference).to_numpy()
@@ -571,7 +614,7 @@ class DemandForecaster:
         x_df = self._features(future)
         x_df = x_df.drop(columns=[c for c in self.roles_["static"] if c in x_df.columns])
         ids = sorted(future[ID].unique())
-        new_df = None if history is None else self._features(history)
+        new_df = None if history is None else self._features(self._normalised(history))
         if new_df is not None:
             for column in self.roles_["static"]:
                 new_df[column] = pd.Categorical(new_df[column], categories=self.categories_[column])
@@ -584,6 +627,9 @@ class DemandForecaster:
         out = self.mlf_.predict(h, X_df=x_df, new_df=new_df, ids=None if new_df is not None else ids,
                                 before_predict_callback=categorical if self.roles_["static"] else None)
         out = out.rename(columns={"model": "p50"})
+        if self.price_effects_:
+            at = out[[ID, TIME]].merge(future, on=[ID, TIME], how="left")
+            out["p50"] = out["p50"].to_numpy() * np.exp(self.price_effect(at))
         out["p50"] = out["p50"].clip(lower=0.0)
         return out[out[ID].isin(ids)].reset_index(drop=True)
 
@@ -676,7 +722,8 @@ class DemandForecaster:
         meta = {
             "kind": "demand", "params": self.params.to_dict(), "horizon": self.horizon,
             "max_horizon": self.max_horizon, "threads": self.threads, "seed": self.seed,
-            "monotone_price": self.monotone_price, "freq": self.freq_, "season_length": self.season_length_,
+            "monotone_price": self.monotone_price, "price_response": self.price_response,
+            "price_effects": self.price_effects_, "freq": self.freq_, "season_length": self.season_length_,
             "roles": self.roles_, "references": self.references_, "scales": self.scales_,
             "holidays": [pd.Timestamp(d).strftime("%Y-%m-%d") for d in self.holidays_],
             "short_series": self.short_series_,
@@ -696,7 +743,9 @@ class DemandForecaster:
         folder = Path(folder)
         meta = json.loads((folder / "demand.json").read_text())
         model = cls(DemandParams.from_dict(meta["params"]), horizon=meta["horizon"], max_horizon=meta["max_horizon"],
-                    threads=meta["threads"], seed=meta["seed"], monotone_price=meta["monotone_price"])
+                    threads=meta["threads"], seed=meta["seed"], monotone_price=meta["monotone_price"],
+                    price_response=meta.get("price_response", "booster"))
+        model.price_effects_ = meta.get("price_effects", {})
         model.freq_, model.season_length_ = meta["freq"], meta["season_length"]
         model.roles_, model.references_, model.scales_ = meta["roles"], meta["references"], meta["scales"]
         model.holidays_ = [pd.Timestamp(d) for d in meta["holidays"]]
@@ -708,7 +757,8 @@ class DemandForecaster:
                          lag_transforms=_lag_transforms(model.params.windows, model.season_length_),
                          date_features=_date_features(model.freq_),
                          target_transforms=_target_transforms(model.params.transform, model.season_length_), num_threads=1)
-        mlf.preprocess(model._features(model.history_), static_features=list(model.roles_["static"]), dropna=False)
+        mlf.preprocess(model._features(model._normalised(model.history_)), static_features=list(model.roles_["static"]),
+                       dropna=False)
         if list(mlf.ts.features_order_) != model.features_:
             raise ValueError(f"{folder}: the saved features {model.features_} differ from the rebuilt "
                              f"{mlf.ts.features_order_}")
@@ -757,6 +807,99 @@ def _series_scales(frame: pd.DataFrame, season: int) -> dict[str, float]:
     return {k: float(v) if v > 0 else overall for k, v in scale.items()}
 
 
+# ------------------------------------------------------------------------------------------------ price response
+
+
+def fit_price_response(frame: pd.DataFrame, price: str, competitor: str | None, controls: Sequence[str],
+                       references: Mapping[str, float], season: int, *, sign_constraints: bool = True,
+                       min_periods: int = 26) -> dict[str, dict]:
+    """Each series' own-price and competitor elasticities, from a Poisson regression of its demand on
+    log(price / reference), log(competitor / price), its promotions and holidays, two seasonal harmonics and a
+    trend, shrunk towards the pooled estimate by its standard error (empirical Bayes).
+
+    A series with fewer than ``min_periods`` periods or no price variation takes the pooled estimate. With
+    ``sign_constraints`` the own-price response is at most 0 and the competitor response at least 0, so demand
+    never rises with the own price.
+
+    Returns:
+        ``{series: {"own", "competitor", "own_raw", "own_se", "pooled"}}``.
+    """
+    import statsmodels.api as sm
+
+    estimates = {}
+    for uid, g in frame.groupby(ID, sort=True):
+        p = g[price].astype(float).where(lambda v: v > 0)
+        ok = p.notna().to_numpy() & g[TARGET].notna().to_numpy()
+        if competitor:
+            ok &= g[competitor].astype(float).gt(0).to_numpy()
+        g, p = g[ok], p[ok]
+        log_index = np.log(p / references[uid]).to_numpy()
+        if len(g) < min_periods or np.std(log_index) < 1e-3:
+            continue
+        position = np.arange(len(g)) / season
+        columns = [np.ones(len(g)), log_index]
+        if competitor:
+            columns.append(np.log(g[competitor].astype(float).to_numpy() / p.to_numpy()))
+        for c in controls:
+            values = g[c].astype(float).fillna(0).to_numpy()
+            if np.std(values) > 0:
+                columns.append(values)
+        if len(g) >= 2 * season // 3:
+            columns += [np.sin(2 * np.pi * position), np.cos(2 * np.pi * position),
+                        np.sin(4 * np.pi * position), np.cos(4 * np.pi * position)]
+        columns.append(position / max(position.max(), 1e-9))
+        x = np.column_stack(columns)
+        y = g[TARGET].to_numpy(dtype=float)
+        if y.sum() <= 0:
+            continue
+        try:
+            with warnings.catch_warnings():
+                # A rank-deficient design (a control that never varies with the rest) is solved by the
+                # pseudo-inverse; the price coefficient stays identified or its standard error says it is not.
+                warnings.simplefilter("ignore")
+                # Quasi-Poisson: the standard errors carry the demand's over-dispersion (scale from Pearson's X2).
+                fit = sm.GLM(y, x, family=sm.families.Poisson()).fit(scale="X2")
+        except (ValueError, np.linalg.LinAlgError):
+            continue
+        params, se = np.asarray(fit.params), np.asarray(fit.bse)
+        if not np.all(np.isfinite(params[:2])) or not np.isfinite(se[1]):
+            continue
+        estimates[uid] = {"own_raw": float(params[1]), "own_se": float(se[1]),
+                          "competitor_raw": float(params[2]) if competitor else 0.0,
+                          "competitor_se": float(se[2]) if competitor else 0.0}
+    out: dict[str, dict] = {}
+    pooled = {}
+    for key in ("own", "competitor"):
+        raw = np.array([e[f"{key}_raw"] for e in estimates.values()])
+        se = np.array([e[f"{key}_se"] for e in estimates.values()])
+        if len(raw) == 0:
+            pooled[key] = (0.0, 0.0)
+            continue
+        w = 1 / np.maximum(se, 1e-6) ** 2
+        mean = float(np.sum(w * raw) / np.sum(w))
+        # DerSimonian-Laird: the spread of the true responses beyond what the standard errors explain.
+        tau2 = float(max(0.0, np.var(raw) - np.mean(se ** 2))) if len(raw) > 1 else 0.0
+        pooled[key] = (mean, tau2)
+    for uid in sorted(frame[ID].unique()):
+        e = estimates.get(uid)
+        row = {"pooled": e is None}
+        for key in ("own", "competitor"):
+            mean, tau2 = pooled[key]
+            if e is None:
+                value = mean
+            else:
+                weight = tau2 / (tau2 + e[f"{key}_se"] ** 2) if tau2 > 0 else 0.0
+                value = weight * e[f"{key}_raw"] + (1 - weight) * mean
+                row[f"{key}_raw"], row[f"{key}_se"] = e[f"{key}_raw"], e[f"{key}_se"]
+            if sign_constraints:
+                value = min(value, 0.0) if key == "own" else max(value, 0.0)
+            row[key] = float(value)
+        if not competitor:
+            row["competitor"] = 0.0
+        out[uid] = row
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ backtests
 
 
@@ -770,7 +913,8 @@ def window_origins(series: SeriesFrame, windows: int, horizon: int, before: pd.T
 
 
 def rolling_backtest(params: DemandParams, series: SeriesFrame, *, windows: int, horizon: int, threads: int,
-                     seed: int, monotone_price: bool = True, before: pd.Timestamp | None = None,
+                     seed: int, monotone_price: bool = True, price_response: str = "loglinear",
+                     before: pd.Timestamp | None = None,
                      on_window: Callable[[int, pd.DataFrame], None] | None = None) -> pd.DataFrame:
     """Refit at each origin on the data up to it and forecast the next ``horizon`` periods.
 
@@ -787,7 +931,7 @@ def rolling_backtest(params: DemandParams, series: SeriesFrame, *, windows: int,
         if past.frame.groupby(ID).size().max() < need:
             continue  # too early for this model: no series has the history it learns from
         model = DemandForecaster(params, horizon=horizon, max_horizon=horizon, threads=threads, seed=seed,
-                                 monotone_price=monotone_price).fit(past)
+                                 monotone_price=monotone_price, price_response=price_response).fit(past)
         actual = series.between(origin, origin + horizon * pd.tseries.frequencies.to_offset(series.freq))
         ids = sorted(set(actual[ID]) & set(model.history_[ID]))
         prices = ({uid: g.sort_values(TIME)[series.price[0]].to_numpy() for uid, g in actual.groupby(ID)}
@@ -994,7 +1138,8 @@ def train_demand_model(series: SeriesFrame, config: DemandConfig, storage_url: s
     offset = pd.tseries.frequencies.to_offset(series.freq)
     test_origin = series.end - config.test_windows * h * offset
     train_part = series.until(test_origin)
-    common = {"horizon": h, "threads": config.threads, "seed": config.seed, "monotone_price": config.monotone_price}
+    common = {"horizon": h, "threads": config.threads, "seed": config.seed, "monotone_price": config.monotone_price,
+              "price_response": config.price_response}
 
     study = open_study(study_name, storage_url, config.seed, config.pruning, config.heartbeat_seconds,
                        direction="minimize")
