@@ -166,7 +166,7 @@ def _log_study(result: DemandResult) -> None:
         mlflow.log_artifact(str(path), "study")
     complete = result.trials[result.trials["state"] == "COMPLETE"].sort_values("number")
     best = np.inf
-    for number, value in zip(complete["number"], complete["value"]):
+    for number, value in zip(complete["number"], complete["value"], strict=True):
         best = min(best, float(value))
         mlflow.log_metric("study_best_value", best, step=int(number))
     mlflow.log_metrics({"study_trials": len(result.trials),

@@ -58,7 +58,7 @@ def shap_summary_figure(contributions: pd.DataFrame, features: pd.DataFrame) -> 
 def forecast_figure(test: pd.DataFrame, series: list[str], history: pd.DataFrame | None = None) -> plt.Figure:
     """Forecast (p50 with its p10-p90 band) against actuals for a few series over the test windows."""
     fig, axes = plt.subplots(len(series), 1, figsize=(8, 2.2 * len(series)), squeeze=False)
-    for ax, uid in zip(axes[:, 0], series):
+    for ax, uid in zip(axes[:, 0], series, strict=True):
         part = test[test["unique_id"] == uid].sort_values("ds")
         if history is not None:
             past = history[history["unique_id"] == uid].sort_values("ds").tail(52)

@@ -2,7 +2,7 @@
 
 ``run_demo`` simulates an organisation, ingests it with quarantine, trains the sentiment model, builds and
 materialises the feature views, makes demo principals, trains every task the demo covers (today the
-opportunity-loss risk model), audits each version, approves it as the demo validator when the gate says REVIEW
+opportunity-loss risk model and the product-demand model), audits each version, approves it as the demo validator when the gate says REVIEW
 (a FAIL stops the demo with the failing checks) and promotes it. It returns what happened; the ``salesml demo``
 command prints it and then serves the champions. Progress goes to the ``say`` and ``progress`` callbacks.
 """
@@ -24,7 +24,7 @@ from training.registry import get_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 #: The tasks the demo trains, audits, promotes and serves, in order.
-DEMO_TASKS = ("opportunity_loss",)
+DEMO_TASKS = ("opportunity_loss", "product_demand")
 STEPS = 8
 
 
@@ -83,20 +83,31 @@ def make_demo_principals(settings: Settings, store) -> dict:
     return {"tokens": tokens, "file": str(path), "opportunity_id": opportunity}
 
 
-def curl_examples(port: int, people: dict, task: str = "opportunity_loss") -> list[str]:
+def curl_examples(port: int, people: dict, task: str = "opportunity_loss", demand: dict | None = None
+                  ) -> list[str]:
     """Example requests a user can paste once the service is up: the task's kind endpoint as the rep, the manager
-    and the executive, the model list, and the dashboard."""
+    and the executive, a demand forecast and its what-if at a 10% higher price (when ``demand`` names a product
+    and its last price), the model list, and the dashboard."""
     definition = get_task(task)
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"task": task, "records": [{definition.data.id_column: people["opportunity_id"]}]})
     tokens = people["tokens"]
     endpoint = definition.definition().serving.endpoint
-    return [
+    lines = [
         f"curl -s {base}{endpoint} -H 'Authorization: Bearer {tokens[who]['token']}' "
         f"-H 'content-type: application/json' -d '{body}'    # as the {who}"
         for who in ("rep", "manager", "executive")
-    ] + [f"curl -s {base}/models",
-         f"# the dashboard, in a browser: {base}/dashboard?token={tokens['executive']['token']}"]
+    ]
+    if demand:
+        forecast = get_task(demand["task"]).definition().serving.endpoint
+        ask = {"task": demand["task"], "series": [{"product_id": demand["product_id"]}], "horizon": 12}
+        dearer = {**ask, "prices": {demand["product_id"]: [round(demand["price"] * 1.1, 2)] * 12}}
+        for text, why in ((json.dumps(ask), "demand forecast, p10/p50/p90"),
+                          (json.dumps(dearer), "the same at a 10% higher price")):
+            lines.append(f"curl -s {base}{forecast} -H 'Authorization: Bearer {tokens['manager']['token']}' "
+                         f"-H 'content-type: application/json' -d '{text}'    # {why}")
+    return lines + [f"curl -s {base}/models",
+                    f"# the dashboard, in a browser: {base}/dashboard?token={tokens['executive']['token']}"]
 
 
 def run_demo(settings: Settings, config: DemoConfig, trainer: str,
@@ -114,12 +125,12 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
     Raises:
         DemoGateError: when the audit fails a model.
     """
-    from experiments.risk_run import run_risk_training
     from features.ingest import discover_sources, ingest
     from features.pipeline import build_view, materialize, resolve_cutoffs, train_text_model
     from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
     from features.store import FeatureStore
     from monitoring import gate, review
+    from training.registry import resolve
     from training.tasks import load_config
 
     tick = progress or (lambda name, done, total: None)
@@ -144,13 +155,14 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
     validator = next(p for p in load_principals(settings.access_file) if p.name == "demo-validator")
     models = []
     for task in DEMO_TASKS:
-        name = get_task(task).model_name
+        definition = get_task(task)
+        name, kind = definition.model_name, definition.definition()
         say(5, f"training {name} ({config.trials} Optuna trials)")
-        train_config = load_config(CONFIGS / f"{task}.yaml", task=task, trials=config.trials,
+        train_config = load_config(CONFIGS / f"{task}.yaml", resolve(kind.config), task=task, trials=config.trials,
                                    threads=settings.threads)
-        trained = run_risk_training(settings, task, train_config, trainer,
-                                    progress=lambda done, best: tick("trials", done, config.trials),
-                                    status=lambda text: say(5, text))
+        trained = resolve(kind.tracked_run)(settings, task, train_config, trainer,
+                                            progress=lambda done, best: tick("trials", done, config.trials),
+                                            status=lambda text: say(5, text))
         version = trained["version"]
         say(6, f"auditing {name} version {version}")
         outcome = gate.audit_version(settings, name, version)
@@ -169,9 +181,25 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
         models.append({"task": task, "trained": trained, "audit": {"gate": outcome.gate, "report": str(outcome.report)},
                        "review": decision, "promoted": promoted})
     first = models[0]
+    demand = _demand_example(settings, models)
     return DemoReport({"simulated": written["tables"], "ingest": report.to_dict(), "sentiment": sentiment,
                        "features": views, "home": str(settings.home), "models": models,
                        # The first model's figures at the top, as the demo printed them before it trained several.
                        "trained": first["trained"], "audit": first["audit"], "review": first["review"],
                        "promoted": first["promoted"], "tokens_file": people["file"],
-                       "curl": curl_examples(config.port, people, first["task"])})
+                       "curl": curl_examples(config.port, people, first["task"], demand)})
+
+
+def _demand_example(settings: Settings, models: list[dict]) -> dict | None:
+    """The best-selling product of the demand model the demo promoted, and its last price (for the curl lines)."""
+    from features.store import FeatureStore
+
+    trained = next((m for m in models if get_task(m["task"]).kind == "demand"), None)
+    if trained is None:
+        return None
+    with FeatureStore.from_settings(settings, read_only=True) as store:
+        products = store.table("products").select("product_id", "list_price").execute()
+        lines = store.table("order_lines").execute()
+    top = lines.groupby("product_id")["quantity"].sum().sort_values(ascending=False).index[0]
+    price = float(products.set_index("product_id").loc[top, "list_price"])
+    return {"task": trained["task"], "product_id": str(top), "price": price}

@@ -94,8 +94,48 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     task = info.tags.get(TAG_TASK) or candidate.metadata.get("task")
     kind = get_kind(info.tags.get(TAG_TASK_KIND) or canonical_model_name(name).partition(".")[0])
     policy = load_policy(task, policy_path, kind.name)
-    config = config or task_config(task)
     evaluation = load_evaluation(client, info)
+    if kind.name == "demand":
+        checks, audit_window = _demand_checks(settings, client, name, str(version), candidate, info, policy,
+                                              evaluation, task)
+    else:
+        checks, audit_window = _risk_checks(settings, client, name, str(version), candidate, info, policy,
+                                            evaluation, task, kind, config)
+    gate = gate_of([c.status for c in checks])
+    context = {"task": task, "kind": kind.name, "trainer": info.tags.get(TAG_TRAINER, ""),
+               "training window": info.tags.get(TAG_WINDOW, ""),
+               "audit window": audit_window["window"],
+               "champion": audit_window["champion"], "feature version": info.tags.get(TAG_FEATURE_VERSION, ""),
+               "audited at": now_iso()}
+    context.update({f"{check} (not applicable)": why for check, why in policy.not_applicable().items()})
+    report_html = render_report(name, str(version), gate, checks, context)
+    result = {"model": name, "version": str(version), "gate": gate, "checks": [c.to_dict() for c in checks]}
+    if policy.not_applicable():
+        result["not_applicable"] = policy.not_applicable()
+    folder = settings.home / "reports" / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    report = folder / "audit.html"
+    report.write_text(report_html)
+    result["report"] = str(report)
+    (folder / "audit.json").write_text(json.dumps(result, indent=1))
+    client.log_artifact(info.run_id, str(report), f"audit/v{version}")
+    client.log_artifact(info.run_id, str(folder / "audit.json"), f"audit/v{version}")
+    tags = {TAG_GATE: gate, TAG_REPORT: str(report), TAG_AUDITED_AT: now_iso()}
+    tags.update({f"salesml.audit.{c.name}": c.status for c in checks})
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    append_audit_log(settings, {"action": "audit", "model": name, "version": str(version), "gate": gate,
+                                "checks": {c.name: c.status for c in checks}})
+    if gate == "PASS" and policy.auto_promote:
+        result["promoted"] = promote(settings, name, str(version), Principal("policy:auto_promote",
+                                                                             "model_validator", "all", ""))
+    return AuditOutcome(gate, checks, result, report)
+
+
+def _risk_checks(settings: Settings, client, name: str, version: str, candidate, info, policy: Policy,
+                 evaluation: dict, task: str, kind, config: RiskConfig | None) -> tuple[list[CheckResult], dict]:
+    """The checks of a risk version on its run's evaluation window (and the audit context's window lines)."""
+    config = config or task_config(task)
     window, split = evaluation["window"], evaluation["split"]
     meta = candidate.metadata
     label, entity, time_column = meta["label"], meta.get("id_column"), meta.get("time_column")
@@ -153,36 +193,75 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
         explain = policy.check("explanations")
         checks.append(audit_explanations(candidate, window, explain.monotone, explain, config.seed))
     _offer_mitigation(settings, name, str(version), candidate, checks, policy, window)
-    gate = gate_of([c.status for c in checks])
-    context = {"task": task, "kind": kind.name, "trainer": info.tags.get(TAG_TRAINER, ""),
-               "training window": info.tags.get(TAG_WINDOW, ""),
-               "audit window": f"{len(window)} labelled rows logged by the training run "
-                               f"({split.get('test', 'held-out test split')})",
-               "champion": champion_note, "feature version": info.tags.get(TAG_FEATURE_VERSION, ""),
-               "audited at": now_iso()}
-    context.update({f"{check} (not applicable)": why for check, why in policy.not_applicable().items()})
-    report_html = render_report(name, str(version), gate, checks, context)
-    result = {"model": name, "version": str(version), "gate": gate, "checks": [c.to_dict() for c in checks]}
-    if policy.not_applicable():
-        result["not_applicable"] = policy.not_applicable()
-    folder = settings.home / "reports" / name / str(version)
-    folder.mkdir(parents=True, exist_ok=True)
-    report = folder / "audit.html"
-    report.write_text(report_html)
-    result["report"] = str(report)
-    (folder / "audit.json").write_text(json.dumps(result, indent=1))
-    client.log_artifact(info.run_id, str(report), f"audit/v{version}")
-    client.log_artifact(info.run_id, str(folder / "audit.json"), f"audit/v{version}")
-    tags = {TAG_GATE: gate, TAG_REPORT: str(report), TAG_AUDITED_AT: now_iso()}
-    tags.update({f"salesml.audit.{c.name}": c.status for c in checks})
-    for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, value)
-    append_audit_log(settings, {"action": "audit", "model": name, "version": str(version), "gate": gate,
-                                "checks": {c.name: c.status for c in checks}})
-    if gate == "PASS" and policy.auto_promote:
-        result["promoted"] = promote(settings, name, str(version), Principal("policy:auto_promote",
-                                                                             "model_validator", "all", ""))
-    return AuditOutcome(gate, checks, result, report)
+    return checks, {"window": f"{len(window)} labelled rows logged by the training run "
+                              f"({split.get('test', 'held-out test split')})", "champion": champion_note}
+
+
+def _demand_checks(settings: Settings, client, name: str, version: str, candidate, info, policy: Policy,
+                   evaluation: dict, task: str) -> tuple[list[CheckResult], dict]:
+    """The checks of a demand version: against the champion on the latest test window, the baselines of its
+    run, interval coverage, drift of the target and the inputs, explanations and the price response."""
+    from monitoring.demand_audits import (
+        audit_baselines,
+        audit_demand_explanations,
+        audit_intervals,
+        audit_monotone_price,
+    )
+
+    window, reference, recent = evaluation["window"], evaluation["reference"], evaluation["recent"]
+    metrics = client.get_run(info.run_id).data.metrics
+    latest = window[window["origin"] == window["origin"].max()].reset_index(drop=True)
+    origin = pd.Timestamp(latest["origin"].iloc[0])
+    champion_info = get_alias(client, name, CHAMPION)
+    champion, champion_note = None, "none"
+    p_champion = None
+    if champion_info is not None and str(champion_info.version) != str(version):
+        champion, _ = load_version_model(client, name, str(champion_info.version))
+        champion_note = str(champion_info.version)
+        history = reference[reference["ds"] <= origin]
+        ids = sorted(set(latest["unique_id"]) & set(champion.history_["unique_id"]))
+        if len(ids) < latest["unique_id"].nunique():
+            champion_note += " (not comparable: it does not forecast every series of the window)"
+            champion = None
+        else:
+            h = int(latest["step"].max())
+            prices = None
+            if champion.roles_["price"] and champion.roles_["price"][0] in latest.columns:
+                column = champion.roles_["price"][0]
+                prices = {u: g.sort_values("step")[column].to_numpy() for u, g in latest.groupby("unique_id")}
+            forecast = champion.forecast(h, prices=prices, ids=ids, history=history[history["unique_id"].isin(ids)])
+            p_champion = latest[["unique_id", "ds"]].merge(forecast, on=["unique_id", "ds"], how="left")["p50"]
+            p_champion = p_champion.fillna(0.0).to_numpy()
+            if champion.history_["ds"].max() > origin:
+                champion_note += (f" (trained on data up to {champion.history_['ds'].max():%Y-%m-%d}, past the window's"
+                                  " origin: its figure is optimistic)")
+    kind = get_kind("demand")
+    checks: list[CheckResult] = []
+    running = policy.running()
+    if "performance" in running:
+        performance = policy.check("performance")
+        checks.append(audit_performance(latest["y"].to_numpy(), latest["p50"].to_numpy(), p_champion, performance,
+                                        kind.metric(performance.metric)))
+    if "baselines" in running:
+        checks.append(audit_baselines(metrics, policy.check("baselines")))
+    if "intervals" in running:
+        checks.append(audit_intervals(metrics, policy.check("intervals")))
+    if "drift" in running:
+        drift_policy = policy.check("drift")
+        inputs = [c for c in ("y", *candidate.roles_["price"], *candidate.roles_["competitor"],
+                              *candidate.roles_["planned"], *candidate.roles_["observed"]) if c in reference.columns]
+        current = recent if recent is not None and len(recent) else latest
+        drift = audit_drift(reference, current, inputs, [], None, None, drift_policy, 0)
+        drift.figures["current_source"] = (f"the test windows' actual rows ({len(current)} series-periods after "
+                                           f"{origin:%Y-%m-%d})")
+        checks.append(drift)
+    if "explanations" in running:
+        checks.append(audit_demand_explanations(candidate, policy.check("explanations")))
+    if "monotone_price" in running:
+        checks.append(audit_monotone_price(candidate, policy.check("monotone_price"), candidate.horizon))
+    return checks, {"window": f"the latest test window: {latest['unique_id'].nunique()} series x "
+                              f"{int(latest['step'].max())} periods after {origin:%Y-%m-%d}",
+                    "champion": champion_note}
 
 
 def latest_rows(settings: Settings, task: str, recent: pd.DataFrame | None, window: pd.DataFrame

@@ -23,11 +23,12 @@ from starlette.concurrency import run_in_threadpool
 from salesml.access import AccessError, Principal, authenticate
 from salesml.settings import Settings
 from serving.dashboard import dashboard_data, dashboard_html
+from serving.demand import forecast_request, log_records, series_ids
 from serving.inference_log import InferenceLogger
 from serving.predict import RequestError, check_role, out_of_scope, resolve_parts, score_request, unknown_ids
-from serving.schemas import ErrorResponse, ModelsResponse, ScoreRequest, ScoreResponse
+from serving.schemas import ErrorResponse, ForecastRequest, ModelsResponse, ScoreRequest
 from serving.state import ModelServer
-from training.registry import KINDS
+from training.registry import KINDS, resolve
 
 log = logging.getLogger(__name__)
 D3 = Path(__file__).resolve().parent / "web" / "node_modules" / "d3" / "dist" / "d3.min.js"
@@ -174,14 +175,43 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         # scoring them, so they go out as they are.
         return Response(orjson.dumps({"results": results}), media_type="application/json")
 
+    async def forecast(body: ForecastRequest, request: Request) -> Response:
+        """Forecast demand with the champion of a demand task: p10 / p50 / p90 per series and period, along a
+        what-if price path when one is given. Products are not customer data: every scoring role may forecast
+        every series (no record scope)."""
+        principal = principal_of(request)
+        check_role(principal.role)
+        server = server_provider()
+        served = server.state.served.get(body.task)
+        if served is None or served.kind != "demand":
+            known = ", ".join(sorted(t for t, s in server.state.served.items() if s.kind == "demand")) or "none"
+            elsewhere = (f"; task {body.task!r} is a {served.kind} task: use {KINDS[served.kind].serving.endpoint}"
+                         if served is not None and served.kind in KINDS else "")
+            raise RequestError(404, "task", f"no demand champion serves task {body.task!r} (served: {known})"
+                               f"{elsewhere}")
+        ids = series_ids([ref.model_dump() for ref in body.series])
+        model = served.model
+        forecasts = await run_in_threadpool(forecast_request, model, ids, body.horizon, body.prices,
+                                            min(settings.max_batch_rows, model.max_series))
+        logger = logger_provider()
+        if logger is not None:
+            inputs, results = log_records(forecasts, body.horizon, body.prices)
+            logger.log(served.task, principal.name, served.name, served.version, inputs, results, "series",
+                       served.kind, KINDS[served.kind].serving.prediction)
+        history_end = model.history_["ds"].max().strftime("%Y-%m-%d")
+        return Response(orjson.dumps({"task": served.task, "model": served.name, "version": served.version,
+                                      "horizon": body.horizon, "history_end": history_end,
+                                      "forecasts": forecasts}), media_type="application/json")
+
     # Each kind's endpoint comes from the task registry; older paths stay as documented, deprecated aliases.
-    handlers = {"risk": score}
+    handlers = {"risk": score, "demand": forecast}
     for kind in KINDS.values():
         handler = handlers[kind.name]
-        app.post(kind.serving.endpoint, response_model=ScoreResponse, responses=ERRORS,
+        response = resolve(kind.serving.response_schema)
+        app.post(kind.serving.endpoint, response_model=response, responses=ERRORS,
                  dependencies=[Security(BEARER)], name=f"{kind.name}_score")(handler)
         for path in kind.serving.legacy_endpoints:
-            app.post(path, response_model=ScoreResponse, responses=ERRORS, dependencies=[Security(BEARER)],
+            app.post(path, response_model=response, responses=ERRORS, dependencies=[Security(BEARER)],
                      deprecated=True, name=f"{kind.name}_score_{path.strip('/').replace('/', '_')}",
                      description=f"The old path of {kind.serving.endpoint}, kept as an alias.")(handler)
 

@@ -14,7 +14,8 @@ from experiments.registered import RegistryError, get_alias, load_version_model,
 from experiments.registry import CHAMPION
 from experiments.tracking import configure_mlflow
 from salesml.settings import Settings
-from serving.predict import Resolved, check_feature_frame, load_rules, score_records
+from serving.predict import RequestError, Resolved, check_feature_frame, load_rules, score_records
+from training.registry import canonical_model_name
 
 
 def _chunks(path: Path, rows: int):
@@ -49,8 +50,64 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
     if champion is None:
         raise RegistryError(f"{name} has no champion: promote a version first")
     model, info = load_version_model(client, name, str(champion.version))
+    if canonical_model_name(name).partition(".")[0] == "demand":
+        return forecast_file(model, name, str(info.version), task, source, target)
     return score_rows(model, name, str(info.version), task, source, target, k, chunk_rows, progress,
                       approximate=settings.reasons == "fast")
+
+
+#: Columns a demand batch file may name its series by, in the order they are looked for.
+SERIES_COLUMNS = ("unique_id", "product_id", "series_id", "series")
+
+
+def forecast_file(model, name: str, version: str, task: str, source: Path, target: Path) -> dict:
+    """Forecast every series a file names with a demand model and write one row per series and period.
+
+    The file has a series column (``unique_id``, ``product_id``, ``series_id`` or ``series``) and either one row
+    per series with an optional ``horizon`` (default: the model's), or one row per series and period with
+    ``step`` and ``price`` (a what-if price path).
+
+    Raises:
+        ValueError: naming the file and what is wrong with it (no series column, an unknown series, a bad price
+        or horizon).
+    """
+    from serving.demand import forecast_request
+
+    frame = _read_table(source)
+    column = next((c for c in SERIES_COLUMNS if c in frame.columns), None)
+    if column is None:
+        raise ValueError(f"{source}: no series column (one of {', '.join(SERIES_COLUMNS)})")
+    frame[column] = frame[column].astype(str)
+    ids = list(dict.fromkeys(frame[column]))
+    prices = None
+    if "price" in frame.columns and frame["price"].notna().any():
+        ordered = frame.sort_values([column, "step"] if "step" in frame.columns else [column], kind="stable")
+        prices = {uid: g["price"].astype(float).tolist() for uid, g in ordered.groupby(column, sort=False)}
+        horizon = min(len(p) for p in prices.values())
+    elif "horizon" in frame.columns:
+        horizon = int(pd.to_numeric(frame["horizon"], errors="coerce").max())
+    else:
+        horizon = model.horizon
+    try:
+        forecasts = forecast_request(model, ids, horizon, prices, max_series=len(ids))
+    except RequestError as exc:
+        ids_text = f" ({', '.join(exc.ids[:10])})" if exc.ids else ""
+        raise ValueError(f"{source}: {exc.field}: {exc.reason}{ids_text}") from None
+    rows = [{column: f["series"], **point, "price_path": f["price_path"], "model": name, "version": version}
+            for f in forecasts for point in f["points"]]
+    out = pd.DataFrame(rows)
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.name.lower().endswith(".csv"):
+        out.to_csv(target, index=False)
+    else:
+        out.to_parquet(target, index=False)
+    return {"task": task, "model": name, "version": version, "rows": len(out), "rows_read": len(frame),
+            "series": len(ids), "horizon": horizon, "output": str(target), "rejected": 0, "rejected_file": None}
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path) if path.name.lower().endswith(".csv") else pd.read_parquet(path)
 
 
 def rejected_file(target: Path) -> Path:

@@ -87,3 +87,53 @@ class ModelsResponse(BaseModel):
 
     models: list[ServedModel]
     refused: dict[str, str]
+
+
+class SeriesRef(BaseModel):
+    """A series to forecast: a product (``product_id``) or any series by its id (``unique_id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    product_id: Annotated[StrictStr | None, Field(None, min_length=1, max_length=200)] = None
+    unique_id: Annotated[StrictStr | None, Field(None, min_length=1, max_length=200)] = None
+
+
+class ForecastRequest(BaseModel):
+    """Series to forecast with a demand champion, optionally along what-if price paths."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: Annotated[str, Field(min_length=1, max_length=100, description="e.g. product_demand")]
+    series: Annotated[list[SeriesRef], Field(min_length=1, description="Each {product_id} or {unique_id}.")]
+    horizon: Annotated[StrictInt, Field(ge=1, description="Periods ahead (at most the model's max_horizon).")]
+    prices: dict[str, list[FiniteFloat]] | None = Field(None, description=(
+        "A what-if price path per series id: one price per period ahead (at least `horizon`). Without one, the "
+        "last known price holds."))
+
+
+class ForecastPoint(BaseModel):
+    """One period of a series' forecast."""
+
+    step: int
+    period_start: str
+    p10: float
+    p50: float
+    p90: float
+    price: float | None = Field(None, description="The price the forecast assumes for the period.")
+
+
+class SeriesForecast(BaseModel):
+    """A series' forecast, period by period."""
+
+    series: str
+    price_path: Literal["given", "last known price", "none"]
+    points: list[ForecastPoint]
+
+
+class ForecastResponse(BaseModel):
+    """The forecasts of every requested series, in request order, and the model that made them."""
+
+    task: str
+    model: str
+    version: str
+    horizon: int
+    history_end: str = Field(description="The last period the model's history holds: step 1 is the next one.")
+    forecasts: list[SeriesForecast]

@@ -154,9 +154,13 @@ class ModelServer:
         if info is None:
             raise RegistryError(f"{name} has no champion")
         model, info = load_version_model(self.client, name, str(info.version))
-        task = info.tags.get(TAG_TASK) or model.metadata.get("task")
-        lookup = self._prepared_lookup(store, task, name, str(info.version), model)
         kind = info.tags.get(TAG_TASK_KIND) or canonical_model_name(name).partition(".")[0]
+        task = info.tags.get(TAG_TASK) or model.metadata.get("task")
+        if kind == "risk":
+            lookup = self._prepared_lookup(store, task, name, str(info.version), model)
+        else:
+            # A demand model carries its own history: nothing to look up per request.
+            lookup = Lookup("unique_id", pd.DataFrame(), source=f"{name}@{info.version}")
         return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
                       info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"), kind)
 
@@ -244,7 +248,7 @@ class ModelServer:
     def _stale_lookups(self, state: ServingState) -> list[Served]:
         """Served view tasks whose lookup is older than the newest materialised version of their view."""
         views = {s.task: TASKS[s.task].data.name for s in state.served.values()
-                 if s.task in TASKS and TASKS[s.task].data.source == "view"}
+                 if s.kind == "risk" and s.task in TASKS and TASKS[s.task].data.source == "view"}
         if not views:
             return []
         # Open the store only once it has changed: every open is a moment in which a writer (an ingest starting)

@@ -410,8 +410,9 @@ class DemandForecaster:
     """
 
     def __init__(self, params: DemandParams, *, horizon: int, max_horizon: int, threads: int = 2, seed: int = 42,
-                 monotone_price: bool = True, price_response: str = "loglinear"):
+                 monotone_price: bool = True, price_response: str = "loglinear", max_series: int = 1000):
         self.params = params
+        self.max_series = max_series
         self.horizon = horizon
         self.max_horizon = max_horizon
         self.threads = threads
@@ -463,16 +464,12 @@ class DemandForecaster:
         return self
 
     def _fit_mlforecast(self, features: pd.DataFrame):
-        from mlforecast import MLForecast
 
         season = self.season_length_
         lags = [lag for lag in lags_of(self.params.lags, season)
                 if lag < features.groupby(ID).size().min() - 1]
         self.lags_ = lags
-        mlf = MLForecast(models={}, freq=self.freq_, lags=lags,
-                         lag_transforms=_lag_transforms(self.params.windows, season),
-                         date_features=_date_features(self.freq_),
-                         target_transforms=_target_transforms(self.params.transform, season), num_threads=1)
+        mlf = self._mlforecast(lags)
         static = [c for c in self.roles_["static"]]
         prepared = mlf.preprocess(features, static_features=static, dropna=False)
         order = mlf.ts.features_order_
@@ -489,6 +486,16 @@ class DemandForecaster:
         mlf.models_ = {"model": model}
         self.categories_ = {c: list(x[c].cat.categories) for c in static}
         return mlf
+
+    def _mlforecast(self, lags: list[int]):
+        """An unfitted MLForecast with this model's features and target transform."""
+        from mlforecast import MLForecast
+
+        season = self.season_length_
+        return MLForecast(models={}, freq=self.freq_, lags=lags,
+                          lag_transforms=_lag_transforms(self.params.windows, season),
+                          date_features=_date_features(self.freq_),
+                          target_transforms=_target_transforms(self.params.transform, season), num_threads=1)
 
     def _monotone(self, order: Sequence[str]) -> list[int] | None:
         if not (self.monotone_price and self._price_features):
@@ -702,6 +709,24 @@ class DemandForecaster:
         return pd.DataFrame({ID: wanted, "elasticity": e.to_numpy(), "units_low": low.to_numpy(),
                              "units_high": high.to_numpy()})
 
+    def feature_importance(self, rows: int = 2000, seed: int = 0) -> pd.Series:
+        """Mean |TreeSHAP contribution| of each booster feature on up to ``rows`` of the latest history rows."""
+        # A fresh MLForecast: preprocessing refits the series state, which the fitted one must keep.
+        x = self._mlforecast(self.lags_).preprocess(self._features(self._normalised(self.history_)),
+                                                    static_features=list(self.roles_["static"]), dropna=False)
+        x = x[self.features_].tail(rows * 4).sample(min(rows, len(x)), random_state=seed).copy()
+        for column in self.roles_["static"]:
+            x[column] = pd.Categorical(x[column], categories=self.categories_[column])
+        booster = self.mlf_.models_["model"]
+        if self.params.family == "lightgbm":
+            native = booster.booster if hasattr(booster, "booster") else booster.booster_
+            values = np.asarray(native.predict(x, pred_contrib=True, num_threads=self.threads))
+        else:
+            import xgboost as xgb
+
+            values = booster.get_booster().predict(xgb.DMatrix(x, enable_categorical=True), pred_contribs=True)
+        return pd.Series(np.abs(values[:, :-1]).mean(axis=0), index=self.features_).sort_values(ascending=False)
+
     # ----------------------------------------------------------------------------- files
 
     def save(self, folder: Path) -> dict[str, str]:
@@ -723,6 +748,7 @@ class DemandForecaster:
             "kind": "demand", "params": self.params.to_dict(), "horizon": self.horizon,
             "max_horizon": self.max_horizon, "threads": self.threads, "seed": self.seed,
             "monotone_price": self.monotone_price, "price_response": self.price_response,
+            "max_series": self.max_series,
             "price_effects": self.price_effects_, "freq": self.freq_, "season_length": self.season_length_,
             "roles": self.roles_, "references": self.references_, "scales": self.scales_,
             "holidays": [pd.Timestamp(d).strftime("%Y-%m-%d") for d in self.holidays_],
@@ -738,13 +764,12 @@ class DemandForecaster:
     @classmethod
     def load(cls, folder: Path) -> DemandForecaster:
         """Rebuild a saved model: the features are recomputed from the saved history (no pickle)."""
-        from mlforecast import MLForecast
 
         folder = Path(folder)
         meta = json.loads((folder / "demand.json").read_text())
         model = cls(DemandParams.from_dict(meta["params"]), horizon=meta["horizon"], max_horizon=meta["max_horizon"],
                     threads=meta["threads"], seed=meta["seed"], monotone_price=meta["monotone_price"],
-                    price_response=meta.get("price_response", "booster"))
+                    price_response=meta.get("price_response", "booster"), max_series=meta.get("max_series", 1000))
         model.price_effects_ = meta.get("price_effects", {})
         model.freq_, model.season_length_ = meta["freq"], meta["season_length"]
         model.roles_, model.references_, model.scales_ = meta["roles"], meta["references"], meta["scales"]
@@ -753,10 +778,7 @@ class DemandForecaster:
         model.features_, model.lags_, model.categories_ = meta["features"], meta["lags"], meta["categories"]
         model.interval_quantiles_ = meta["interval_quantiles"]
         model.history_ = pd.read_parquet(folder / "history.parquet")
-        mlf = MLForecast(models={}, freq=model.freq_, lags=model.lags_,
-                         lag_transforms=_lag_transforms(model.params.windows, model.season_length_),
-                         date_features=_date_features(model.freq_),
-                         target_transforms=_target_transforms(model.params.transform, model.season_length_), num_threads=1)
+        mlf = model._mlforecast(model.lags_)
         mlf.preprocess(model._features(model._normalised(model.history_)), static_features=list(model.roles_["static"]),
                        dropna=False)
         if list(mlf.ts.features_order_) != model.features_:
@@ -1210,7 +1232,8 @@ def train_demand_model(series: SeriesFrame, config: DemandConfig, storage_url: s
     by_series = metrics_by(test, ID)
 
     say("fitting the final model on the whole history")
-    model = DemandForecaster(best, max_horizon=config.served_horizon, **common).fit(
+    model = DemandForecaster(best, max_horizon=config.served_horizon, max_series=config.max_series_per_request,
+                             **common).fit(
         series, calibration_windows=config.calibration_windows)
     elasticities = model.elasticities(h, config.elasticity_step)
     if len(elasticities):

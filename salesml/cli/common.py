@@ -257,6 +257,10 @@ def resolve_legacy_task(task: str | None, legacy: str | None, command: str) -> s
     """
     if task == LEGACY_TRAIN and legacy:
         return legacy
+    from training.registry import KIND_NAMES
+
+    if task in KIND_NAMES and legacy:  # `salesml score demand --task T`: the kind, then the task
+        return legacy
     if task and legacy and task != legacy:
         raise CommandError(f"name the task once: `salesml {command} {legacy}` (TASK and --task differ)")
     chosen = task or legacy

@@ -35,7 +35,8 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the main job end to end on the embedded defaults: simulate, ingest with quarantine, build the feature
-    views, train the opportunity-loss model, audit it, approve it as a demo validator, promote it and serve it."""
+    views, train the opportunity-loss and product-demand models, audit them, approve them as a demo validator,
+    promote them and serve them."""
     from monitoring.demo import STEPS, DemoConfig, DemoGateError, run_demo
 
     settings = get_settings()
@@ -62,8 +63,13 @@ def demo(
         stdout.print(rich)
         for model in r["models"]:
             trained, m = model["trained"], model["trained"]["metrics"]
-            stdout.print(f"{trained['model']} version {trained['version']}: test ROC AUC {m['test_roc_auc']:.3f} "
-                         f"(oracle {m.get('oracle_roc_auc') or float('nan'):.3f}); gate {model['audit']['gate']}; "
+            if "test_roc_auc" in m:
+                figures = (f"test ROC AUC {m['test_roc_auc']:.3f} "
+                           f"(oracle {m.get('oracle_roc_auc') or float('nan'):.3f})")
+            else:
+                figures = (f"test WAPE {m['test_wape']:.3f} (best baseline {m.get('best_baseline_wape') or float('nan'):.3f}),"
+                           f" 80% interval coverage {m.get('test_coverage_80') or float('nan'):.2f}")
+            stdout.print(f"{trained['model']} version {trained['version']}: {figures}; gate {model['audit']['gate']}; "
                          f"champion {model['promoted']['champion']}")
             stdout.print(f"audit report: {model['audit']['report']}")
         stdout.print(f"demo tokens (rep, manager, executive, validator): {r['tokens_file']}")

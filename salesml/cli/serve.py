@@ -174,6 +174,10 @@ def score(
         result = score_file(settings, task, input_file, output, reasons, chunk_rows, progress)
 
     def render(r: dict) -> None:
+        if "series" in r:
+            stdout.print(f"forecast {r['series']:,} series x {r['horizon']} periods with {r['model']} v{r['version']} into "
+                         f"{r['output']}", highlight=False)
+            return
         stdout.print(f"scored {r['rows']:,} of {r['rows_read']:,} rows with {r['model']} v{r['version']} into "
                      f"{r['output']}", highlight=False)
         if r["rejected"]:

@@ -149,7 +149,8 @@ def test_hot_reload_after_promote_and_the_inference_log(service):
     deadline = time.time() + 90
     served = None
     while time.time() < deadline:
-        served = httpx.get(f"{service['base']}/models", timeout=10).json()["models"][0]["version"]
+        models = httpx.get(f"{service['base']}/models", timeout=10).json()["models"]
+        served = next(m for m in models if m["task"] == "opportunity_loss")["version"]
         if served == version:
             break
         time.sleep(1)
@@ -174,6 +175,96 @@ def test_batch_scoring_uses_the_champion(service, tmp_path):
     assert result["rows"] == len(rows) == len(out)
     assert {"opportunity_id", "probability", "risk_band", "reasons", "actions", "version"} <= set(out.columns)
     assert json.loads(out["reasons"].iloc[0])
+
+
+def _forecast(svc, who, body):
+    return httpx.post(f"{svc['base']}/demand/forecast", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {svc['tokens'][who]}"})
+
+
+@pytest.mark.slow
+def test_demand_forecasts_with_intervals_what_if_prices_and_a_4xx_for_each_bad_input(service):
+    demo = service["demo"]
+    trained = next(m for m in demo["models"] if m["task"] == "product_demand")
+    assert trained["promoted"]["champion"] == trained["trained"]["version"] == "1"
+    port = service["base"].rsplit(":", 1)[1]
+    curls = [c for c in demo["curl"] if "/demand/forecast" in c]
+    assert len(curls) == 2
+    base, dearer = [json.loads(subprocess.run(["bash", "-c", c.split("    #")[0].replace(":3000", f":{port}")],
+                                              capture_output=True, text=True, timeout=60, check=True).stdout)
+                    for c in curls]
+    assert (base["model"], base["version"], base["horizon"]) == ("demand.product_demand", "1", 12)
+    now, then = base["forecasts"][0]["points"], dearer["forecasts"][0]["points"]
+    assert [p["step"] for p in now] == list(range(1, 13))
+    assert all(p["p10"] <= p["p50"] <= p["p90"] and p["p90"] > p["p10"] for p in now)
+    assert dearer["forecasts"][0]["price_path"] == "given" and base["forecasts"][0]["price_path"] == "last known price"
+    assert all(b["p50"] <= a["p50"] for a, b in zip(now, then, strict=True))
+    assert sum(b["p50"] for b in then) < sum(a["p50"] for a in now)
+    product = base["forecasts"][0]["series"]
+
+    # Every scoring role may forecast every product: products are not customer data.
+    rep = _forecast(service, "rep", {"task": "product_demand", "series": [{"product_id": product},
+                                                                           {"unique_id": "P00002"}], "horizon": 4})
+    assert rep.status_code == 200, rep.text
+    assert [f["series"] for f in rep.json()["forecasts"]] == [product, "P00002"]
+
+    def refused(body, status, field, who="manager"):
+        answer = _forecast(service, who, body)
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["field"] == field, answer.text
+        return answer.json()["error"]
+
+    ask = {"task": "product_demand", "series": [{"product_id": product}], "horizon": 12}
+    assert refused({**ask, "series": [{"product_id": "P-NOPE"}]}, 404, "series")["ids"] == ["P-NOPE"]
+    assert "maximum of 26" in refused({**ask, "horizon": 27}, 422, "horizon")["reason"]
+    refused({**ask, "prices": {product: [-5.0] * 12}}, 422, f"prices.{product}.0")
+    refused({**ask, "prices": {product: [10.0] * 3}}, 422, f"prices.{product}")
+    refused({**ask, "series": [{"product_id": f"P{i:05d}"} for i in range(1001)]}, 413, "series")
+    refused({**ask, "task": "opportunity_loss"}, 404, "task")
+    nan = httpx.post(f"{service['base']}/demand/forecast", timeout=30, headers={
+        "Authorization": f"Bearer {service['tokens']['manager']}", "content-type": "application/json"},
+        content=json.dumps({**ask, "prices": {product: [float("nan")] * 12}}).encode())
+    assert nan.status_code == 422, nan.text
+    time.sleep(2)
+    logged = read_inference_log(service["home"] / "logs", "product_demand")
+    assert {"demo-manager", "demo-rep"} <= set(logged["principal"]) and (logged["kind"] == "demand").all()
+    assert logged["prediction"].ge(0).all()
+
+
+@pytest.mark.slow
+def test_a_fresh_process_reproduces_the_runs_forecasts_and_batch_forecasts_use_the_champion(service, tmp_path):
+    home = service["home"]
+    run_id = next(m for m in service["demo"]["models"] if m["task"] == "product_demand")["trained"]["run_id"]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "from experiments.tracking import configure_mlflow\n"
+        "from salesml.settings import get_settings\n"
+        "client = configure_mlflow(get_settings())\n"
+        "logged = pd.read_parquet(client.download_artifacts(sys.argv[1], 'evaluation/forecasts.parquet', sys.argv[2]))\n"
+        "model = mlflow.pyfunc.load_model('models:/demand.product_demand/1')\n"
+        "ids = sorted(logged['unique_id'].unique())\n"
+        "out = model.predict(pd.DataFrame({'unique_id': ids, 'horizon': int(logged['step'].max())}))\n"
+        "out['ds'] = pd.to_datetime(out['ds'])\n"
+        "merged = logged.merge(out, on=['unique_id', 'ds', 'step'], suffixes=('', '_loaded'))\n"
+        "print(json.dumps({'rows': len(logged), 'matched': len(merged), 'diff': float(max("
+        "(merged[c] - merged[c + '_loaded']).abs().max() for c in ('p10', 'p50', 'p90')))}))\n")
+    env = {**os.environ, "SALESML_HOME": str(home)}
+    answer = subprocess.run([sys.executable, "-c", script, run_id, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=tmp_path)
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    figures = json.loads(answer.stdout.strip().splitlines()[-1])
+    assert figures["rows"] == figures["matched"] > 0 and figures["diff"] < 1e-6, figures
+
+    pd.DataFrame({"product_id": ["P00001", "P00003"], "horizon": [6, 6]}).to_csv(tmp_path / "in.csv", index=False)
+    result = last_json(run("score", "demand", "--task", "product_demand", "--input", str(tmp_path / "in.csv"),
+                           "--output", str(tmp_path / "out.csv"), "--json", home=home))
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert result["series"] == 2 and len(out) == 12 and set(out["version"].astype(str)) == {"1"}
+    assert (out["p10"] <= out["p50"]).all() and (out["p50"] <= out["p90"]).all()
+    pd.DataFrame({"product_id": ["P-NOPE"]}).to_csv(tmp_path / "bad.csv", index=False)
+    bad = run("score", "demand", "--task", "product_demand", "--input", str(tmp_path / "bad.csv"), "--output",
+              str(tmp_path / "bad_out.csv"), home=home, check=False)
+    assert bad.returncode != 0 and "unknown series" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def _dashboard_dom(svc, chromium, who: str) -> str:

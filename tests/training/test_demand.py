@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from features.sources.datasets import load_dataset
+from tests.features.test_views import load_store, truncate_after
+from tests.training.demand_series import synthetic_demand
 from training.demand import (
     ID,
     TARGET,
@@ -24,8 +26,6 @@ from training.demand import (
     wape,
 )
 from training.tasks import load_config
-from tests.features.test_views import load_store, truncate_after
-from tests.training.demand_series import synthetic_demand
 
 CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 #: A small, fixed point of the search space for the fast tests.

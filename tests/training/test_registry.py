@@ -41,6 +41,9 @@ def test_metrics_know_their_direction():
     assert risk.metric("log_loss").meets(0.3, 0.5) and not risk.metric("roc_auc").meets(0.3, 0.5)
     with pytest.raises(UnknownTaskError, match="unknown metric 'f1' for risk models; known: roc_auc"):
         risk.metric("f1")
+    demand = get_kind("demand")
+    assert demand.metric().name == "wape" and demand.metric().improvement(0.05, 0.06) == pytest.approx(0.01)
+    assert demand.metric().compute([10, 10], [9, 12]) == pytest.approx(0.15)
 
 
 def test_tasks_name_their_models_and_data_and_unknown_names_say_what_is_known():
@@ -49,8 +52,10 @@ def test_tasks_name_their_models_and_data_and_unknown_names_say_what_is_known():
     assert get_task("customer_churn") is TASKS["customer_churn"]
     with pytest.raises(UnknownTaskError, match="unknown task 'nope'; known: opportunity_loss, customer_churn"):
         get_task("nope")
-    with pytest.raises(UnknownTaskError, match="demand models are planned, not built yet"):
-        get_kind("demand")
+    with pytest.raises(UnknownTaskError, match="segments models are planned, not built yet"):
+        get_kind("segments")
+    assert TASKS["product_demand"].model_name == "demand.product_demand"
+    assert (TASKS["sales_periods"].data.source, TASKS["sales_periods"].data.name) == ("table", "sales_periods")
     table = imported_task("telco_churn", {"table": "task_telco_churn", "timestamp": None})
     assert (table.kind, table.model_name, table.data.source, table.data.time_column) == (
         "risk", "risk.telco_churn", "table", None)
