@@ -15,6 +15,10 @@ from serving.predict import resolve_records, score_request
 from training.registry import TASKS
 
 TOP_DEALS = 10
+#: Products in the demand panel (the best sellers of the demand model's latest season).
+TOP_PRODUCTS = 3
+#: Roles shown the demand panel: planning is a manager's and an executive's view.
+DEMAND_ROLES = ("sales_manager", "executive")
 
 
 def pipeline_model(state):
@@ -37,6 +41,7 @@ def dashboard_data(settings: Settings, state, principal: Principal, rules: list[
                  "models": [{"task": s.task, "model": s.name, "version": s.version, "gate": s.gate,
                              "audit_url": f"/models/{s.task}/audit" if s.report else None}
                             for s in state.served.values()]}
+    out["demand"] = demand_panel(state) if principal.role in DEMAND_ROLES else None
     deals = state.deals
     if len(deals) and allowed is not None:
         deals = deals[deals["owner_rep_id"].isin(allowed)]
@@ -75,6 +80,31 @@ def dashboard_data(settings: Settings, state, principal: Principal, rules: list[
     return out
 
 
+def demand_panel(state, products: int = TOP_PRODUCTS) -> dict | None:
+    """The fan chart's data: for the best-selling series of the first served demand model, the last season of
+    actuals and the p10 / p50 / p90 forecast over the model's horizon (the API's own forecast)."""
+    served = next((s for s in state.served.values() if s.kind == "demand"), None)
+    if served is None:
+        return None
+    model = served.model
+    history = model.history_
+    recent = history[history["ds"] > history["ds"].max() - pd.Timedelta(weeks=26)]
+    top = recent.groupby("unique_id")["y"].sum().sort_values(ascending=False).index[:products].tolist()
+    forecast = model.forecast(model.horizon, ids=top)
+    series = []
+    for uid in top:
+        past = history[history["unique_id"] == uid].sort_values("ds").tail(26)
+        ahead = forecast[forecast["unique_id"] == uid].sort_values("step")
+        series.append({"series": uid,
+                       "history": [{"period_start": d.strftime("%Y-%m-%d"), "y": float(y)}
+                                   for d, y in zip(past["ds"], past["y"], strict=True)],
+                       "forecast": [{"period_start": d.strftime("%Y-%m-%d"), "p10": round(float(a), 3),
+                                     "p50": round(float(b), 3), "p90": round(float(c), 3)}
+                                    for d, a, b, c in zip(ahead["ds"], ahead["p10"], ahead["p50"], ahead["p90"],
+                                                          strict=True)]})
+    return {"task": served.task, "model": served.name, "version": served.version, "series": series}
+
+
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>salesml pipeline</title>
 <style>
@@ -90,7 +120,9 @@ padding:.3rem .5rem;text-align:left}#error{color:#c53030}
  <div class="card"><h2>Win rate by month</h2><svg id="trend" width="460" height="220"></svg></div>
  <div class="card"><h2>Models</h2><table id="models"></table></div>
 </div>
-<div class="card"><h2>Top deals at risk</h2><table id="deals"></table></div>
+<div class="card"><h2>Top deals at risk</h2><table id="deals"><thead><tr><th>deal</th><th>owner</th><th>amount</th>
+<th>risk</th><th>reasons</th></tr></thead></table></div>
+<div class="card" id="demand-card" hidden><h2>Demand: top products (p10 to p90, p50)</h2><div id="demand"></div></div>
 <script src="/static/d3.min.js"></script>
 <script>
 const token = new URLSearchParams(location.search).get("token") || "";
@@ -128,7 +160,29 @@ function draw(d) {
   const m = d3.select("#models").selectAll("tr.model").data(d.models).join("tr").attr("class", "model");
   m.append("td").text(v => `${v.model} v${v.version}`); m.append("td").text(v => v.gate);
   m.append("td").append("a").attr("href", v => v.audit_url).text(v => v.audit_url ? "audit" : "no audit");
+  if (d.demand) drawDemand(d.demand);
   document.body.setAttribute("data-ready", "1");
+}
+function drawDemand(dem) {
+  d3.select("#demand-card").attr("hidden", null);
+  const W = 460, H = 160, parse = d3.utcParse("%Y-%m-%d");
+  for (const s of dem.series) {
+    const box = d3.select("#demand").append("div").attr("class", "product");
+    box.append("div").text(`${s.series} (${dem.model} v${dem.version})`);
+    const svg = box.append("svg").attr("width", W).attr("height", H + 20);
+    const all = s.history.map(v => parse(v.period_start)).concat(s.forecast.map(v => parse(v.period_start)));
+    const x = d3.scaleUtc().domain(d3.extent(all)).range([40, W - 10]);
+    const top = d3.max([...s.history.map(v => v.y), ...s.forecast.map(v => v.p90)]) || 1;
+    const y = d3.scaleLinear().domain([0, top]).nice().range([H, 10]);
+    svg.append("path").datum(s.forecast).attr("class", "fan").attr("fill", "#3e7cb1").attr("opacity", 0.25)
+     .attr("d", d3.area().x(v => x(parse(v.period_start))).y0(v => y(v.p10)).y1(v => y(v.p90)));
+    svg.append("path").datum(s.forecast).attr("class", "p50").attr("fill", "none").attr("stroke", "#3e7cb1")
+     .attr("stroke-width", 2).attr("d", d3.line().x(v => x(parse(v.period_start))).y(v => y(v.p50)));
+    svg.append("path").datum(s.history).attr("class", "actual").attr("fill", "none").attr("stroke", "#1f2933")
+     .attr("d", d3.line().x(v => x(parse(v.period_start))).y(v => y(v.y)));
+    svg.append("g").attr("transform", `translate(0,${H})`).call(d3.axisBottom(x).ticks(5));
+    svg.append("g").attr("transform", "translate(40,0)").call(d3.axisLeft(y).ticks(4).tickFormat(d3.format("~s")));
+  }
 }
 </script></body></html>
 """

@@ -303,7 +303,15 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
             assert text == ("&gt;99%" if p >= 0.995 else "&lt;1%"), (text, p)
         else:
             assert abs(int(text.rstrip("%")) - 100 * p) <= 0.5 + 1e-9, (text, p)
-    assert dom.count('class="model"') == len(data["models"]) == 1
+    assert dom.count('class="model"') == len(data["models"]) == 2
+    # The demand panel: a fan (p10 to p90) and a p50 line per top product, for managers and executives.
+    demand = data["demand"]
+    assert demand["model"] == "demand.product_demand" and len(demand["series"]) == 3
+    assert dom.count('class="fan"') == dom.count('class="p50"') == 3
+    for series in demand["series"]:
+        assert len(series["forecast"]) == 12 and all(p["p10"] <= p["p50"] <= p["p90"] for p in series["forecast"])
+        assert series["series"] in dom
+    assert _data(service, "manager")["demand"]["series"] == demand["series"]
     assert 'href="/models/opportunity_loss/audit"' in dom
     assert "d3js.org" not in dom and "cdn" not in dom.lower()
     assert httpx.get(f"{service['base']}/models/opportunity_loss/audit", timeout=30).text.count('id="gate"') == 1
@@ -314,7 +322,9 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
     assert {d["owner"] for d in mine["top_at_risk"]} <= {rep}
     assert sum(s["count"] for s in mine["pipeline_by_stage"]) == len(service["mine"])
     assert sum(s["count"] for s in mine["pipeline_by_stage"]) < sum(s["count"] for s in data["pipeline_by_stage"])
+    assert mine["demand"] is None
     rep_dom = _dashboard_dom(service, chromium, "rep")
+    assert 'class="fan"' not in rep_dom
     owners = re.findall(r'<tr class="deal"><td>[^<]*</td><td>([^<]*)</td>', rep_dom)
     assert len(owners) == len(mine["top_at_risk"]) and set(owners) <= {rep}
     assert rep_dom.count('class="stage"') == len(mine["pipeline_by_stage"])
