@@ -55,6 +55,8 @@ def test_train_a_task_table_and_print_json(home, tmp_path):
     # tenure is an integer column: the signature takes it as a double, so a request may leave it missing.
     assert "integer column" not in trained.stderr
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    # The registry too: an earlier test in this process may have pointed it at its own home.
+    mlflow.set_registry_uri(f"sqlite:///{home / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/risk.synth/1")
     assert {c.name: c.type.name for c in model.metadata.get_input_schema().inputs}["tenure"] == "double"
     rows = pd.DataFrame({"tenure": [12.0, None], "fee": [80.0, 80.0], "plan": ["c", "c"]})

@@ -187,6 +187,10 @@ def test_demand_forecasts_with_intervals_what_if_prices_and_a_4xx_for_each_bad_i
     demo = service["demo"]
     trained = next(m for m in demo["models"] if m["task"] == "product_demand")
     assert trained["promoted"]["champion"] == trained["trained"]["version"] == "1"
+    # The simulator target (1,500 accounts, seed 7, one trial): WAPE at most 0.9 x AutoETS's.
+    m = trained["trained"]["metrics"]
+    assert m["test_wape"] <= 0.9 * m["baseline_auto_ets_wape"], m
+    assert m["elasticity_judged_series"] == 40 and m["elasticity_median"] < 0
     port = service["base"].rsplit(":", 1)[1]
     curls = [c for c in demo["curl"] if "/demand/forecast" in c]
     assert len(curls) == 2
