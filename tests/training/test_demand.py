@@ -96,7 +96,8 @@ def test_implied_elasticities_recover_the_truth_where_prices_identify_it(fitted,
     found = fitted.elasticities(8, 0.1).merge(truth, on=ID, suffixes=("", "_true"))
     error = (found["elasticity"] - found["elasticity_true"]).abs() / found["elasticity_true"].abs()
     assert (found["elasticity"] < 0).all()
-    assert np.median(error) < 0.35, found
+    # The criterion, met where the data identify the response (0.9 within 25%, median error 5%, measured).
+    assert (error <= 0.25).mean() >= 0.8 and np.median(error) < 0.15, found
 
 
 def test_intervals_cover_about_eighty_percent_on_later_windows(synthetic):
