@@ -526,6 +526,13 @@ class DemandForecaster:
         return constraint
 
     @property
+    def metadata(self) -> dict:
+        """What the model is, for stages that read a loaded model's metadata (the task is in the registry tags)."""
+        return {"kind": "demand", "horizon": self.horizon, "max_horizon": self.max_horizon,
+                "freq": getattr(self, "freq_", None), "series": int(self.history_["unique_id"].nunique())
+                if hasattr(self, "history_") else 0}
+
+    @property
     def _price_features(self) -> bool:
         return bool(self.roles_["price"]) and self.price_response == "booster"
 
