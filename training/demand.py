@@ -1213,7 +1213,7 @@ def train_demand_model(series: SeriesFrame, config: DemandConfig, storage_url: s
     """
     import optuna
 
-    from training.search import open_study, run_study
+    from training.search import open_study, progress_reporter, run_study
 
     say = status or (lambda _: None)
     check_history(series, config)
@@ -1245,19 +1245,11 @@ def train_demand_model(series: SeriesFrame, config: DemandConfig, storage_url: s
         trial.set_user_attr("window_wape", scores)
         return float(np.mean(scores))
 
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if progress:
-            done = sum(t.state.is_finished() for t in study.trials)
-            try:
-                best = study.best_value
-            except ValueError:
-                best = float("nan")
-            progress(done, best)
+    report = progress_reporter(progress)
 
     say(f"tuning on {config.cv_windows} rolling windows of {h} before {test_origin:%Y-%m-%d}")
-    defaults = {f: {k: v for k, v in DEFAULT_PARAMS[f].items()} for f in FAMILIES}
     run_study(study, objective, list(config.families), config.trials, config.timeout, report,
-              config.initial_trials, defaults=defaults, fixed={})
+              config.initial_trials, defaults=DEFAULT_PARAMS, fixed={})
     best = params_from_values(study.best_trial.params, config.max_estimators)
 
     say("calibrating the intervals on the training window")

@@ -252,15 +252,15 @@ RISK = Kind(
 
 
 def _wape(y: np.ndarray, yhat: np.ndarray) -> float:
-    y, yhat = np.asarray(y, dtype=float), np.asarray(yhat, dtype=float)
-    total = np.abs(y).sum()
-    return float(np.abs(y - yhat).sum() / total) if total > 0 else float("nan")
+    from training.demand import wape
+
+    return wape(y, yhat)
 
 
 def _abs_bias(y: np.ndarray, yhat: np.ndarray) -> float:
-    y, yhat = np.asarray(y, dtype=float), np.asarray(yhat, dtype=float)
-    total = np.abs(y).sum()
-    return float(abs((yhat - y).sum()) / total) if total > 0 else float("nan")
+    from training.demand import bias
+
+    return abs(bias(y, yhat))
 
 
 DEMAND = Kind(

@@ -33,6 +33,7 @@ from training.search import (
     make_objective,
     open_study,
     params_from_trial,
+    progress_reporter,
     run_study,
     score_folds,
 )
@@ -168,14 +169,7 @@ def train_risk_model(data: TaskData, config: RiskConfig, storage_url: str, study
                                             config.seed)
     study = open_study(study_name, storage_url, config.seed, config.pruning, config.heartbeat_seconds)
 
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if progress:
-            done = sum(t.state.is_finished() for t in study.trials)
-            try:
-                best = study.best_value
-            except ValueError:
-                best = float("nan")
-            progress(done, best)
+    report = progress_reporter(progress)
 
     objective = make_objective(search, settings)
     trials_run = run_study(study, objective, settings.families, config.trials, config.timeout, report,

@@ -248,6 +248,21 @@ def make_objective(data: SearchData, settings: SearchSettings) -> Objective:
     return Objective(data, settings)
 
 
+def progress_reporter(progress: Callable[[int, float], None] | None
+                      ) -> Callable[[optuna.Study, optuna.trial.FrozenTrial], None]:
+    """A study callback that calls ``progress`` with (finished trials, best value so far; NaN before any)."""
+    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if progress:
+            done = sum(t.state.is_finished() for t in study.trials)
+            try:
+                best = study.best_value
+            except ValueError:
+                best = float("nan")
+            progress(done, best)
+
+    return report
+
+
 def make_pruner(warmup_steps: int = PRUNING_WARMUP_STEPS) -> optuna.pruners.BasePruner:
     """The pruner of every study: median of the completed trials at the same step, after 5 trials and the warm-up."""
     return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=warmup_steps)
