@@ -1,4 +1,5 @@
-"""Figures logged with a tracked run: ROC, calibration and the SHAP summary, as MLflow PNG artifacts."""
+"""Figures logged with a tracked run (ROC, calibration, SHAP summary, forecasts, purchase calibration), as MLflow
+PNG artifacts."""
 
 from __future__ import annotations
 
@@ -82,6 +83,33 @@ def horizon_figure(by_step: pd.DataFrame, baselines: dict[str, pd.Series] | None
         ax.plot(values.index, values.to_numpy(), marker=".", lw=1, label=name)
     ax.set_xlabel("horizon step")
     ax.set_ylabel("WAPE")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_holdout_figure(table: pd.DataFrame) -> plt.Figure:
+    """The BG/NBD papers' calibration/holdout plot: mean repeat purchases in the holdout, expected against actual,
+    by repeat purchases in the calibration period."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(table))
+    ax.bar(x - 0.2, table["actual"], width=0.4, label="actual", color="0.35")
+    ax.bar(x + 0.2, table["expected"], width=0.4, label="BG/NBD expected", color="tab:blue")
+    ax.set_xticks(x, table["label"])
+    ax.set_xlabel("repeat purchases in the calibration period")
+    ax.set_ylabel("mean repeat purchases in the holdout")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def tracking_figure(tracking: pd.DataFrame) -> plt.Figure:
+    """Cumulative repeat purchases over the holdout, BG/NBD's expectation against what happened."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(tracking["day"], tracking["actual"], color="black", label="actual")
+    ax.plot(tracking["day"], tracking["expected"], "--", color="tab:blue", label="BG/NBD expected")
+    ax.set_xlabel("days after the cutoff")
+    ax.set_ylabel("cumulative repeat purchases")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

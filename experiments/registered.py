@@ -120,7 +120,8 @@ def load_evaluation(client: MlflowClient, info: ModelVersion) -> dict:
 
     Returns:
         ``window`` (the test rows with every column), ``reference`` (sampled training rows), ``recent`` (the
-        newest cutoff's rows, or ``None``) as frames, and ``split`` (the split's description).
+        newest cutoff's rows, or ``None``) as frames, ``split`` (the split's description) and ``documents`` (the
+        JSON files of the run's evaluation folder, by name: ``windows``, ``by_step``, ``calibration``).
 
     Raises:
         RegistryError: when the run logged no evaluation data (versions registered before runs did).
@@ -138,6 +139,7 @@ def load_evaluation(client: MlflowClient, info: ModelVersion) -> dict:
         for key, path in EVALUATION_FILES.items():
             local = folder / path.name
             frames[key] = pd.read_parquet(local) if local.is_file() else None
+        frames["documents"] = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
         try:
             frames["split"] = json.loads(Path(client.download_artifacts(info.run_id, "split.json", scratch))
                                          .read_text())

@@ -39,6 +39,7 @@ from features.views import (
     cutoff_table,
     get_view,
     monthly_cutoffs,
+    purchase_history,
     week_table,
 )
 
@@ -168,6 +169,19 @@ def latest_event(store: FeatureStore, events: Sequence[tuple[str, str]]) -> date
     if pd.isna(value):
         raise FeatureError(f"no {table} with a {column} in the feature store: ingest data first")
     return pd.Timestamp(value).date()
+
+
+def load_purchases(store: FeatureStore, as_of: date) -> pd.DataFrame:
+    """Completed orders up to the end of ``as_of`` with their value (``features.views.purchase_history``).
+
+    Raises:
+        FeatureError: when the store holds no orders or order lines.
+    """
+    missing = [t for t in ("orders", "order_lines") if not store.has_table(t)]
+    if missing:
+        raise FeatureError(f"no {' or '.join(missing)} in the feature store: ingest orders first")
+    tables = {name: store.table(name) for name in ("orders", "order_lines")}
+    return purchase_history(tables, as_of).execute()
 
 
 def build_latest(store: FeatureStore, view: str, events: Sequence[tuple[str, str]], threads: int = 1) -> BuiltView:

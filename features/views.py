@@ -441,13 +441,28 @@ def customer_columns(config: ViewConfig, categories: Sequence[str] = ("<category
     return cols
 
 
-def _order_facts(tables: Mapping[str, ir.Table]) -> ir.Table:
+def _order_values(tables: Mapping[str, ir.Table]) -> ir.Table:
+    """Orders of known accounts with their value (quantity x unit price over the order's lines; 0 without any)."""
     orders = tables["orders"]
     lines = tables["order_lines"]
     value = lines.group_by("order_id").aggregate(order_value=(lines.quantity * lines.unit_price).sum())
-    o = orders.filter(orders.account_id.notnull()).select("order_id", "account_id", "status",
-                                                          od_s=epoch(orders.order_date))
+    o = orders.filter(orders.account_id.notnull()).select("order_id", "account_id", "status", "order_date")
     return _attach(o, value, ["order_id"], fill={"order_value": 0.0})
+
+
+def _order_facts(tables: Mapping[str, ir.Table]) -> ir.Table:
+    o = _order_values(tables)
+    return o.select("order_id", "account_id", "status", "order_value", od_s=epoch(o.order_date))
+
+
+def purchase_history(tables: Mapping[str, ir.Table], as_of: date) -> ir.Table:
+    """Completed orders up to the end of ``as_of``: ``account_id``, ``order_date``, ``order_value``.
+
+    The input of the lifetime-value models (BG/NBD counts purchase days, Gamma-Gamma their value).
+    """
+    o = _order_values(tables)
+    o = o.filter(o.status == "completed", epoch(o.order_date) < _day_end(as_of))
+    return o.select("account_id", "order_date", "order_value")
 
 
 def build_customer_view(tables: Mapping[str, ir.Table], cutoffs: ir.Table, config: ViewConfig,

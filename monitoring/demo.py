@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import ibis
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,7 +25,7 @@ from training.registry import get_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 #: The tasks the demo trains, audits, promotes and serves, in order.
-DEMO_TASKS = ("opportunity_loss", "product_demand")
+DEMO_TASKS = ("opportunity_loss", "product_demand", "customer_value")
 STEPS = 8
 
 
@@ -59,7 +60,8 @@ def make_demo_principals(settings: Settings, store) -> dict:
     written to SALESML_HOME/demo-tokens.json (mode 0600). Reruns replace them.
 
     Returns:
-        ``{"tokens": {who: {name, role, scope, token}}, "file", "opportunity_id"}`` (an open deal of the rep).
+        ``{"tokens": {who: {name, role, scope, token}}, "file", "opportunity_id", "account_id"}`` (an open deal
+        of the rep, and the rep's customer with the most orders).
     """
     deals = store.table("opportunities")
     live = deals.filter(deals.closed_at.isnull())
@@ -70,6 +72,13 @@ def make_demo_principals(settings: Settings, store) -> dict:
     team = str(reps.filter(reps.rep_id == rep).select("team_id").execute()["team_id"].iloc[0])
     example = deals.filter(deals.closed_at.isnull(), deals.owner_rep_id == rep).order_by("opportunity_id")
     opportunity = str(example.limit(1).execute()["opportunity_id"].iloc[0])
+    # The rep's customer with the most completed orders: one every value model knows.
+    accounts = store.table("accounts").filter(lambda t: t.owner_rep_id == rep).select("account_id")
+    orders = store.table("orders")
+    done = orders.filter(orders.status == "completed").join(accounts, "account_id")
+    counts = done.group_by("account_id").aggregate(n=done.count()).order_by([ibis.desc("n"), "account_id"])
+    top = counts.limit(1).execute()
+    account = str(top["account_id"].iloc[0]) if len(top) else None
     wanted = {"rep": ("demo-rep", "sales_rep", f"rep:{rep}"), "manager": ("demo-manager", "sales_manager",
               f"team:{team}"), "executive": ("demo-executive", "executive", "all"),
               "validator": ("demo-validator", "model_validator", "all")}
@@ -80,14 +89,15 @@ def make_demo_principals(settings: Settings, store) -> dict:
     path.unlink(missing_ok=True)
     with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
         json.dump(tokens, handle, indent=2)
-    return {"tokens": tokens, "file": str(path), "opportunity_id": opportunity}
+    return {"tokens": tokens, "file": str(path), "opportunity_id": opportunity, "account_id": account}
 
 
-def curl_examples(port: int, people: dict, task: str = "opportunity_loss", demand: dict | None = None
-                  ) -> list[str]:
+def curl_examples(port: int, people: dict, task: str = "opportunity_loss", demand: dict | None = None,
+                  value: dict | None = None) -> list[str]:
     """Example requests a user can paste once the service is up: the task's kind endpoint as the rep, the manager
     and the executive, a demand forecast and its what-if at a 10% higher price (when ``demand`` names a product
-    and its last price), the model list, and the dashboard."""
+    and its last price), an account's lifetime value as its rep (when ``value`` names one), the model list, and
+    the dashboard."""
     definition = get_task(task)
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"task": task, "records": [{definition.data.id_column: people["opportunity_id"]}]})
@@ -106,6 +116,11 @@ def curl_examples(port: int, people: dict, task: str = "opportunity_loss", deman
                           (json.dumps(dearer), "the same at a 10% higher price")):
             lines.append(f"curl -s {base}{forecast} -H 'Authorization: Bearer {tokens['manager']['token']}' "
                          f"-H 'content-type: application/json' -d '{text}'    # {why}")
+    if value:
+        endpoint = get_task(value["task"]).definition().serving.endpoint
+        ask = json.dumps({"task": value["task"], "accounts": [value["account_id"]], "horizon_days": 90})
+        lines.append(f"curl -s {base}{endpoint} -H 'Authorization: Bearer {tokens['rep']['token']}' "
+                     f"-H 'content-type: application/json' -d '{ask}'    # lifetime value of one of the rep's accounts")
     return lines + [f"curl -s {base}/models",
                     f"# the dashboard, in a browser: {base}/dashboard?token={tokens['executive']['token']}"]
 
@@ -182,12 +197,13 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
                        "review": decision, "promoted": promoted})
     first = models[0]
     demand = _demand_example(settings, models)
+    value = _value_example(models, people)
     return DemoReport({"simulated": written["tables"], "ingest": report.to_dict(), "sentiment": sentiment,
                        "features": views, "home": str(settings.home), "models": models,
                        # The first model's figures at the top, as the demo printed them before it trained several.
                        "trained": first["trained"], "audit": first["audit"], "review": first["review"],
                        "promoted": first["promoted"], "tokens_file": people["file"],
-                       "curl": curl_examples(config.port, people, first["task"], demand)})
+                       "curl": curl_examples(config.port, people, first["task"], demand, value)})
 
 
 def _demand_example(settings: Settings, models: list[dict]) -> dict | None:
@@ -203,3 +219,11 @@ def _demand_example(settings: Settings, models: list[dict]) -> dict | None:
     top = lines.groupby("product_id")["quantity"].sum().sort_values(ascending=False).index[0]
     price = float(products.set_index("product_id").loc[top, "list_price"])
     return {"task": trained["task"], "product_id": str(top), "price": price}
+
+
+def _value_example(models: list[dict], people: dict) -> dict | None:
+    """An account of the demo rep that the value model the demo promoted knows (for the curl line)."""
+    trained = next((m for m in models if get_task(m["task"]).kind == "value"), None)
+    if trained is None or not people.get("account_id"):
+        return None
+    return {"task": trained["task"], "account_id": people["account_id"]}

@@ -98,6 +98,9 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     if kind.name == "demand":
         checks, audit_window = _demand_checks(settings, client, name, str(version), candidate, info, policy,
                                               evaluation, task)
+    elif kind.name == "value":
+        checks, audit_window = _value_checks(settings, client, name, str(version), candidate, info, policy,
+                                             evaluation, task)
     else:
         checks, audit_window = _risk_checks(settings, client, name, str(version), candidate, info, policy,
                                             evaluation, task, kind, config)
@@ -262,6 +265,60 @@ def _demand_checks(settings: Settings, client, name: str, version: str, candidat
     return checks, {"window": f"the latest test window: {latest['unique_id'].nunique()} series x "
                               f"{int(latest['step'].max())} periods after {origin:%Y-%m-%d}",
                     "champion": champion_note}
+
+
+def _value_checks(settings: Settings, client, name: str, version: str, candidate, info, policy: Policy,
+                  evaluation: dict, task: str) -> tuple[list[CheckResult], dict]:
+    """The checks of a value version: its error against the champion's on the same holdout (the champion's
+    parameters or booster applied to the accounts as they were at the holdout's cutoff), the calibration of its
+    expected purchases, and drift of the customer view's features."""
+    from monitoring.value_audits import audit_purchase_calibration
+    from training.value import ID
+
+    window, reference = evaluation["window"], evaluation["reference"]
+    documents = evaluation.get("documents", {})
+    windows = documents.get("windows", {})
+    metrics = client.get_run(info.run_id).data.metrics
+    label = next(c for c in window.columns if c.startswith("label_value_next_"))
+    y = window[label].to_numpy(float)
+    cutoff = windows.get("test_cutoff", f"{pd.Timestamp(window['cutoff'].max()):%Y-%m-%d}")
+    champion_info = get_alias(client, name, CHAMPION)
+    champion_note, p_champion = "none", None
+    if champion_info is not None and str(champion_info.version) != str(version):
+        champion, _ = load_version_model(client, name, str(champion_info.version))
+        champion_note = str(champion_info.version)
+        lacking = [f for f in (champion.booster.preprocessor.numeric + champion.booster.preprocessor.categorical
+                               if champion.booster is not None else []) if f not in window.columns]
+        if lacking:
+            champion_note += f" (not comparable: it reads {', '.join(lacking[:5])}, which the candidate's rows lack)"
+        else:
+            p_champion = champion.predict_rows(window, candidate.horizon_days)
+            if champion.clv.as_of > pd.Timestamp(cutoff):
+                champion_note += (f" (fitted on data up to {champion.clv.as_of:%Y-%m-%d}, past the holdout's cutoff "
+                                  f"{cutoff}: its figure is optimistic)")
+    kind = get_kind("value")
+    checks: list[CheckResult] = []
+    running = policy.running()
+    if "performance" in running:
+        performance = policy.check("performance")
+        checks.append(audit_performance(y, window["prediction"].to_numpy(float), p_champion, performance,
+                                        kind.metric(performance.metric)))
+    if "calibration" in running:
+        table = pd.DataFrame(documents.get("calibration", {}).get("by_frequency", []))
+        checks.append(audit_purchase_calibration(metrics, table, policy.check("calibration")))
+    if "drift" in running:
+        drift_policy = policy.check("drift")
+        features = [c for c in reference.columns if c in window.columns and c not in (ID, "cutoff", "owner_rep_id")
+                    and not c.startswith("label_")]
+        numeric = [c for c in features if pd.api.types.is_numeric_dtype(reference[c])
+                   and not pd.api.types.is_bool_dtype(reference[c])]
+        categorical = [c for c in features if c not in numeric]
+        current, source = latest_rows(settings, task, evaluation["recent"], window)
+        drift = audit_drift(reference, current, numeric, categorical, None, None, drift_policy, 0)
+        drift.figures["current_source"] = source
+        checks.append(drift)
+    return checks, {"window": f"{len(window)} active accounts at {cutoff}, judged on the next "
+                              f"{windows.get('horizon_days', candidate.horizon_days)} days", "champion": champion_note}
 
 
 def latest_rows(settings: Settings, task: str, recent: pd.DataFrame | None, window: pd.DataFrame

@@ -157,10 +157,24 @@ class MonotonePricePolicy(CheckPolicy):
                                        "price raises p50.")
 
 
+class CalibrationPolicy(CheckPolicy):
+    """A value model's expected repeat purchases against the actual ones in its run's holdout."""
+
+    on_fail: Severity = "review"
+    max_total_error: float = Field(0.15, gt=0, description="Largest |expected - actual| / actual of the holdout's "
+                                   "repeat purchases summed over accounts.")
+    max_group_error: float = Field(0.3, gt=0, description="Largest |expected - actual| / actual per "
+                                   "calibration-period purchase count, in groups with at least "
+                                   "min_group_purchases actual purchases.")
+    min_group_purchases: int = Field(50, ge=1, description="Groups with fewer actual holdout purchases are "
+                                     "reported, not judged: their relative error is mostly chance.")
+
+
 CHECK_POLICIES: dict[str, type[CheckPolicy]] = {"performance": PerformancePolicy, "fairness": FairnessPolicy,
                                                 "drift": DriftPolicy, "explanations": ExplanationsPolicy,
                                                 "baselines": BaselinesPolicy, "intervals": IntervalsPolicy,
-                                                "monotone_price": MonotonePricePolicy}
+                                                "monotone_price": MonotonePricePolicy,
+                                                "calibration": CalibrationPolicy}
 #: Checks that run as part of another check's section (proxies are judged with the fairness settings).
 PART_OF = {"proxies": "fairness"}
 

@@ -26,8 +26,9 @@ from serving.dashboard import dashboard_data, dashboard_html
 from serving.demand import forecast_request, log_records, series_ids
 from serving.inference_log import InferenceLogger
 from serving.predict import RequestError, check_role, out_of_scope, resolve_parts, score_request, unknown_ids
-from serving.schemas import ErrorResponse, ForecastRequest, ModelsResponse, ScoreRequest
-from serving.state import ModelServer
+from serving.schemas import ErrorResponse, ForecastRequest, ModelsResponse, ScoreRequest, ValueRequest
+from serving.state import ModelServer, Served
+from serving.value import predict_value_request
 from training.registry import KINDS, resolve
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,21 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         except AccessError:
             raise RequestError(401, "authorization", "invalid token") from None
 
+    def served_of(server: ModelServer, task: str, kind: str) -> Served:
+        """The champion serving ``task``, which must be of ``kind``.
+
+        Raises:
+            RequestError: 404 naming the tasks of that kind that are served, and the endpoint of the task's own
+            kind when it has another.
+        """
+        served = server.state.served.get(task)
+        if served is None or served.kind != kind:
+            known = ", ".join(sorted(t for t, s in server.state.served.items() if s.kind == kind)) or "none"
+            elsewhere = (f"; task {task!r} is a {served.kind} task: use {KINDS[served.kind].serving.endpoint}"
+                         if served is not None and served.kind in KINDS else "")
+            raise RequestError(404, "task", f"no {kind} champion serves task {task!r} (served: {known}){elsewhere}")
+        return served
+
     async def score(body: ScoreRequest, request: Request) -> Response:
         """Score records with the champion of a risk task (deal loss, churn, an imported binary outcome)."""
         principal = principal_of(request)
@@ -142,12 +158,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
             raise RequestError(413, "records", f"{len(body.records)} records; at most {settings.max_batch_rows} per request")
         server = server_provider()
         state = server.state
-        served = state.served.get(body.task)
-        if served is None or served.kind != "risk":
-            known = ", ".join(sorted(t for t, s in state.served.items() if s.kind == "risk")) or "none"
-            elsewhere = (f"; task {body.task!r} is a {served.kind} task: use {KINDS[served.kind].serving.endpoint}"
-                         if served is not None and served.kind in KINDS else "")
-            raise RequestError(404, "task", f"no risk champion serves task {body.task!r} (served: {known}){elsewhere}")
+        served = served_of(server, body.task, "risk")
         # Ids the served lookup lacks (a deal created after the view's cutoff) get features computed as of the
         # store's latest data; building them takes seconds once per data snapshot, off the event loop.
         live = None
@@ -182,13 +193,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         principal = principal_of(request)
         check_role(principal.role)
         server = server_provider()
-        served = server.state.served.get(body.task)
-        if served is None or served.kind != "demand":
-            known = ", ".join(sorted(t for t, s in server.state.served.items() if s.kind == "demand")) or "none"
-            elsewhere = (f"; task {body.task!r} is a {served.kind} task: use {KINDS[served.kind].serving.endpoint}"
-                         if served is not None and served.kind in KINDS else "")
-            raise RequestError(404, "task", f"no demand champion serves task {body.task!r} (served: {known})"
-                               f"{elsewhere}")
+        served = served_of(server, body.task, "demand")
         ids = series_ids([ref.model_dump() for ref in body.series])
         model = served.model
         forecasts = await run_in_threadpool(forecast_request, model, ids, body.horizon, body.prices,
@@ -203,8 +208,35 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
                                       "horizon": body.horizon, "history_end": history_end,
                                       "forecasts": forecasts}), media_type="application/json")
 
+    async def value(body: ValueRequest, request: Request) -> Response:
+        """Expected purchases, spend and value over a horizon, P(alive), lifetime value and value band per
+        account, from the champion of a value task. Accounts are customer data: a rep may ask for the accounts
+        they own, a manager for their team's."""
+        principal = principal_of(request)
+        check_role(principal.role)
+        server = server_provider()
+        served = served_of(server, body.task, "value")
+        model = served.model
+        outside = out_of_scope(list(body.accounts), principal.scope, served.lookup, server.state.hierarchy)
+        if outside:
+            raise RequestError(403, "accounts", f"{principal.name} may not see these accounts (scope "
+                               f"{principal.scope})", outside[:50])
+        results = await run_in_threadpool(predict_value_request, model, body.accounts, body.horizon_days,
+                                          min(settings.max_batch_rows, model.max_accounts))
+        logger = logger_provider()
+        if logger is not None:
+            horizon = body.horizon_days or model.horizon_days
+            logger.log(served.task, principal.name, served.name, served.version,
+                       [{"account_id": a, "horizon_days": horizon} for a in body.accounts], results, "account_id",
+                       served.kind, KINDS[served.kind].serving.prediction)
+        return Response(orjson.dumps({"task": served.task, "model": served.name, "version": served.version,
+                                      "as_of": f"{model.clv.as_of:%Y-%m-%d}",
+                                      "horizon_days": body.horizon_days or model.horizon_days,
+                                      "ltv_months": model.clv.ltv_months, "discount_rate": model.clv.discount_rate,
+                                      "results": results}), media_type="application/json")
+
     # Each kind's endpoint comes from the task registry; older paths stay as documented, deprecated aliases.
-    handlers = {"risk": score, "demand": forecast}
+    handlers = {"risk": score, "demand": forecast, "value": value}
     for kind in KINDS.values():
         handler = handlers[kind.name]
         response = resolve(kind.serving.response_schema)

@@ -50,8 +50,11 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
     if champion is None:
         raise RegistryError(f"{name} has no champion: promote a version first")
     model, info = load_version_model(client, name, str(champion.version))
-    if canonical_model_name(name).partition(".")[0] == "demand":
+    kind = canonical_model_name(name).partition(".")[0]
+    if kind == "demand":
         return forecast_file(model, name, str(info.version), task, source, target)
+    if kind == "value":
+        return value_file(model, name, str(info.version), task, source, target)
     return score_rows(model, name, str(info.version), task, source, target, k, chunk_rows, progress,
                       approximate=settings.reasons == "fast")
 
@@ -96,18 +99,62 @@ def forecast_file(model, name: str, version: str, task: str, source: Path, targe
     rows = [{column: f["series"], **point, "price_path": f["price_path"], "model": name, "version": version}
             for f in forecasts for point in f["points"]]
     out = pd.DataFrame(rows)
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.name.lower().endswith(".csv"):
-        out.to_csv(target, index=False)
-    else:
-        out.to_parquet(target, index=False)
+    _write_table(out, Path(target))
     return {"task": task, "model": name, "version": version, "rows": len(out), "rows_read": len(frame),
             "series": len(ids), "horizon": horizon, "output": str(target), "rejected": 0, "rejected_file": None}
 
 
+def value_file(model, name: str, version: str, task: str, source: Path, target: Path) -> dict:
+    """Estimate the value of every account a file names (an ``account_id`` column, optionally ``horizon_days``).
+
+    Accounts the model has no purchase history of are not lost: they go to the rejected file beside the output
+    with the reason, and rows read = rows written + rows rejected.
+
+    Raises:
+        ValueError: naming the file and what is wrong with it (no account column, a horizon the model cannot
+        answer).
+    """
+    from serving.value import predict_value_request
+
+    frame = _read_table(source)
+    if "account_id" not in frame.columns:
+        raise ValueError(f"{source}: no account_id column")
+    frame["account_id"] = frame["account_id"].astype(str)
+    horizon = None
+    if "horizon_days" in frame.columns and frame["horizon_days"].notna().any():
+        horizon = int(pd.to_numeric(frame["horizon_days"], errors="coerce").max())
+    known = frame["account_id"].isin(model.accounts)
+    target = Path(target)
+    rejected = frame[~known].assign(reason="unknown account: the model has no purchase history of it")
+    wanted = list(dict.fromkeys(frame.loc[known, "account_id"]))
+    try:
+        results = predict_value_request(model, wanted, horizon, max_accounts=max(1, len(wanted))) if wanted else []
+    except RequestError as exc:
+        raise ValueError(f"{source}: {exc.field}: {exc.reason}") from None
+    by_id = {r["account_id"]: r for r in results}
+    out = pd.DataFrame([{**by_id[a], "model": name, "version": version} for a in frame.loc[known, "account_id"]],
+                       columns=["account_id", "expected_purchases", "expected_spend", "expected_value", "p_alive",
+                                "ltv", "value_band", "model", "version"])
+    _write_table(out, target)
+    rejected_path = None
+    if len(rejected):
+        rejected_path = rejected_file(target)
+        rejected.to_csv(rejected_path, index=False)
+    return {"task": task, "model": name, "version": version, "rows": len(out), "rows_read": len(frame),
+            "horizon_days": horizon or model.horizon_days, "output": str(target), "rejected": int(len(rejected)),
+            "rejected_file": str(rejected_path) if rejected_path else None}
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.name.lower().endswith(".csv") else pd.read_parquet(path)
+
+
+def _write_table(frame: pd.DataFrame, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.name.lower().endswith(".csv"):
+        frame.to_csv(target, index=False)
+    else:
+        frame.to_parquet(target, index=False)
 
 
 def rejected_file(target: Path) -> Path:

@@ -137,3 +137,39 @@ class ForecastResponse(BaseModel):
     horizon: int
     history_end: str = Field(description="The last period the model's history holds: step 1 is the next one.")
     forecasts: list[SeriesForecast]
+
+
+class ValueRequest(BaseModel):
+    """Accounts whose value a value champion estimates."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: Annotated[str, Field(min_length=1, max_length=100, description="e.g. customer_value")]
+    accounts: Annotated[list[Annotated[StrictStr, Field(min_length=1, max_length=200)]], Field(
+        min_length=1, description="Account ids (each once).")]
+    horizon_days: Annotated[StrictInt | None, Field(None, ge=1, le=3650, description=(
+        "Days ahead the purchases and value are summed over (default: the model's horizon)."))] = None
+
+
+class ValueResult(BaseModel):
+    """The value of one account."""
+
+    account_id: str
+    expected_purchases: float = Field(description="Expected purchase days in the horizon (BG/NBD).")
+    expected_spend: float = Field(description="Expected value of one purchase (Gamma-Gamma).")
+    expected_value: float = Field(description="Expected value of the horizon (the registered model's).")
+    p_alive: float = Field(description="Probability the account is still a customer (BG/NBD).")
+    ltv: float = Field(description="Discounted expected value over the model's lifetime-value months.")
+    value_band: Literal["low", "medium", "high"]
+
+
+class ValueResponse(BaseModel):
+    """One result per account, in request order, and the model that made them."""
+
+    task: str
+    model: str
+    version: str
+    as_of: str = Field(description="The day the accounts' purchase histories run to.")
+    horizon_days: int
+    ltv_months: int
+    discount_rate: float = Field(description="Annual discount rate of the lifetime value.")
+    results: list[ValueResult]

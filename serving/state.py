@@ -158,9 +158,14 @@ class ModelServer:
         task = info.tags.get(TAG_TASK) or model.metadata.get("task")
         if kind == "risk":
             lookup = self._prepared_lookup(store, task, name, str(info.version), model)
-        else:
+        elif kind == "demand":
             # A demand model carries its own history: nothing to look up per request.
             lookup = Lookup("unique_id", pd.DataFrame(), source=f"{name}@{info.version}")
+        else:
+            # Value models carry their accounts' summaries; the owners scope each account to its rep and team.
+            data = get_task(task, store).data
+            lookup = Lookup(data.id_column, pd.DataFrame(), _owners(store, data), as_of=f"{model.clv.as_of:%Y-%m-%d}",
+                            source=f"{name}@{info.version}")
         return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
                       info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"), kind)
 

@@ -37,6 +37,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.models import make_regressor
+
 if TYPE_CHECKING:
     from features.store import FeatureStore
 
@@ -386,32 +388,6 @@ def _date_features(freq: str) -> list[str]:
     if code in ("MS", "M", "ME"):
         return ["month"]
     return ["dayofweek", "month"]
-
-
-def make_regressor(family: str, booster: Mapping, *, threads: int, seed: int, monotone: Sequence[int] | None):
-    """The one regressor factory of demand models: LightGBM or XGBoost with ``booster`` parameters.
-
-    Args:
-        family: ``lightgbm`` or ``xgboost``.
-        booster: the tuned parameters (``n_estimators`` included).
-        threads: threads the booster may use.
-        seed: random seed.
-        monotone: one constraint per feature (-1, 0, 1), or ``None``.
-    """
-    if family == "lightgbm":
-        import lightgbm as lgb
-
-        extra = {"monotone_constraints": list(monotone), "monotone_constraints_method": "advanced"} \
-            if monotone is not None and any(monotone) else {}
-        return lgb.LGBMRegressor(n_jobs=threads, random_state=seed, verbose=-1, subsample_freq=1, **booster,
-                                 **extra)
-    if family == "xgboost":
-        import xgboost as xgb
-
-        extra = {"monotone_constraints": tuple(monotone)} if monotone is not None and any(monotone) else {}
-        return xgb.XGBRegressor(nthread=threads, random_state=seed, tree_method="hist", enable_categorical=True,
-                                **booster, **extra)
-    raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 
 class DemandForecaster:

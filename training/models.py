@@ -1,8 +1,9 @@
-"""The one estimator factory, and the churn model artifact in native formats.
+"""The estimator factories, and the risk model artifact in native formats.
 
-``make_estimator`` builds the LightGBM or XGBoost classifier used both inside the Optuna objective and for the
-final model. ``RiskModel`` is the single object that serving loads: the preprocessing, the booster in its native
-format (LightGBM text, XGBoost JSON) and the calibrator, saved as plain files; nothing is pickled.
+``make_estimator`` builds the LightGBM or XGBoost classifier of risk models, used both inside the Optuna objective
+and for the final model; ``make_regressor`` the regressor of demand and value models. ``RiskModel`` is the single
+object that serving loads: the preprocessing, the booster in its native format (LightGBM text, XGBoost JSON) and
+the calibrator, saved as plain files; nothing is pickled.
 """
 
 from __future__ import annotations
@@ -53,6 +54,28 @@ def make_estimator(family: str, params: dict, *, threads: int, seed: int, n_esti
         return xgb.XGBClassifier(n_estimators=n_estimators, nthread=threads, random_state=seed, tree_method="hist",
                                  eval_metric="auc", early_stopping_rounds=early_stopping_rounds,
                                  callbacks=callbacks, **params)
+    raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def make_regressor(family: str, booster: Mapping, *, threads: int, seed: int, monotone: Sequence[int] | None):
+    """The regressor factory of demand and value models: LightGBM or XGBoost with ``booster`` parameters.
+
+    Args:
+        family: ``lightgbm`` or ``xgboost``.
+        booster: the tuned parameters (``n_estimators`` included).
+        threads: threads the booster may use.
+        seed: random seed.
+        monotone: one constraint per feature (-1, 0, 1), or ``None``.
+    """
+    if family == "lightgbm":
+        extra = {"monotone_constraints": list(monotone), "monotone_constraints_method": "advanced"} \
+            if monotone is not None and any(monotone) else {}
+        return lgb.LGBMRegressor(n_jobs=threads, random_state=seed, verbose=-1, subsample_freq=1, **booster,
+                                 **extra)
+    if family == "xgboost":
+        extra = {"monotone_constraints": tuple(monotone)} if monotone is not None and any(monotone) else {}
+        return xgb.XGBRegressor(nthread=threads, random_state=seed, tree_method="hist", enable_categorical=True,
+                                **booster, **extra)
     raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 KIND_NAMES = ("risk", "demand", "segments", "value", "pricing")
 #: The audit checks the gate knows (``monitoring.gate`` implements each).
 CHECK_NAMES = ("performance", "fairness", "proxies", "drift", "explanations", "baselines", "intervals",
-               "monotone_price")
+               "monotone_price", "calibration")
 #: The checks of risk models.
 RISK_CHECKS = ("performance", "fairness", "proxies", "drift", "explanations")
 
@@ -285,7 +285,49 @@ DEMAND = Kind(
     artifact_file="demand.json",
 )
 
-KINDS: dict[str, Kind] = {RISK.name: RISK, DEMAND.name: DEMAND}
+def _mae(y: np.ndarray, yhat: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(y, dtype=float) - np.asarray(yhat, dtype=float))))
+
+
+def _spearman(y: np.ndarray, yhat: np.ndarray) -> float:
+    from training.value import spearman
+
+    return spearman(y, yhat)
+
+
+def _top20(y: np.ndarray, yhat: np.ndarray) -> float:
+    from training.value import top_share
+
+    return top_share(y, yhat, 0.2)
+
+
+VALUE = Kind(
+    name="value",
+    description="expected purchases, spend and discounted lifetime value per account, with P(alive) and a band",
+    config="training.value:ValueConfig",
+    trainer="training.value:train_value_model",
+    metrics={m.name: m for m in (
+        Metric("wape", False, "sum of absolute errors of the predicted value of the next horizon over the sum of "
+                              "realised value", _wape),
+        Metric("mae", False, "mean absolute error of the predicted value of the next horizon", _mae),
+        Metric("spearman", True, "Spearman rank correlation of predicted and realised value", _spearman),
+        Metric("top20_capture", True, "share of the realised value held by the top 20% of accounts by prediction",
+               _top20),
+    )},
+    gate_metric="wape",
+    artifact_format="BG/NBD and Gamma-Gamma parameters as JSON, account summaries as Parquet; with a booster, "
+                    "LightGBM text or XGBoost JSON and the accounts' features as Parquet",
+    artifact_loader="training.value:load_value_artifact",
+    pyfunc="pyfunc_value.py",
+    tracked_run="experiments.value_run:run_value_training",
+    serving=Serving(endpoint="/value/predict", request_schema="serving.schemas:ValueRequest",
+                    response_schema="serving.schemas:ValueResponse", score="serving.value:predict_value_request",
+                    prediction="expected_value", log_fields=("expected_value", "ltv", "p_alive", "value_band")),
+    checks=("performance", "calibration", "drift"),
+    artifact_file="value.json",
+)
+
+KINDS: dict[str, Kind] = {RISK.name: RISK, DEMAND.name: DEMAND, VALUE.name: VALUE}
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("opportunity_loss", "risk",
@@ -300,6 +342,10 @@ TASKS: dict[str, Task] = {t.name: t for t in (
               events=(("orders", "order_date"),), owners="accounts"),
          "an active customer places no order within the horizon",
          oracle=Oracle("customer_churn_probability.parquet", "account_id", "p_no_order_90d")),
+    Task("customer_value", "value",
+         Data("view", "customer", "account_id", "label_value_next_{h}d", "cutoff", "account",
+              events=(("orders", "order_date"),), owners="accounts"),
+         "what each customer will buy: purchases, spend, P(alive) and discounted lifetime value"),
     Task("product_demand", "demand",
          Data("view", "product_week", "product_id", "units", "week_start", "product",
               events=(("orders", "order_date"),)),

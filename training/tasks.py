@@ -30,8 +30,8 @@ from features.views import ViewConfig, get_view
 from training.registry import MIN_DEALS_PER_OUTCOME, Task, get_task
 
 
-class RiskConfig(BaseModel):
-    """Training config of a risk model: deal loss, churn, any binary outcome (``experiments/configs/<task>.yaml``)."""
+class TaskConfig(BaseModel):
+    """Fields every kind's training config shares: the study, the data window and the machine."""
 
     model_config = ConfigDict(extra="forbid")
     task: str | None = None
@@ -40,6 +40,24 @@ class RiskConfig(BaseModel):
     seed: int = 42
     families: list[Literal["lightgbm", "xgboost"]] = Field(default_factory=lambda: ["lightgbm", "xgboost"])
     pruning: bool = True
+    max_estimators: int = Field(2000, ge=10)
+    early_stopping_rounds: int = Field(100, ge=5)
+    sensitive_as_features: bool = Field(False, description="Use sensitive attributes as features (audited anyway).")
+    exclude_features: list[str] = Field(default_factory=list)
+    horizon_days: int = 90
+    as_of: date | None = Field(None, description="Data as-of date for view tasks (default: the latest event).")
+    start: date | None = Field(None, description="First cutoff month for view tasks (default: second month).")
+    ground_truth: str | None = Field(None, description="Simulator ground_truth folder, for the oracle figures; "
+                                     "'{home}' is SALESML_HOME.")
+    heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
+    initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
+                                       "(Optuna parameter names, e.g. family, lgb_learning_rate).")
+    threads: int = 2
+
+
+class RiskConfig(TaskConfig):
+    """Training config of a risk model: deal loss, churn, any binary outcome (``experiments/configs/<task>.yaml``)."""
+
     cv_folds: int = Field(5, ge=2, description="Folds for tuning and calibration on untimed data.")
     test_size: float = Field(0.2, gt=0, lt=1, description="Held-out share on untimed data (stratified).")
     split_seed: int = Field(42, description="random_state of the untimed train/test split.")
@@ -47,26 +65,13 @@ class RiskConfig(BaseModel):
     validation_cutoffs: int = Field(3, ge=1, description="Cutoffs before the test window for validation.")
     embargo_cutoffs: int | None = Field(None, ge=0, description="Cutoffs dropped between training and validation "
                                         "(default: the label horizon in months).")
-    max_estimators: int = Field(2000, ge=10)
-    early_stopping_rounds: int = Field(100, ge=5)
     early_warning_precision: float = Field(0.6, gt=0, lt=1, description="Precision the alert threshold targets.")
     early_warning_days: int = Field(30, ge=1)
     reasons: int = Field(3, ge=1, le=10, description="Reason codes per prediction.")
-    sensitive_as_features: bool = Field(False, description="Use sensitive attributes as features (audited anyway).")
-    exclude_features: list[str] = Field(default_factory=list)
-    horizon_days: int = 90
-    as_of: date | None = Field(None, description="Data as-of date for view tasks (default: the latest event).")
-    start: date | None = Field(None, description="First cutoff month for view tasks (default: second month).")
-    ground_truth: str | None = Field(None, description="Simulator ground_truth folder, for the oracle AUC; "
-                                     "'{home}' is SALESML_HOME.")
     min_deals_per_outcome: int = Field(MIN_DEALS_PER_OUTCOME, description="Outcomes of each kind a task that "
                                        "declares a minimum needs (opportunity scoring: won and lost deals).")
-    heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
     monotone: dict[str, Literal["increasing", "decreasing"]] = Field(
         default_factory=dict, description="Features whose effect on risk must be monotone (booster constraints).")
-    initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
-                                       "(Optuna parameter names, e.g. family, lgb_learning_rate).")
-    threads: int = 2
 
 
 def load_config(path: Path | None, model: type[BaseModel] = RiskConfig, **overrides: object) -> BaseModel:
@@ -145,7 +150,7 @@ class TaskData:
     unavailable: list[dict] = field(default_factory=list)
 
 
-def resolve_task(name: str, store: FeatureStore, config: RiskConfig) -> TaskSpec:
+def resolve_task(name: str, store: FeatureStore, config: TaskConfig) -> TaskSpec:
     """The spec of a task name: its registry definition and the columns it learns from.
 
     Raises:
@@ -180,7 +185,7 @@ def resolve_task(name: str, store: FeatureStore, config: RiskConfig) -> TaskSpec
 
 
 def _spec_from_columns(name: str, kind: str, source: str, label: str, id_column: str, time_column: str,
-                       columns: list, config: RiskConfig) -> TaskSpec:
+                       columns: list, config: TaskConfig) -> TaskSpec:
     excluded = set(config.exclude_features)
     numeric: list[str] = []
     categorical: list[str] = []
@@ -200,7 +205,7 @@ def _spec_from_columns(name: str, kind: str, source: str, label: str, id_column:
     return TaskSpec(name, kind, source, label, id_column, time_column, numeric, categorical, sensitive, keys)
 
 
-def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> TaskData:
+def load_task_data(store: FeatureStore, spec: TaskSpec, config: TaskConfig) -> TaskData:
     """Load a task's labelled rows: a feature view built at every month end, or an imported task table.
 
     View tasks are materialised in the feature store so that the model's lineage points at a stored version.
@@ -245,7 +250,7 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: RiskConfig) -> T
     return TaskData(spec, frame, f"{spec.source}@{snapshot[:16]}", snapshot, window, source_rows=len(frame))
 
 
-def _oracle(config: RiskConfig, task: Task) -> pd.DataFrame | None:
+def _oracle(config: TaskConfig, task: Task) -> pd.DataFrame | None:
     """Ground-truth probabilities on the simulator; ``None`` off it (no ground_truth configured or present)."""
     if not config.ground_truth or task.oracle is None:
         return None
@@ -257,7 +262,7 @@ def _oracle(config: RiskConfig, task: Task) -> pd.DataFrame | None:
         [task.oracle.id_column, "cutoff", "oracle"]]
 
 
-def with_home(config: RiskConfig, home: Path) -> RiskConfig:
+def with_home(config: TaskConfig, home: Path) -> TaskConfig:
     """The config with ``{home}`` in its paths replaced by SALESML_HOME."""
     if config.ground_truth and "{home}" in config.ground_truth:
         return config.model_copy(update={"ground_truth": config.ground_truth.format(home=home)})

@@ -35,8 +35,8 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the main job end to end on the embedded defaults: simulate, ingest with quarantine, build the feature
-    views, train the opportunity-loss and product-demand models, audit them, approve them as a demo validator,
-    promote them and serve them."""
+    views, train the opportunity-loss, product-demand and customer-value models, audit them, approve them as a
+    demo validator, promote them and serve them."""
     from monitoring.demo import STEPS, DemoConfig, DemoGateError, run_demo
 
     settings = get_settings()
@@ -66,9 +66,14 @@ def demo(
             if "test_roc_auc" in m:
                 figures = (f"test ROC AUC {m['test_roc_auc']:.3f} "
                            f"(oracle {m.get('oracle_roc_auc') or float('nan'):.3f})")
-            else:
+            elif "test_wape" in m and "test_coverage_80" in m:
                 figures = (f"test WAPE {m['test_wape']:.3f} (best baseline {m.get('best_baseline_wape') or float('nan'):.3f}),"
                            f" 80% interval coverage {m.get('test_coverage_80') or float('nan'):.2f}")
+            else:
+                figures = (f"holdout Spearman {m.get('test_spearman') or float('nan'):.3f} (RFM-only baseline "
+                           f"{m.get('rfm_baseline_spearman') or float('nan'):.3f}), repeat purchases expected "
+                           f"{m.get('holdout_purchases_expected') or 0:,.0f} vs {m.get('holdout_purchases_actual') or 0:,.0f}"
+                           " actual")
             stdout.print(f"{trained['model']} version {trained['version']}: {figures}; gate {model['audit']['gate']}; "
                          f"champion {model['promoted']['champion']}")
             stdout.print(f"audit report: {model['audit']['report']}")

@@ -155,7 +155,7 @@ def score(
                                                show_default=False)] = None,
     legacy_task: Annotated[str | None, typer.Option(
         "--task", help="The task, in the old spelling `salesml score churn --task TASK` (still accepted).")] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="CSV or Parquet file of feature records.",
+    input_file: Annotated[Path | None, typer.Option("--input", help="CSV or Parquet file: feature records (risk), series (demand) or account ids (value).",
                                                     show_default=False)] = None,
     output: Annotated[Path | None, typer.Option(help="Where to write the scores (.parquet or .csv).",
                                                 show_default=False)] = None,

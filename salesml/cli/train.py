@@ -45,10 +45,12 @@ def train(
 ) -> None:
     """Tune (Optuna), train and evaluate a model of TASK's kind; track it in MLflow and register a version of
     <kind>.<task>."""
+    from training.clv import FitError
     from training.demand import InsufficientHistoryError
     from training.registry import get_task, resolve
     from training.risk import InsufficientDataError
     from training.tasks import load_config
+    from training.value import InsufficientValueDataError
 
     settings = get_settings()
     with failures(as_json):
@@ -79,7 +81,7 @@ def train(
 
             try:
                 result = run(settings, task, cfg, trainer, baseline, progress, status)
-            except (InsufficientDataError, InsufficientHistoryError) as exc:
+            except (InsufficientDataError, InsufficientHistoryError, InsufficientValueDataError, FitError) as exc:
                 raise CommandError(str(exc)) from None
 
     def render(r: dict) -> None:
@@ -88,7 +90,7 @@ def train(
         rich = new_table("metric", "value", right=("value",), title="Test metrics")
         for key, value in m.items():
             if key.startswith(("test_", "oracle", "early_warning", "lead_time", "baseline_", "best_baseline",
-                               "wape_vs", "elasticity_")):
+                               "wape_vs", "elasticity_", "holdout_", "purchases_")) or key.endswith("_spearman"):
                 rich.add_row(key, "-" if value is None else f"{value:.4f}")
         stdout.print(rich)
         for group in r.get("unavailable_feature_groups", []):
