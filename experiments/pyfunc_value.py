@@ -2,8 +2,9 @@
 
 The artifact folder holds the BG/NBD and Gamma-Gamma parameters as JSON, the accounts' purchase summaries as
 Parquet and, when the registered model is the booster, its native file and the accounts' features
-(``training.value``). ``predict`` takes one row per account (``account_id``, and optionally ``horizon_days``)
-and returns expected purchases, spend and value over the horizon, P(alive), lifetime value and value band.
+(``training.value``). ``predict`` takes one row per account (``account_id``; the horizon in days is the optional
+``horizon_days`` parameter) and returns expected purchases, spend and value over the horizon, P(alive),
+lifetime value and value band.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ class ValuePyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         horizon = (params or {}).get("horizon_days")
-        if horizon is None and "horizon_days" in model_input.columns:
-            horizon = int(model_input["horizon_days"].max())
         accounts = list(dict.fromkeys(model_input["account_id"].astype(str)))
         return self.model.predict(accounts, int(horizon) if horizon else None)
 

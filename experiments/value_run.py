@@ -176,8 +176,8 @@ def _log_evaluation(result: ValueResult, data: ValueData) -> None:
 
 def _log_model(result: ValueResult) -> tuple[dict[str, str], str]:
     model = result.model
-    example = pd.DataFrame({ID: [str(a) for a in model.accounts[:2]],
-                            "horizon_days": [model.horizon_days] * min(2, len(model.accounts))})
+    # The horizon is a parameter (optional, the model's own by default), not an input column.
+    example = (pd.DataFrame({ID: [str(a) for a in model.accounts[:2]]}), {"horizon_days": model.horizon_days})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "value_model"
         digests = model.save(folder)

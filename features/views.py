@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, time
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
@@ -605,6 +606,16 @@ def basket_items(tables: Mapping[str, ir.Table], cutoffs: ir.Table, config: View
     return j.join(items, "order_id").select("cutoff", "order_id", "account_id", "product_id").distinct()
 
 
+def _grouped(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct keys and, for each, its values (in their order of appearance): a vectorised
+    ``groupby(keys).agg(list)``, which on Arrow-backed strings slices one group at a time and took 27 of the 29
+    seconds of a 1,500-account customer view."""
+    codes, uniques = pd.factorize(keys)
+    order = np.argsort(codes, kind="stable")
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.asarray(uniques, dtype=object), np.split(values[order], bounds)
+
+
 def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: ViewConfig) -> pd.DataFrame:
     """Fill ``assoc_top_lift`` and ``assoc_rules`` with mlxtend fpgrowth rules mined per cutoff.
 
@@ -622,14 +633,15 @@ def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: Vi
     view["assoc_top_lift"] = 0.0
     view["assoc_rules"] = 0
     for cutoff, group in items.groupby("cutoff"):
-        baskets = group.groupby("order_id")["product_id"].agg(list)
+        products = group["product_id"].to_numpy(dtype=object)
+        baskets = _grouped(group["order_id"].to_numpy(dtype=object), products)[1]
         if len(baskets) < 10:
             continue
-        encoder = TransactionEncoder().fit(baskets.tolist())
+        encoder = TransactionEncoder().fit(baskets)
         if len(baskets) * len(encoder.columns_) <= 50_000_000:
-            frame = pd.DataFrame(encoder.transform(baskets.tolist()), columns=encoder.columns_)
+            frame = pd.DataFrame(encoder.transform(baskets), columns=encoder.columns_)
         else:
-            onehot = encoder.transform(baskets.tolist(), sparse=True)
+            onehot = encoder.transform(baskets, sparse=True)
             frame = pd.DataFrame.sparse.from_spmatrix(onehot, columns=encoder.columns_).astype(
                 pd.SparseDtype(bool, False))
         itemsets = fpgrowth(frame, min_support=config.assoc_min_support, use_colnames=True,
@@ -639,7 +651,8 @@ def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: Vi
         rules = association_rules(itemsets, metric="confidence", min_threshold=config.assoc_min_confidence)
         if rules.empty:
             continue
-        bought = group.groupby("account_id")["product_id"].agg(set)
+        accounts, held = _grouped(group["account_id"].to_numpy(dtype=object), products)
+        bought = pd.Series([set(h) for h in held], index=accounts, dtype=object)
         rows = view.index[view["cutoff"] == cutoff]
         owned = view.loc[rows, "account_id"].map(bought)
         best = []

@@ -23,6 +23,8 @@ from salesml.settings import get_settings
 from tests.e2e.test_cli_data import last_json, run
 from tests.monitoring.test_gate import train
 
+REPO = Path(__file__).resolve().parents[2]
+
 VALIDATOR = Principal("vera", "model_validator", "all", "")
 NAME = "risk.opportunity_loss"
 
@@ -271,6 +273,95 @@ def test_a_fresh_process_reproduces_the_runs_forecasts_and_batch_forecasts_use_t
     assert bad.returncode != 0 and "unknown series" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def _value(svc, who, body):
+    return httpx.post(f"{svc['base']}/value/predict", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {svc['tokens'][who]}"})
+
+
+@pytest.mark.slow
+def test_value_predictions_are_scoped_like_risk_and_reproduced_by_a_fresh_process(service, tmp_path):
+    demo, home = service["demo"], service["home"]
+    trained = next(m for m in demo["models"] if m["task"] == "customer_value")
+    assert trained["promoted"]["champion"] == trained["trained"]["version"] == "1"
+    m = trained["trained"]["metrics"]
+    assert m["test_spearman"] > m["rfm_baseline_spearman"] and m["purchases_mae"] < m["purchases_naive_mae"], m
+    port = service["base"].rsplit(":", 1)[1]
+    curl = next(c for c in demo["curl"] if "/value/predict" in c)
+    answer = json.loads(subprocess.run(["bash", "-c", curl.split("    #")[0].replace(":3000", f":{port}")],
+                                       capture_output=True, text=True, timeout=60, check=True).stdout)
+    assert (answer["model"], answer["version"], answer["horizon_days"]) == ("value.customer_value", "1", 90)
+    mine = answer["results"][0]
+    assert 0 < mine["p_alive"] <= 1 and mine["expected_value"] > 0 and mine["ltv"] > 0
+    assert mine["value_band"] in ("low", "medium", "high")
+
+    settings = get_settings(home=home)
+    from features.store import FeatureStore
+
+    with FeatureStore(settings.feature_store_path, read_only=True) as store:
+        accounts = store.table("accounts").select("account_id", "owner_rep_id").execute()
+        orders = store.table("orders").execute()
+    rep = json.loads((home / "demo-tokens.json").read_text())["rep"]["scope"].removeprefix("rep:")
+    buyers = set(orders.loc[orders["status"] == "completed", "account_id"])  # the accounts the model knows
+    other = next(a for a in accounts.loc[accounts["owner_rep_id"] != rep, "account_id"] if a in buyers)
+    ask = {"task": "customer_value", "accounts": [mine["account_id"]]}
+    forbidden = _value(service, "rep", {**ask, "accounts": [mine["account_id"], other]})
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["ids"] == [other], forbidden.text
+    assert _value(service, "exec", {**ask, "accounts": [other]}).status_code == 200
+
+    def refused(body, status, field):
+        got = _value(service, "exec", body)
+        assert got.status_code == status, got.text
+        assert got.json()["error"]["field"] == field, got.text
+
+    refused({**ask, "accounts": ["A-NOPE"]}, 404, "accounts")
+    refused({**ask, "accounts": [other, other]}, 422, "accounts")
+    refused({**ask, "horizon_days": 0}, 422, "horizon_days")
+    refused({**ask, "task": "product_demand"}, 404, "task")
+    longer = _value(service, "exec", {**ask, "horizon_days": 365}).json()["results"][0]
+    assert longer["expected_purchases"] > mine["expected_purchases"] and longer["ltv"] == mine["ltv"]
+
+    run_id = trained["trained"]["run_id"]
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "from experiments.tracking import configure_mlflow\n"
+        "from salesml.settings import get_settings\n"
+        "client = configure_mlflow(get_settings())\n"
+        "logged = pd.read_parquet(client.download_artifacts(sys.argv[1], 'evaluation/predictions.parquet', sys.argv[2]))\n"
+        "model = mlflow.pyfunc.load_model('models:/value.customer_value/1')\n"
+        "out = model.predict(pd.DataFrame({'account_id': logged['account_id']}))\n"
+        "diff = max(float((logged[c] - out[c]).abs().max()) for c in ('expected_value', 'p_alive', 'ltv'))\n"
+        "print(json.dumps({'rows': len(logged), 'same_ids': bool((logged['account_id'] == out['account_id']).all()),"
+        " 'diff': diff}))\n")
+    env = {**os.environ, "SALESML_HOME": str(home)}
+    fresh = subprocess.run([sys.executable, "-c", script, run_id, str(tmp_path)], capture_output=True, text=True,
+                           timeout=300, env=env, cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    figures = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert figures["rows"] == 200 and figures["same_ids"] and figures["diff"] < 1e-9, figures
+
+    # A booster candidate is gated against the champion on its own holdout: the champion's parameters applied to
+    # the candidate's accounts as they were at its cutoff, over the same 90 days.
+    booster = tmp_path / "booster.yaml"
+    booster.write_text((REPO / "experiments" / "configs" / "customer_value.yaml").read_text().replace(
+        "model: probabilistic", "model: booster"))
+    second = last_json(run("train", "customer_value", "--config", str(booster), "--trials", "1", "--json",
+                           home=home))
+    audit = last_json(run("audit", "value.customer_value", second["version"], "--json", home=home))
+    checks = {c["name"]: c for c in audit["checks"]}
+    assert set(checks) == {"performance", "calibration", "drift"}
+    performance = checks["performance"]["figures"]
+    assert performance["candidate"] == pytest.approx(second["metrics"]["booster_wape"], rel=1e-6)
+    assert performance["champion"] == pytest.approx(m["probabilistic_wape"], rel=0.05), performance
+
+    pd.DataFrame({"account_id": [mine["account_id"], "A-NOPE", other]}).to_csv(tmp_path / "in.csv", index=False)
+    result = last_json(run("score", "value", "--task", "customer_value", "--input", str(tmp_path / "in.csv"),
+                           "--output", str(tmp_path / "out.csv"), "--json", home=home))
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert (result["rows_read"], result["rows"], result["rejected"]) == (3, 2, 1)
+    assert list(out["account_id"]) == [mine["account_id"], other]
+    assert "unknown account" in pd.read_csv(result["rejected_file"])["reason"].iloc[0]
+
+
 def _dashboard_dom(svc, chromium, who: str) -> str:
     # The virtual-time budget lets the page's fetch and D3 drawing finish before the DOM is dumped.
     dom = chromium("--virtual-time-budget=20000", "--dump-dom",
@@ -307,7 +398,7 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
             assert text == ("&gt;99%" if p >= 0.995 else "&lt;1%"), (text, p)
         else:
             assert abs(int(text.rstrip("%")) - 100 * p) <= 0.5 + 1e-9, (text, p)
-    assert dom.count('class="model"') == len(data["models"]) == 2
+    assert dom.count('class="model"') == len(data["models"]) == 3
     # The demand panel: a fan (p10 to p90) and a p50 line per top product, for managers and executives.
     demand = data["demand"]
     assert demand["model"] == "demand.product_demand" and len(demand["series"]) == 3

@@ -44,6 +44,10 @@ def test_metrics_know_their_direction():
     demand = get_kind("demand")
     assert demand.metric().name == "wape" and demand.metric().improvement(0.05, 0.06) == pytest.approx(0.01)
     assert demand.metric().compute([10, 10], [9, 12]) == pytest.approx(0.15)
+    value = get_kind("value")
+    assert value.metric().name == "wape" and not value.metric().higher_is_better
+    assert value.metric("spearman").higher_is_better and value.metric("spearman").compute([1, 2, 3], [3, 5, 9]) == 1
+    assert value.metric("top20_capture").compute([0, 0, 0, 0, 10], [0, 0, 0, 0, 1]) == 1.0
 
 
 def test_tasks_name_their_models_and_data_and_unknown_names_say_what_is_known():
