@@ -4,7 +4,6 @@ end in tests/e2e/test_service.py)."""
 from __future__ import annotations
 
 import pandas as pd
-import pytest
 
 from monitoring.policy import CalibrationPolicy, load_policy
 from monitoring.value_audits import audit_purchase_calibration
