@@ -327,6 +327,35 @@ VALUE = Kind(
     artifact_file="value.json",
 )
 
+def _adjusted_rand(labels: np.ndarray, other: np.ndarray) -> float:
+    from sklearn.metrics import adjusted_rand_score
+
+    return float(adjusted_rand_score(np.asarray(labels), np.asarray(other)))
+
+
+SEGMENTS = Kind(
+    name="segments",
+    description="each customer's segment (HDBSCAN on the customer profile), its name, membership strength and "
+                "value, with profiles and month-to-month migration",
+    config="training.segments:SegmentsConfig",
+    trainer="training.segments:train_segments_model",
+    metrics={m.name: m for m in (
+        Metric("ari", True, "adjusted Rand index between two labellings of the same accounts (1: the same "
+                            "segments)", _adjusted_rand),
+    )},
+    gate_metric="ari",
+    artifact_format="scaler, names and settings as JSON; assignments, profiles and migration as Parquet; the "
+                    "HDBSCAN clusterer pickled, opened only after its SHA-256 matches the registry's tag",
+    artifact_loader="training.segments:load_segments_artifact",
+    pyfunc="pyfunc_segments.py",
+    tracked_run="experiments.segments_run:run_segments_training",
+    serving=Serving(endpoint="/segments/assign", request_schema="serving.schemas:SegmentsRequest",
+                    response_schema="serving.schemas:SegmentsResponse", score="serving.segments:assign_request",
+                    prediction="segment", log_fields=("segment", "name", "strength")),
+    checks=("stability", "proxies", "drift"),
+    artifact_file="segments.json",
+)
+
 KINDS: dict[str, Kind] = {RISK.name: RISK, DEMAND.name: DEMAND, VALUE.name: VALUE}
 
 TASKS: dict[str, Task] = {t.name: t for t in (
