@@ -98,6 +98,9 @@ def audit_version(settings: Settings, name: str, version: str, policy_path: Path
     if kind.name == "demand":
         checks, audit_window = _demand_checks(settings, client, name, str(version), candidate, info, policy,
                                               evaluation, task)
+    elif kind.name == "segments":
+        checks, audit_window = _segments_checks(settings, client, name, str(version), candidate, info, policy,
+                                                evaluation, task)
     elif kind.name == "value":
         checks, audit_window = _value_checks(settings, client, name, str(version), candidate, info, policy,
                                              evaluation, task)
@@ -319,6 +322,52 @@ def _value_checks(settings: Settings, client, name: str, version: str, candidate
         checks.append(drift)
     return checks, {"window": f"{len(window)} active accounts at {cutoff}, judged on the next "
                               f"{windows.get('horizon_days', candidate.horizon_days)} days", "champion": champion_note}
+
+
+def _segments_checks(settings: Settings, client, name: str, version: str, candidate, info, policy: Policy,
+                     evaluation: dict, task: str) -> tuple[list[CheckResult], dict]:
+    """The checks of a segmentation: stability, and DBCV against the champion's segments of the same accounts;
+    segment membership as a proxy of each sensitive attribute; drift of the customer view's features."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from monitoring.segment_audits import audit_segment_proxies, audit_stability
+    from training.segments import sampled_validity
+
+    window, reference = evaluation["window"], evaluation["reference"]
+    documents = evaluation.get("documents", {})
+    metrics = client.get_run(info.run_id).data.metrics
+    champion_info = get_alias(client, name, CHAMPION)
+    champion_note, versus = "none", None
+    if champion_info is not None and str(champion_info.version) != str(version):
+        champion, _ = load_version_model(client, name, str(champion_info.version))
+        champion_note = str(champion_info.version)
+        lacking = [c for c in [*champion.scaler.numeric, *champion.scaler.categorical] if c not in window.columns]
+        if lacking:
+            champion_note += f" (not comparable: it reads {', '.join(lacking[:5])}, which the candidate's rows lack)"
+        else:
+            theirs = champion.assign(window)["segment"].to_numpy()
+            x = candidate.scaler.transform(window)
+            versus = {"version": champion_note, "candidate_dbcv": sampled_validity(x, window["segment"].to_numpy())[0],
+                      "dbcv": sampled_validity(x, theirs)[0],
+                      "ari_with_candidate": float(adjusted_rand_score(window["segment"], theirs))}
+    checks: list[CheckResult] = []
+    running = policy.running()
+    if "proxies" in running:
+        proxies = policy.check("proxies")
+        attributes = list(proxies.attributes or documents.get("windows", {}).get("sensitive") or [])
+        checks.append(audit_segment_proxies(window, window["segment"].to_numpy(), attributes, proxies))
+    if "drift" in running:
+        drift_policy = policy.check("drift")
+        current, source = latest_rows(settings, task, evaluation["recent"], window)
+        features = [c for c in candidate.scaler.numeric if c in current.columns]
+        categorical = [c for c in candidate.scaler.categorical if c in current.columns]
+        drift = audit_drift(reference, current, features, categorical, None, None, drift_policy, 0)
+        drift.figures["current_source"] = source
+        checks.append(drift)
+    if "stability" in running:
+        checks.append(audit_stability(metrics, policy.check("stability"), versus))
+    cutoff = evaluation.get("split", {}).get("cutoff", "the latest month end")
+    return checks, {"window": f"{len(window)} active accounts at {cutoff}", "champion": champion_note}
 
 
 def latest_rows(settings: Settings, task: str, recent: pd.DataFrame | None, window: pd.DataFrame

@@ -157,6 +157,34 @@ class MonotonePricePolicy(CheckPolicy):
                                        "price raises p50.")
 
 
+class ProxiesPolicy(CheckPolicy):
+    """Association of what a model outputs or reads with each sensitive attribute, judged on its own (segments:
+    Cramer's V between segment membership and the attribute). Risk models judge proxies with their fairness
+    section's settings instead."""
+
+    on_fail: Severity = "review"
+    attributes: list[str] | None = Field(None, description="Sensitive attributes (default: the task's own).")
+    proxy_threshold: float = Field(0.5, gt=0, le=1, description="Cramer's V above which the segmentation proxies "
+                                   "the attribute.")
+    acknowledged_proxies: list[AcknowledgedProxy] = Field(default_factory=list)
+
+    @property
+    def proxy_on_fail(self) -> str:
+        """The severity ``audit_proxies`` reads."""
+        return self.on_fail
+
+
+class StabilityPolicy(CheckPolicy):
+    """A segmentation's stability under resampling, and its density-based validity against the champion's."""
+
+    on_fail: Severity = "review"
+    min_bootstrap_ari: float = Field(0.85, ge=0, le=1, description="Mean ARI of bootstrap refits against the "
+                                     "full model's segments.")
+    max_noise_share: float = Field(0.15, ge=0, le=1, description="Largest share of accounts left unassigned.")
+    max_dbcv_degradation: float = Field(0.05, ge=0, description="How much lower than the champion's the DBCV may "
+                                        "be, both computed on the candidate's accounts.")
+
+
 class CalibrationPolicy(CheckPolicy):
     """A value model's expected repeat purchases against the actual ones in its run's holdout."""
 
@@ -174,7 +202,8 @@ CHECK_POLICIES: dict[str, type[CheckPolicy]] = {"performance": PerformancePolicy
                                                 "drift": DriftPolicy, "explanations": ExplanationsPolicy,
                                                 "baselines": BaselinesPolicy, "intervals": IntervalsPolicy,
                                                 "monotone_price": MonotonePricePolicy,
-                                                "calibration": CalibrationPolicy}
+                                                "calibration": CalibrationPolicy, "proxies": ProxiesPolicy,
+                                                "stability": StabilityPolicy}
 #: Checks that run as part of another check's section (proxies are judged with the fairness settings).
 PART_OF = {"proxies": "fairness"}
 
@@ -189,8 +218,9 @@ class Policy(BaseModel):
     checks: dict[str, CheckPolicy]
 
     def check(self, name: str) -> CheckPolicy | None:
-        """A check's settings, or ``None`` when the policy does not run it."""
-        return self.checks.get(PART_OF.get(name, name))
+        """A check's settings, or ``None`` when the policy does not run it (proxies without a section of their
+        own are judged with the fairness settings)."""
+        return self.checks.get(name) or self.checks.get(PART_OF.get(name, name))
 
     def running(self) -> list[str]:
         """The checks that run, in the gate's order (those declared not applicable are left out)."""
@@ -235,7 +265,7 @@ def _parse(task: str, kind: Kind, merged: dict, where: str) -> Policy:
                                  f" (got {e.get('input')!r})" for e in exc.errors())
             raise PolicyError(f"{where}: {problems}") from None
     performance = checks.get("performance")
-    if isinstance(performance, PerformancePolicy):
+    if isinstance(performance, PerformancePolicy) and performance.not_applicable is None:
         try:
             kind.metric(performance.metric)
         except UnknownTaskError as exc:

@@ -26,7 +26,15 @@ from serving.dashboard import dashboard_data, dashboard_html
 from serving.demand import forecast_request, log_records, series_ids
 from serving.inference_log import InferenceLogger
 from serving.predict import RequestError, check_role, out_of_scope, resolve_parts, score_request, unknown_ids
-from serving.schemas import ErrorResponse, ForecastRequest, ModelsResponse, ScoreRequest, ValueRequest
+from serving.schemas import (
+    ErrorResponse,
+    ForecastRequest,
+    ModelsResponse,
+    ScoreRequest,
+    SegmentsRequest,
+    ValueRequest,
+)
+from serving.segments import assign_request, segments_html, segments_page_data
 from serving.state import ModelServer, Served
 from serving.value import predict_value_request
 from training.registry import KINDS, resolve
@@ -235,8 +243,36 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
                                       "ltv_months": model.clv.ltv_months, "discount_rate": model.clv.discount_rate,
                                       "results": results}), media_type="application/json")
 
+    async def segments(body: SegmentsRequest, request: Request) -> Response:
+        """Segment, name, membership strength, lifetime value, P(alive) and value band per account, from the
+        champion of a segments task; ids it segmented, or full profile records. Scoped like risk."""
+        principal = principal_of(request)
+        check_role(principal.role)
+        server = server_provider()
+        served = served_of(server, body.task, "segments")
+        model = served.model
+        ids = list(body.accounts) or [str(r.get("account_id")) for r in body.records if r.get("account_id")]
+        outside = out_of_scope(ids, principal.scope, served.lookup, server.state.hierarchy)
+        if outside:
+            raise RequestError(403, "accounts" if body.accounts else "records", f"{principal.name} may not see "
+                               f"these accounts (scope {principal.scope})", outside[:50])
+        worth = next((s for s in server.state.served.values() if s.kind == "value"), None)
+        results = await run_in_threadpool(assign_request, model, list(body.accounts), list(body.records),
+                                          min(settings.max_batch_rows, model.max_accounts),
+                                          worth.model if worth is not None else None)
+        logger = logger_provider()
+        if logger is not None:
+            inputs = [{"account_id": r["account_id"], "source": r["source"]} for r in results]
+            logger.log(served.task, principal.name, served.name, served.version, inputs, results, "account_id",
+                       served.kind, KINDS[served.kind].serving.prediction)
+        return Response(orjson.dumps({"task": served.task, "model": served.name, "version": served.version,
+                                      "value_model": worth.name if worth else None,
+                                      "value_version": worth.version if worth else None,
+                                      "as_of": f"{model.as_of:%Y-%m-%d}", "results": results}),
+                        media_type="application/json")
+
     # Each kind's endpoint comes from the task registry; older paths stay as documented, deprecated aliases.
-    handlers = {"risk": score, "demand": forecast, "value": value}
+    handlers = {"risk": score, "demand": forecast, "value": value, "segments": segments}
     for kind in KINDS.values():
         handler = handlers[kind.name]
         response = resolve(kind.serving.response_schema)
@@ -276,6 +312,23 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         check_role(principal.role)
         server = server_provider()
         return dashboard_data(settings, server.state, principal, server.rules)
+
+    @app.get("/segments", response_class=HTMLResponse, include_in_schema=False)
+    def segments_page() -> str:
+        """The segments page (the data comes from /segments/data with the viewer's token)."""
+        return segments_html()
+
+    @app.get("/segments/data", responses=ERRORS, dependencies=[Security(BEARER)])
+    def segments_data(request: Request) -> dict:
+        """Bubbles, profiles and migration of the segments champion, over the accounts in the caller's scope."""
+        principal = principal_of(request)
+        check_role(principal.role)
+        server = server_provider()
+        served = next((s for s in server.state.served.values() if s.kind == "segments"), None)
+        if served is None:
+            raise RequestError(404, "task", "no segments champion is served: train, audit and promote one")
+        return {"task": served.task, "model": served.name, "version": served.version,
+                **segments_page_data(served.model, server.state.hierarchy.owners_in(principal.scope))}
 
     @app.get("/static/d3.min.js", include_in_schema=False)
     def d3() -> FileResponse:

@@ -55,6 +55,8 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
         return forecast_file(model, name, str(info.version), task, source, target)
     if kind == "value":
         return value_file(model, name, str(info.version), task, source, target)
+    if kind == "segments":
+        return segments_file(model, name, str(info.version), task, source, target)
     return score_rows(model, name, str(info.version), task, source, target, k, chunk_rows, progress,
                       approximate=settings.reasons == "fast")
 
@@ -142,6 +144,52 @@ def value_file(model, name: str, version: str, task: str, source: Path, target: 
         rejected.to_csv(rejected_path, index=False)
     return {"task": task, "model": name, "version": version, "rows": len(out), "rows_read": len(frame),
             "horizon_days": horizon or model.horizon_days, "output": str(target), "rejected": int(len(rejected)),
+            "rejected_file": str(rejected_path) if rejected_path else None}
+
+
+def segments_file(model, name: str, version: str, task: str, source: Path, target: Path) -> dict:
+    """Place every account a file names in a segment: by id (an ``account_id`` column: the segment training gave
+    it) or, when the file has every profile field the model segments on, from the profile itself.
+
+    Accounts neither known nor profiled go to the rejected file with the reason (rows read = written + rejected).
+
+    Raises:
+        ValueError: naming the file and what is wrong with it.
+    """
+    from serving.segments import assign_request
+
+    frame = _read_table(source)
+    if "account_id" not in frame.columns:
+        raise ValueError(f"{source}: no account_id column")
+    frame["account_id"] = frame["account_id"].astype(str)
+    needed = [*model.scaler.numeric, *model.scaler.categorical]
+    profiled = all(c in frame.columns for c in needed)
+    target = Path(target)
+    if profiled:
+        records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+        known, rejected = frame.index, frame.iloc[0:0].assign(reason="")
+    else:
+        ok = frame["account_id"].isin(set(model.assignments["account_id"]))
+        known = frame.index[ok]
+        rejected = frame[~ok].assign(reason="unknown account: not segmented by this model, and the file has no "
+                                            f"profile fields ({', '.join(needed[:5])}, ...)")
+        records = []
+    try:
+        results = assign_request(model, [] if profiled else frame.loc[known, "account_id"].drop_duplicates().tolist(),
+                                 records, max_accounts=max(1, len(frame))) if len(known) else []
+    except RequestError as exc:
+        raise ValueError(f"{source}: {exc.field}: {exc.reason}") from None
+    out = pd.DataFrame(results)
+    if not profiled and len(out):
+        out = frame.loc[known, ["account_id"]].merge(out, on="account_id", how="left")
+    out = out.assign(model=name, version=version)
+    _write_table(out, target)
+    rejected_path = None
+    if len(rejected):
+        rejected_path = rejected_file(target)
+        rejected.to_csv(rejected_path, index=False)
+    return {"task": task, "model": name, "version": version, "rows": len(out), "rows_read": len(frame),
+            "output": str(target), "rejected": int(len(rejected)),
             "rejected_file": str(rejected_path) if rejected_path else None}
 
 

@@ -173,3 +173,40 @@ class ValueResponse(BaseModel):
     ltv_months: int
     discount_rate: float = Field(description="Annual discount rate of the lifetime value.")
     results: list[ValueResult]
+
+
+class SegmentsRequest(BaseModel):
+    """Accounts to place in segments: ids the model segmented, or full customer-profile records."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: Annotated[str, Field(min_length=1, max_length=100, description="e.g. customer_segments")]
+    accounts: list[Annotated[StrictStr, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, description="Account ids (each once).")
+    records: list[dict[str, Scalar]] = Field(default_factory=list, description=(
+        "Full customer-profile records, each with its account_id and every field the model segments on."))
+
+
+class SegmentAssignment(BaseModel):
+    """The segment of one account."""
+
+    account_id: str
+    segment: int = Field(description="The segment's number in this model (-1: unassigned).")
+    name: str = Field(description="The segment's name, from its profile (e.g. high-value loyal, at risk).")
+    strength: float = Field(description="Membership strength, 0 to 1.")
+    ltv: float | None
+    p_alive: float | None
+    value_band: Literal["low", "medium", "high"] | None
+    source: Literal["training", "request"] = Field(description="training: as the model segmented the account at "
+                                                   "its month end; request: assigned from the record sent.")
+
+
+class SegmentsResponse(BaseModel):
+    """One result per account, in request order, and the models that made them."""
+
+    task: str
+    model: str
+    version: str
+    value_model: str | None = Field(None, description="The value champion the lifetime values come from, if any.")
+    value_version: str | None = None
+    as_of: str = Field(description="The month end the segmentation describes.")
+    results: list[SegmentAssignment]

@@ -162,9 +162,10 @@ class ModelServer:
             # A demand model carries its own history: nothing to look up per request.
             lookup = Lookup("unique_id", pd.DataFrame(), source=f"{name}@{info.version}")
         else:
-            # Value models carry their accounts' summaries; the owners scope each account to its rep and team.
+            # Value and segments models carry their accounts; the owners scope each account to its rep and team.
             data = get_task(task, store).data
-            lookup = Lookup(data.id_column, pd.DataFrame(), _owners(store, data), as_of=f"{model.clv.as_of:%Y-%m-%d}",
+            as_of = model.clv.as_of if kind == "value" else model.as_of
+            lookup = Lookup(data.id_column, pd.DataFrame(), _owners(store, data), as_of=f"{as_of:%Y-%m-%d}",
                             source=f"{name}@{info.version}")
         return Served(task, name, str(info.version), model, lookup, info.tags.get(TAG_GATE, "pending"),
                       info.tags.get(TAG_REPORT), datetime.now(UTC).isoformat(timespec="seconds"), kind)

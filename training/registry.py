@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 KIND_NAMES = ("risk", "demand", "segments", "value", "pricing")
 #: The audit checks the gate knows (``monitoring.gate`` implements each).
 CHECK_NAMES = ("performance", "fairness", "proxies", "drift", "explanations", "baselines", "intervals",
-               "monotone_price", "calibration")
+               "monotone_price", "calibration", "stability")
 #: The checks of risk models.
 RISK_CHECKS = ("performance", "fairness", "proxies", "drift", "explanations")
 
@@ -356,7 +356,7 @@ SEGMENTS = Kind(
     artifact_file="segments.json",
 )
 
-KINDS: dict[str, Kind] = {RISK.name: RISK, DEMAND.name: DEMAND, VALUE.name: VALUE}
+KINDS: dict[str, Kind] = {RISK.name: RISK, DEMAND.name: DEMAND, VALUE.name: VALUE, SEGMENTS.name: SEGMENTS}
 
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("opportunity_loss", "risk",
@@ -375,6 +375,11 @@ TASKS: dict[str, Task] = {t.name: t for t in (
          Data("view", "customer", "account_id", "label_value_next_{h}d", "cutoff", "account",
               events=(("orders", "order_date"),), owners="accounts"),
          "what each customer will buy: purchases, spend, P(alive) and discounted lifetime value"),
+    Task("customer_segments", "segments",
+         Data("view", "customer", "account_id", "", "cutoff", "account", events=(("orders", "order_date"),),
+              owners="accounts"),
+         "which group each active customer belongs to (high-value loyal, price-sensitive, at risk, ...)",
+         oracle=Oracle("account_segments.parquet", "account_id", "segment")),
     Task("product_demand", "demand",
          Data("view", "product_week", "product_id", "units", "week_start", "product",
               events=(("orders", "order_date"),)),

@@ -251,8 +251,9 @@ def bootstrap_stability(x: np.ndarray, labels: np.ndarray, params: Mapping, runs
     return scores
 
 
-def _sampled_scores(x: np.ndarray, labels: np.ndarray, limit: int, seed: int) -> tuple[float, float]:
-    """Exact DBCV (hdbscan.validity) and silhouette on a sample of the clustered accounts."""
+def sampled_validity(x: np.ndarray, labels: np.ndarray, limit: int = 5000, seed: int = 0) -> tuple[float, float]:
+    """Exact DBCV (hdbscan.validity) and silhouette on a sample of the clustered accounts (NaN, NaN with fewer than
+    two segments)."""
     from hdbscan.validity import validity_index
     from sklearn.metrics import silhouette_score
 
@@ -491,7 +492,7 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
     strength = np.asarray(clusterer.probabilities_, dtype=float)
     say(f"stability: {config.bootstrap_runs} bootstrap refits")
     stability = bootstrap_stability(x, labels, params, config.bootstrap_runs, config.seed, config.threads)
-    validity, silhouette = _sampled_scores(x, labels, config.validity_sample, config.seed)
+    validity, silhouette = sampled_validity(x, labels, config.validity_sample, config.seed)
     profiles = profile_segments(frame, labels, x, features)
     names = name_segments(profiles, frame, config.naming_threshold)
     profiles["name"] = profiles["segment"].map(names)
@@ -502,7 +503,7 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
     k = max(2, int(labels.max() + 1))
     kmeans = KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit(xr)
     kmeans_labels = pd.Series(kmeans.labels_.astype(int), index=frame[ID].astype(str))
-    k_validity, k_silhouette = _sampled_scores(xr, kmeans.labels_, config.validity_sample, config.seed)
+    k_validity, k_silhouette = sampled_validity(xr, kmeans.labels_, config.validity_sample, config.seed)
 
     assignments = pd.DataFrame({ID: frame[ID].astype(str), "segment": labels, "name": [names[v] for v in labels],
                                 "strength": strength, "owner_rep_id": frame.get("owner_rep_id"),
@@ -514,9 +515,13 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
         from hdbscan import approximate_predict
 
         previous, _ = approximate_predict(clusterer, scaler.transform(data.previous.reset_index(drop=True)))
-        migration = migration_matrix(pd.Series(previous, index=data.previous[ID].astype(str).to_numpy()),
-                                     pd.Series(labels, index=frame[ID].astype(str).to_numpy()), names)
-    model = SegmentModel(scaler, clusterer, names, profiles, assignments, data.cutoff, migration, params)
+        before = pd.Series(previous, index=data.previous[ID].astype(str).to_numpy())
+        migration = migration_matrix(before, pd.Series(labels, index=frame[ID].astype(str).to_numpy()), names)
+        assignments["previous_name"] = assignments[ID].map(before.map(lambda v: names.get(int(v), "unassigned")))
+    ltv = frame["ltv"].to_numpy(dtype=float)
+    bands = {"medium": float(np.quantile(ltv, 0.5)), "high": float(np.quantile(ltv, 0.8))}
+    model = SegmentModel(scaler, clusterer, names, profiles, assignments, data.cutoff, migration,
+                         {**params, "value_bands": bands})
     noise = float((labels == NOISE).mean())
     metrics = {"segments": float(labels.max() + 1), "noise_share": noise, "dbcv": float(best.user_attrs["dbcv"]),
                "dbcv_exact_sample": validity, "silhouette": silhouette, "bootstrap_ari_mean": float(np.mean(stability)),

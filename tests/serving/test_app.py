@@ -71,7 +71,8 @@ def test_the_openapi_document_names_exactly_the_routes_that_need_a_token(client)
     secured = {(path, method) for path, item in schema["paths"].items() for method, op in item.items()
                if op.get("security")}
     assert secured == {("/risk/score", "post"), ("/churn/score", "post"), ("/demand/forecast", "post"),
-                       ("/value/predict", "post"), ("/dashboard/data", "get")}
+                       ("/value/predict", "post"), ("/segments/assign", "post"), ("/segments/data", "get"),
+                       ("/dashboard/data", "get")}
     for path, method in secured:  # and each of them refuses a request without one
         assert client.request(method.upper(), path, json={}).status_code == 401
 

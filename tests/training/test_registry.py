@@ -56,8 +56,8 @@ def test_tasks_name_their_models_and_data_and_unknown_names_say_what_is_known():
     assert get_task("customer_churn") is TASKS["customer_churn"]
     with pytest.raises(UnknownTaskError, match="unknown task 'nope'; known: opportunity_loss, customer_churn"):
         get_task("nope")
-    with pytest.raises(UnknownTaskError, match="segments models are planned, not built yet"):
-        get_kind("segments")
+    with pytest.raises(UnknownTaskError, match="pricing models are planned, not built yet"):
+        get_kind("pricing")
     assert TASKS["product_demand"].model_name == "demand.product_demand"
     assert (TASKS["sales_periods"].data.source, TASKS["sales_periods"].data.name) == ("table", "sales_periods")
     table = imported_task("telco_churn", {"table": "task_telco_churn", "timestamp": None})

@@ -1,0 +1,174 @@
+"""Benchmark: customer segments and lifetime value, quality on the simulator and scale.
+
+Sections (``--only`` picks some):
+
+- ``simulator``: the segmentation trainer on the simulator (``--accounts``, 24 months, seed 7): HDBSCAN's ARI
+  against the true segments, its noise share, bootstrap ARI and DBCV beside KMeans on RFM, and the ceiling any
+  method reaches on the same features: a gradient-boosted classifier trained on the true segments themselves
+  (5-fold cross-validated predictions), with and without the account's size band (the simulator scales order
+  rate and units by company size).
+- ``scale``: fit time and peak RSS of HDBSCAN (10,000 and 100,000 accounts of simulated customer profiles) and of
+  the BG/NBD fit (10,000, 100,000 and 1,000,000 simulated summaries), each size in a process of its own.
+
+Prints one JSON object.
+
+    python experiments/benchmarks/segments.py [--only simulator,scale] [--accounts 2000] [--trials 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def _peak_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3)
+
+
+def simulator(args) -> dict:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import adjusted_rand_score
+    from sklearn.model_selection import cross_val_predict
+
+    from features.sources.simulator import SimulationConfig, simulate_organisation
+    from tests.features.test_views import load_store
+    from training.registry import TASKS, Data, Oracle, Task
+    from training.segments import (
+        SegmentScaler,
+        SegmentsConfig,
+        expand_features,
+        load_segments_data,
+        train_segments_model,
+    )
+
+    org = simulate_organisation(SimulationConfig(accounts=args.accounts, months=24, seed=7))
+    with tempfile.TemporaryDirectory() as tmp:
+        truth_dir = Path(tmp) / "truth"
+        truth_dir.mkdir()
+        org.ground_truth["account_segments"].to_parquet(truth_dir / "account_segments.parquet")
+        store = load_store(org.tables)
+        task = TASKS.get("customer_segments") or Task(
+            "customer_segments", "segments", Data("view", "customer", "account_id", "", "cutoff", "account",
+                                                  events=(("orders", "order_date"),), owners="accounts"),
+            "benchmark", oracle=Oracle("account_segments.parquet", "account_id", "segment"))
+        TASKS.setdefault("customer_segments", task)
+        config = SegmentsConfig(trials=args.trials, ground_truth=str(truth_dir), threads=args.threads)
+        started = time.perf_counter()
+        data = load_segments_data(store, "customer_segments", config)
+        loaded = time.perf_counter() - started
+        result = train_segments_model(data, config, f"sqlite:///{tmp}/optuna.db", "bench")
+        trained = time.perf_counter() - started - loaded
+        store.close()
+    frame = data.current
+    truth = data.truth.set_index("account_id")["segment"].reindex(frame["account_id"].astype(str))
+    known = truth.notna().to_numpy()
+    features = expand_features(list(frame.columns), config.features)
+    x = SegmentScaler.fit(frame, features, config.log_features).transform(frame)[known]
+    y = truth[known].to_numpy()
+    ceiling = {}
+    for name, matrix in (("view_features", x),
+                         ("view_features_and_size_band", np.column_stack([x, pd.get_dummies(
+                             frame.loc[known, "size_band"].astype(str)).to_numpy(float)]))):
+        predicted = cross_val_predict(HistGradientBoostingClassifier(max_iter=200, random_state=0), matrix, y, cv=5)
+        ceiling[name] = {"ari": round(float(adjusted_rand_score(y, predicted)), 4),
+                         "accuracy": round(float((predicted == y).mean()), 4)}
+    m = result.metrics
+    counts = pd.crosstab(result.model.assignments.set_index("account_id")["name"], truth)
+    return {"accounts_simulated": args.accounts, "accounts_segmented": int(len(frame)),
+            "true_segments": truth.value_counts().to_dict(),
+            "hdbscan": {k: round(m[k], 4) for k in ("segments", "noise_share", "oracle_ari", "oracle_ari_clustered",
+                                                     "bootstrap_ari_mean", "dbcv", "dbcv_exact_sample",
+                                                     "silhouette")},
+            "kmeans_rfm": {k: round(m[k], 4) for k in ("kmeans_segments", "kmeans_oracle_ari", "kmeans_silhouette",
+                                                        "kmeans_dbcv_exact_sample")},
+            "supervised_ceiling": ceiling, "names_by_true_segment": counts.to_dict(orient="index"),
+            "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
+
+
+def _profiles(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` customer profiles from five overlapping kinds (what the simulator's segments look like)."""
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 5, n)
+    rate = np.array([0.55, 0.3, 0.18, 0.3, 0.08])[kind] * np.exp(rng.normal(0, 0.3, n))
+    return pd.DataFrame({
+        "account_id": [f"A{i}" for i in range(n)], "orders_365d": rng.poisson(rate * 52) + 1.0,
+        "value_365d": rng.gamma(2.0, 3000, n) * (1 + rate * 20), "recency_days": rng.exponential(1 / rate, n),
+        "tenure_days": np.where(kind == 3, rng.uniform(30, 200, n), rng.uniform(300, 900, n)),
+        "ltv": rng.gamma(2.0, 5000, n) * (1 + rate * 10), "p_alive": np.clip(rng.beta(8, 2, n) - (kind == 2) * 0.4, 0, 1),
+        "deal_discount_365d": 0.12 + (kind == 1) * 0.08 + rng.normal(0, 0.03, n)})
+
+
+def scale_one(what: str, n: int, threads: int) -> dict:
+    if what == "hdbscan":
+        from training.segments import SegmentScaler, fit_hdbscan
+
+        frame = _profiles(n)
+        features = [c for c in frame.columns if c != "account_id"]
+        x = SegmentScaler.fit(frame, features, ["orders_365d", "value_365d", "recency_days", "ltv"]).transform(frame)
+        started = time.perf_counter()
+        model = fit_hdbscan(x, {"min_cluster_size": max(25, n // 200), "min_samples": 10,
+                                "cluster_selection_method": "eom", "cluster_selection_epsilon": 0.0},
+                            threads=threads, prediction_data=True)
+        seconds = time.perf_counter() - started
+        return {"what": what, "accounts": n, "seconds": round(seconds, 2), "segments": int(model.labels_.max() + 1),
+                "peak_rss_gb": _peak_gb()}
+    from training.clv import BetaGeo
+
+    rng = np.random.default_rng(0)
+    T = rng.uniform(1, 78, n)
+    alive = rng.uniform(0, 1, n) * T
+    x = rng.poisson(rng.gamma(0.25, 1 / 4.4, n) * alive).astype(float)
+    recency = np.where(x > 0, rng.uniform(0, 1, n) * alive, 0.0)
+    started = time.perf_counter()
+    fitted = BetaGeo.fit(x, np.round(recency, 2), np.round(T, 2))
+    seconds = time.perf_counter() - started
+    return {"what": what, "accounts": n, "seconds": round(seconds, 2), "r": round(fitted.r, 4),
+            "alpha": round(fitted.alpha, 4), "a": round(fitted.a, 4), "b": round(fitted.b, 4), "peak_rss_gb": _peak_gb()}
+
+
+def scale(args) -> dict:
+    out = {}
+    for what, sizes in (("hdbscan", (10_000, 100_000)), ("bgnbd", (10_000, 100_000, 1_000_000))):
+        rows = []
+        for n in sizes:
+            answer = subprocess.run([sys.executable, __file__, "--scale-one", what, str(n), "--threads",
+                                     str(args.threads)], capture_output=True, text=True, check=True)
+            rows.append(json.loads(answer.stdout.strip().splitlines()[-1]))
+        for small, large in zip(rows, rows[1:], strict=False):
+            ratio = large["accounts"] / small["accounts"]
+            large["growth_vs_previous"] = round(large["seconds"] / max(small["seconds"], 1e-9), 2)
+            large["n_log_n_bound"] = round(ratio * np.log(large["accounts"]) / np.log(small["accounts"]), 2)
+        out[what] = rows
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="simulator,scale")
+    parser.add_argument("--accounts", type=int, default=2000)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scale-one", nargs=2, metavar=("WHAT", "N"))
+    args = parser.parse_args()
+    if args.scale_one:
+        print(json.dumps(scale_one(args.scale_one[0], int(args.scale_one[1]), args.threads)))
+        return
+    sections = {"simulator": simulator, "scale": scale}
+    result = {name: sections[name](args) for name in args.only.split(",")}
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()
