@@ -25,7 +25,9 @@ from training.registry import get_task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 #: The tasks the demo trains, audits, promotes and serves, in order.
-DEMO_TASKS = ("opportunity_loss", "product_demand", "customer_value")
+DEMO_TASKS = ("opportunity_loss", "product_demand", "customer_value", "customer_segments")
+#: HDBSCAN trials take a fraction of a second each: segmentations get at least this many, whatever --trials says.
+MIN_SEGMENT_TRIALS = 10
 STEPS = 8
 
 
@@ -93,11 +95,11 @@ def make_demo_principals(settings: Settings, store) -> dict:
 
 
 def curl_examples(port: int, people: dict, task: str = "opportunity_loss", demand: dict | None = None,
-                  value: dict | None = None) -> list[str]:
+                  value: dict | None = None, segments: dict | None = None) -> list[str]:
     """Example requests a user can paste once the service is up: the task's kind endpoint as the rep, the manager
     and the executive, a demand forecast and its what-if at a 10% higher price (when ``demand`` names a product
-    and its last price), an account's lifetime value as its rep (when ``value`` names one), the model list, and
-    the dashboard."""
+    and its last price), an account's lifetime value and segment as its rep (when ``value`` and ``segments`` name
+    one), the segments page, the model list, and the dashboard."""
     definition = get_task(task)
     base = f"http://127.0.0.1:{port}"
     body = json.dumps({"task": task, "records": [{definition.data.id_column: people["opportunity_id"]}]})
@@ -121,6 +123,12 @@ def curl_examples(port: int, people: dict, task: str = "opportunity_loss", deman
         ask = json.dumps({"task": value["task"], "accounts": [value["account_id"]], "horizon_days": 90})
         lines.append(f"curl -s {base}{endpoint} -H 'Authorization: Bearer {tokens['rep']['token']}' "
                      f"-H 'content-type: application/json' -d '{ask}'    # lifetime value of one of the rep's accounts")
+    if segments:
+        endpoint = get_task(segments["task"]).definition().serving.endpoint
+        ask = json.dumps({"task": segments["task"], "accounts": [segments["account_id"]]})
+        lines.append(f"curl -s {base}{endpoint} -H 'Authorization: Bearer {tokens['rep']['token']}' "
+                     f"-H 'content-type: application/json' -d '{ask}'    # the segment of one of the rep's accounts")
+        lines.append(f"# the segments page, in a browser: {base}/segments?token={tokens['manager']['token']}")
     return lines + [f"curl -s {base}/models",
                     f"# the dashboard, in a browser: {base}/dashboard?token={tokens['executive']['token']}"]
 
@@ -172,8 +180,10 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
     for task in DEMO_TASKS:
         definition = get_task(task)
         name, kind = definition.model_name, definition.definition()
-        say(5, f"training {name} ({config.trials} Optuna trials)")
-        train_config = load_config(CONFIGS / f"{task}.yaml", resolve(kind.config), task=task, trials=config.trials,
+        say(5, f"training {name} ({max(config.trials, MIN_SEGMENT_TRIALS) if kind.name == 'segments' else config.trials}"
+               " Optuna trials)")
+        trials = max(config.trials, MIN_SEGMENT_TRIALS) if kind.name == "segments" else config.trials
+        train_config = load_config(CONFIGS / f"{task}.yaml", resolve(kind.config), task=task, trials=trials,
                                    threads=settings.threads)
         trained = resolve(kind.tracked_run)(settings, task, train_config, trainer,
                                             progress=lambda done, best: tick("trials", done, config.trials),
@@ -198,12 +208,13 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
     first = models[0]
     demand = _demand_example(settings, models)
     value = _value_example(models, people)
+    segments = _segments_example(models, people)
     return DemoReport({"simulated": written["tables"], "ingest": report.to_dict(), "sentiment": sentiment,
                        "features": views, "home": str(settings.home), "models": models,
                        # The first model's figures at the top, as the demo printed them before it trained several.
                        "trained": first["trained"], "audit": first["audit"], "review": first["review"],
                        "promoted": first["promoted"], "tokens_file": people["file"],
-                       "curl": curl_examples(config.port, people, first["task"], demand, value)})
+                       "curl": curl_examples(config.port, people, first["task"], demand, value, segments)})
 
 
 def _demand_example(settings: Settings, models: list[dict]) -> dict | None:
@@ -224,6 +235,14 @@ def _demand_example(settings: Settings, models: list[dict]) -> dict | None:
 def _value_example(models: list[dict], people: dict) -> dict | None:
     """An account of the demo rep that the value model the demo promoted knows (for the curl line)."""
     trained = next((m for m in models if get_task(m["task"]).kind == "value"), None)
+    if trained is None or not people.get("account_id"):
+        return None
+    return {"task": trained["task"], "account_id": people["account_id"]}
+
+
+def _segments_example(models: list[dict], people: dict) -> dict | None:
+    """The demo rep's account for the segments curl line, when the demo promoted a segmentation."""
+    trained = next((m for m in models if get_task(m["task"]).kind == "segments"), None)
     if trained is None or not people.get("account_id"):
         return None
     return {"task": trained["task"], "account_id": people["account_id"]}

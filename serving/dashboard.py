@@ -114,6 +114,7 @@ body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1f2933}h1{margin:0 0 
 padding:.3rem .5rem;text-align:left}#error{color:#c53030}
 </style></head><body>
 <h1>Pipeline</h1><div id="viewer"></div><div id="error"></div>
+<p><a id="segments-link" href="/segments">customer segments</a></p>
 <div class="grid">
  <div class="card"><h2>Pipeline value by stage</h2><svg id="stages" width="460" height="220"></svg></div>
  <div class="card"><h2>At risk</h2><div class="kpi" id="risk-count"></div><div id="risk-value"></div></div>
@@ -126,6 +127,7 @@ padding:.3rem .5rem;text-align:left}#error{color:#c53030}
 <script src="/static/d3.min.js"></script>
 <script>
 const token = new URLSearchParams(location.search).get("token") || "";
+document.getElementById("segments-link").href = "/segments?token=" + encodeURIComponent(token);
 fetch("/dashboard/data", {headers: {Authorization: "Bearer " + token}})
  .then(r => r.json().then(body => ({ok: r.ok, body})))
  .then(({ok, body}) => { if (!ok) { d3.select("#error").text(body.error.reason); return; } draw(body); });

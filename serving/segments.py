@@ -165,7 +165,8 @@ table{border-collapse:collapse;font-size:.9rem}td,th{border-bottom:1px solid #ee
 const token = new URLSearchParams(location.search).get("token") || "";
 fetch("/segments/data", {headers: {Authorization: "Bearer " + token}}).then(r => r.json().then(b => [r, b]))
  .then(([r, data]) => {
-  if (!r.ok) { d3.select("#error").text((data.error || {}).reason || r.statusText); return; }
+  if (!r.ok) { d3.select("#error").text((data.error || {}).reason || r.statusText); document.body.dataset.ready = "1";
+    return; }
   d3.select("#viewer").text(data.customers + " customers in your scope, as of " + data.as_of);
   const svg = d3.select("#bubbles"), W = +svg.attr("width"), H = +svg.attr("height"), m = 50;
   const bubbles = data.bubbles;
@@ -194,6 +195,7 @@ fetch("/segments/data", {headers: {Authorization: "Bearer " + token}}).then(r =>
   mt.append("tr").selectAll("th").data(["from \\\\ to", ...to]).join("th").text(d => d);
   mt.selectAll("tr.move").data(from).join("tr").attr("class", "move")
     .selectAll("td").data(k => [k, ...to.map(c => data.migration[k][c] || 0)]).join("td").text(v => v);
- }).catch(e => d3.select("#error").text(String(e)));
+  document.body.dataset.ready = "1";
+ }).catch(e => { d3.select("#error").text(String(e)); document.body.dataset.ready = "1"; });
 </script></body></html>
 """

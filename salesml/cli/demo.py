@@ -35,8 +35,8 @@ def demo(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the main job end to end on the embedded defaults: simulate, ingest with quarantine, build the feature
-    views, train the opportunity-loss, product-demand and customer-value models, audit them, approve them as a
-    demo validator, promote them and serve them."""
+    views, train the opportunity-loss, product-demand, customer-value and customer-segments models, audit them,
+    approve them as a demo validator, promote them and serve them."""
     from monitoring.demo import STEPS, DemoConfig, DemoGateError, run_demo
 
     settings = get_settings()
@@ -69,6 +69,11 @@ def demo(
             elif "test_wape" in m and "test_coverage_80" in m:
                 figures = (f"test WAPE {m['test_wape']:.3f} (best baseline {m.get('best_baseline_wape') or float('nan'):.3f}),"
                            f" 80% interval coverage {m.get('test_coverage_80') or float('nan'):.2f}")
+            elif "bootstrap_ari_mean" in m:
+                figures = (f"{int(m['segments'])} segments, {m['noise_share']:.0%} unassigned, bootstrap ARI "
+                           f"{m['bootstrap_ari_mean']:.2f}, ARI against the true segments "
+                           f"{m.get('oracle_ari') or float('nan'):.2f} (KMeans on RFM "
+                           f"{m.get('kmeans_oracle_ari') or float('nan'):.2f})")
             else:
                 figures = (f"holdout Spearman {m.get('test_spearman') or float('nan'):.3f} (RFM-only baseline "
                            f"{m.get('rfm_baseline_spearman') or float('nan'):.3f}), repeat purchases expected "

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -362,6 +363,60 @@ def test_value_predictions_are_scoped_like_risk_and_reproduced_by_a_fresh_proces
     assert "unknown account" in pd.read_csv(result["rejected_file"])["reason"].iloc[0]
 
 
+def _segments(svc, who, body):
+    return httpx.post(f"{svc['base']}/segments/assign", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {svc['tokens'][who]}"})
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_segments_are_assigned_in_scope_and_drawn_one_bubble_per_segment_in_chromium(service, chromium):
+    demo, home = service["demo"], service["home"]
+    trained = next(m for m in demo["models"] if m["task"] == "customer_segments")
+    assert trained["promoted"]["champion"] == trained["trained"]["version"] == "1"
+    m = trained["trained"]["metrics"]
+    assert m["segments"] >= 2 and np.isfinite(m["oracle_ari"]) and np.isfinite(m["kmeans_oracle_ari"]), m
+    port = service["base"].rsplit(":", 1)[1]
+    curl = next(c for c in demo["curl"] if "/segments/assign" in c)
+    answer = json.loads(subprocess.run(["bash", "-c", curl.split("    #")[0].replace(":3000", f":{port}")],
+                                       capture_output=True, text=True, timeout=60, check=True).stdout)
+    mine = answer["results"][0]
+    assert (answer["model"], answer["value_model"]) == ("segments.customer_segments", "value.customer_value")
+    assert mine["source"] == "training" and 0 <= mine["strength"] <= 1 and mine["name"]
+    assert mine["value_band"] in ("low", "medium", "high") and mine["ltv"] > 0
+
+    exec_view = httpx.get(f"{service['base']}/segments/data", timeout=30,
+                          headers={"Authorization": f"Bearer {service['tokens']['exec']}"}).json()
+    rep_view = httpx.get(f"{service['base']}/segments/data", timeout=30,
+                         headers={"Authorization": f"Bearer {service['tokens']['rep']}"}).json()
+    assert 0 < rep_view["customers"] < exec_view["customers"]
+    assert sum(b["customers"] for b in exec_view["bubbles"]) == exec_view["customers"]
+    settings = get_settings(home=home)
+    from features.store import FeatureStore
+
+    with FeatureStore(settings.feature_store_path, read_only=True) as store:
+        owners = store.table("accounts").select("account_id", "owner_rep_id").execute().set_index("account_id")
+    rep = json.loads((home / "demo-tokens.json").read_text())["rep"]["scope"].removeprefix("rep:")
+    segmented = pd.read_parquet(next(home.rglob("segments_model/assignments.parquet")))["account_id"]
+    other = next(a for a in segmented if owners.loc[a, "owner_rep_id"] != rep)
+    forbidden = _segments(service, "rep", {"task": "customer_segments", "accounts": [other]})
+    assert forbidden.status_code == 403 and forbidden.json()["error"]["ids"] == [other], forbidden.text
+    for body, status, field in (({"task": "customer_segments", "accounts": ["A-NOPE"]}, 404, "accounts"),
+                                ({"task": "customer_segments"}, 422, "accounts"),
+                                ({"task": "customer_segments", "records": [{"account_id": other}]}, 422,
+                                 "records.0.recency_days"),
+                                ({"task": "product_demand", "accounts": [other]}, 404, "task")):
+        got = _segments(service, "exec", body)
+        assert got.status_code == status and got.json()["error"]["field"] == field, got.text
+
+    dom = chromium("--virtual-time-budget=20000", "--dump-dom",
+                   f"{service['base']}/segments?token={service['tokens']['rep']}")
+    assert 'data-ready="1"' in dom, dom[-2000:]
+    assert dom.count('class="segment"') == len(rep_view["bubbles"]) > 0
+    assert f"{rep_view['customers']} customers in your scope" in dom
+    assert dom.count('class="profile"') == len(rep_view["profiles"])
+
+
 def _dashboard_dom(svc, chromium, who: str) -> str:
     # The virtual-time budget lets the page's fetch and D3 drawing finish before the DOM is dumped.
     dom = chromium("--virtual-time-budget=20000", "--dump-dom",
@@ -398,7 +453,7 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
             assert text == ("&gt;99%" if p >= 0.995 else "&lt;1%"), (text, p)
         else:
             assert abs(int(text.rstrip("%")) - 100 * p) <= 0.5 + 1e-9, (text, p)
-    assert dom.count('class="model"') == len(data["models"]) == 3
+    assert dom.count('class="model"') == len(data["models"]) == 4
     # The demand panel: a fan (p10 to p90) and a p50 line per top product, for managers and executives.
     demand = data["demand"]
     assert demand["model"] == "demand.product_demand" and len(demand["series"]) == 3
