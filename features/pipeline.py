@@ -313,6 +313,19 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
         if late:
             raise FeatureError(f"cutoffs after the as-of date {as_of}: {late[:3]}")
 
+    definition = definition_hash(view, config, categories)
+    snapshot = snapshot_hash(store)
+    version = hashlib.sha256(f"{definition}:{snapshot}:{as_of}".encode()).hexdigest()[:16]
+    labels = [c.name for c in spec.columns(config, *([categories] if view == "customer" else [])) if c.role == "label"]
+    stored = _materialised(store, view, version, days) if backend == "duckdb" else None
+    if stored is not None:
+        # The same definition, data snapshot, as-of date and cutoffs: the stored rows are the ones a build would
+        # compute (views are deterministic), so a training right after `features build` or another training
+        # does not compute them again.
+        frame = normalise_frame(stored, view, config, categories)
+        return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings,
+                         unavailable)
+
     spark = None
     if backend == "spark":
         from features.spark import SparkTables
@@ -346,11 +359,20 @@ def build_view(store: FeatureStore, view: str, as_of: date, cutoffs: list[date] 
     nowhere = pd.Series(False, index=frame.index)
     for column in missing_columns:
         frame[column] = frame[column].where(nowhere)
-    definition = definition_hash(view, config, categories)
-    snapshot = snapshot_hash(store)
-    version = hashlib.sha256(f"{definition}:{snapshot}:{as_of}".encode()).hexdigest()[:16]
-    labels = [c.name for c in spec.columns(config, *([categories] if view == "customer" else [])) if c.role == "label"]
     return BuiltView(view, frame, version, definition, snapshot, as_of, days, backend, labels, warnings, unavailable)
+
+
+def _materialised(store: FeatureStore, view: str, version: str, days: Sequence[date]) -> pa.Table | None:
+    """The rows of a materialised version of ``view`` built for exactly ``days``, or ``None``."""
+    if not store.has_table(FEATURE_VERSIONS):
+        return None
+    versions = store.table(FEATURE_VERSIONS)
+    rows = versions.filter(versions.view == view, versions.version == version).execute()
+    wanted = json.dumps([str(d) for d in days])
+    rows = rows[rows["cutoffs"] == wanted]
+    if rows.empty or not store.has_table(str(rows["table_name"].iloc[0])):
+        return None
+    return store.con.to_pyarrow(store.table(str(rows["table_name"].iloc[0])))
 
 
 def normalise_frame(frame: pa.Table | pd.DataFrame, view: str, config: ViewConfig,

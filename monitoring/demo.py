@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ibis
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from salesml.access import issue_token, load_principals
@@ -149,12 +148,12 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
         DemoGateError: when the audit fails a model.
     """
     from features.ingest import discover_sources, ingest
-    from features.pipeline import build_view, materialize, resolve_cutoffs, train_text_model
+    from features.pipeline import build_view, latest_event, materialize, train_text_model
     from features.sources.simulator import SimulationConfig, simulate_organisation, write_organisation
     from features.store import FeatureStore
     from monitoring import gate, review
     from training.registry import resolve
-    from training.tasks import load_config
+    from training.tasks import load_config, task_cutoffs
 
     tick = progress or (lambda name, done, total: None)
     out = settings.home / "demo_data"
@@ -166,13 +165,16 @@ def run_demo(settings: Settings, config: DemoConfig, trainer: str,
         report = ingest(discover_sources(out), store, chunk_rows=settings.ingest_chunk_rows, progress=tick)
         say(3, "training the text sentiment model and scoring tickets and news")
         sentiment = train_text_model(store)
-        as_of = (simulation.end - pd.Timedelta(days=1)).date()
-        cutoffs = resolve_cutoffs(as_of, "monthly", simulation.start, as_of)
         views = {}
-        for view in ("opportunity", "customer", "product_week"):
+        # Each view as its demo task trains on it (as of the task's newest event, at its month ends): the training
+        # that follows reuses the materialised rows instead of computing them again.
+        for view, task in (("opportunity", "opportunity_loss"), ("customer", "customer_value"),
+                           ("product_week", "product_demand")):
+            definition = get_task(task)
+            as_of = latest_event(store, definition.data.events)
+            cutoffs = None if view == "product_week" else task_cutoffs(store, definition, as_of)
             say(4, f"building the {view} view as of {as_of}")
-            built = build_view(store, view, as_of, None if view == "product_week" else cutoffs,
-                               threads=settings.threads)
+            built = build_view(store, view, as_of, cutoffs, threads=settings.threads)
             views[view] = materialize(store, built, settings.home / "features" / f"{view}.parquet")
         people = make_demo_principals(settings, store)
     validator = next(p for p in load_principals(settings.access_file) if p.name == "demo-validator")

@@ -173,7 +173,7 @@ fetch("/segments/data", {headers: {Authorization: "Bearer " + token}}).then(r =>
   const x = d3.scaleLinear().domain([0, d3.max(bubbles, d => d.avg_ltv) * 1.15 || 1]).range([m, W - m]);
   const y = d3.scaleLinear().domain([0, Math.min(1, (d3.max(bubbles, d => d.churn_risk) || 0) * 1.2 + 0.05)])
     .range([H - m, m]);
-  const r = d3.scaleSqrt().domain([0, d3.max(bubbles, d => d.customers) || 1]).range([4, 40]);
+  const radius = d3.scaleSqrt().domain([0, d3.max(bubbles, d => d.customers) || 1]).range([4, 40]);
   const colour = d3.scaleOrdinal(d3.schemeTableau10).domain(bubbles.map(d => d.name));
   svg.append("g").attr("class", "axis").attr("transform", `translate(0,${H - m})`).call(d3.axisBottom(x).ticks(6));
   svg.append("g").attr("class", "axis").attr("transform", `translate(${m},0)`).call(d3.axisLeft(y).ticks(5));
@@ -182,7 +182,7 @@ fetch("/segments/data", {headers: {Authorization: "Bearer " + token}}).then(r =>
     .text("churn risk");
   const g = svg.selectAll("g.bubble").data(bubbles).join("g").attr("class", "bubble")
     .attr("transform", d => `translate(${x(d.avg_ltv)},${y(d.churn_risk)})`);
-  g.append("circle").attr("class", "segment").attr("r", d => r(d.customers)).attr("fill", d => colour(d.name))
+  g.append("circle").attr("class", "segment").attr("r", d => radius(d.customers)).attr("fill", d => colour(d.name))
     .attr("fill-opacity", 0.7).append("title").text(d => `${d.name}: ${d.customers} customers`);
   g.append("text").attr("text-anchor", "middle").attr("dy", "0.35em").attr("font-size", 11).text(d => d.name);
   const cols = data.profiles.length ? Object.keys(data.profiles[0]) : [];

@@ -205,6 +205,15 @@ def _spec_from_columns(name: str, kind: str, source: str, label: str, id_column:
     return TaskSpec(name, kind, source, label, id_column, time_column, numeric, categorical, sensitive, keys)
 
 
+def task_cutoffs(store: FeatureStore, task: Task, as_of: date, start: date | None = None) -> list[date]:
+    """The month ends a view task trains on: from the month after its first event (or ``start``) to ``as_of``
+    (what ``salesml demo`` materialises too, so that training reuses those rows)."""
+    table, column = event_source(store, task.data.events)
+    first = store.table(table).aggregate(first=store.table(table)[column].min()).execute()["first"].iloc[0]
+    start = start or (pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date()
+    return resolve_cutoffs(as_of, "monthly", start, as_of)
+
+
 def load_task_data(store: FeatureStore, spec: TaskSpec, config: TaskConfig) -> TaskData:
     """Load a task's labelled rows: a feature view built at every month end, or an imported task table.
 
@@ -212,11 +221,8 @@ def load_task_data(store: FeatureStore, spec: TaskSpec, config: TaskConfig) -> T
     """
     definition = spec.definition or get_task(spec.name, store)
     if spec.kind == "view":
-        table, column = event_source(store, definition.data.events)
         as_of = config.as_of or latest_event(store, definition.data.events)
-        first = store.table(table).aggregate(first=store.table(table)[column].min()).execute()["first"].iloc[0]
-        start = config.start or (pd.Timestamp(first) + pd.offsets.MonthBegin(1)).date()
-        cutoffs = resolve_cutoffs(as_of, "monthly", start, as_of)
+        cutoffs = task_cutoffs(store, definition, as_of, config.start)
         built = build_view(store, spec.source, as_of, cutoffs, config=ViewConfig(horizon_days=config.horizon_days),
                            threads=config.threads)
         materialize(store, built)

@@ -212,6 +212,27 @@ def test_version_is_stable_and_changes_with_the_data(small_org, tmp_path, model)
     store.close()
 
 
+def test_a_materialised_version_is_reused_for_the_same_cutoffs_and_rebuilt_for_others(small_org, tmp_path,
+                                                                                      monkeypatch):
+    import features.pipeline as pipeline
+
+    store = load_store(small_org.tables, tmp_path / "f.duckdb")
+    cutoffs = [date(2024, 4, 30), date(2024, 5, 31)]
+    built = build_view(store, "customer", AS_OF, cutoffs=cutoffs)
+    materialize(store, built)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(pipeline, "build_customer_view", refuse)
+    again = build_view(store, "customer", AS_OF, cutoffs=cutoffs)
+    pd.testing.assert_frame_equal(again.frame, built.frame)
+    assert (again.version, again.cutoffs, again.label_columns) == (built.version, built.cutoffs, built.label_columns)
+    with pytest.raises(AssertionError, match="computed again"):
+        build_view(store, "customer", AS_OF, cutoffs=cutoffs[:1])  # other cutoffs: built, not read
+    store.close()
+
+
 def test_cutoff_rules_are_checked():
     assert resolve_cutoffs(date(2024, 6, 15), "monthly", date(2024, 1, 1), None)[-1] == date(2024, 5, 31)
     assert resolve_cutoffs(date(2024, 6, 15), None, None, None) == [date(2024, 6, 15)]
