@@ -367,7 +367,7 @@ def _materialised(store: FeatureStore, view: str, version: str, days: Sequence[d
     if not store.has_table(FEATURE_VERSIONS):
         return None
     versions = store.table(FEATURE_VERSIONS)
-    rows = versions.filter(versions.view == view, versions.version == version).execute()
+    rows = versions.filter(versions["view"] == view, versions["version"] == version).execute()
     wanted = json.dumps([str(d) for d in days])
     rows = rows[rows["cutoffs"] == wanted]
     if rows.empty or not store.has_table(str(rows["table_name"].iloc[0])):
