@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-import warnings
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path, PurePosixPath
@@ -30,7 +29,6 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.data.sources import LocalArtifactDatasetSource
 
 from experiments.plots import forecast_figure, horizon_figure, log_figure
 from experiments.registry import (
@@ -43,7 +41,7 @@ from experiments.registry import (
     TAG_WINDOW,
 )
 from experiments.risk_run import register_version
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment
+from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.demand import (
@@ -117,7 +115,8 @@ def run_demand_training(settings: Settings, task: str, config: DemandConfig, tra
                            if not isinstance(v, (list, dict))})
         mlflow.log_params({"data.target": data.target, "data.freq": data.series.freq,
                            "data.season_length": data.series.season_length, "data.series": len(data.series.ids)})
-        _log_series(data, settings.feature_store_path, task)
+        log_training_dataset(data.series.frame, settings.feature_store_path,
+                             f"{task}@{data.feature_version}", data.feature_version, data.snapshot, TARGET)
         say(f"{len(data.series.ids)} series of {data.series.freq} periods, {data.window}")
         result = train_demand_model(data.series, config, settings.optuna_storage_resolved,
                                     demand_study_name(data, config), progress, say, data.oracle)
@@ -147,16 +146,6 @@ def run_demand_training(settings: Settings, task: str, config: DemandConfig, tra
         "series": len(data.series.ids),
         "unavailable_feature_groups": [],
     }
-
-
-def _log_series(data: DemandData, store_path: Path, task: str) -> None:
-    source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        dataset = mlflow.data.from_pandas(data.series.frame, source=source, name=f"{task}@{data.feature_version}",
-                                          targets=TARGET)
-        mlflow.log_input(dataset, context="training", tags={"feature_version": data.feature_version,
-                                                            "snapshot": data.snapshot})
 
 
 def _log_study(result: DemandResult) -> None:

@@ -22,7 +22,6 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.data.sources import LocalArtifactDatasetSource
 
 from experiments.plots import calibration_figure, log_figure, roc_figure, shap_summary_figure
 from experiments.registered import load_version_model
@@ -40,7 +39,7 @@ from experiments.registry import (
     TAG_WINDOW,
     sha_tag,
 )
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment
+from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.baseline import StageBaseline
@@ -111,7 +110,8 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
                          TAG_CODE_VERSION: code_version(), TAG_WINDOW: data.window})
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
                            if not isinstance(v, (list, dict))})
-        _log_dataset(data, settings.feature_store_path)
+        log_training_dataset(data.frame, settings.feature_store_path,
+                             f"{data.spec.name}@{data.feature_version}", data.feature_version, data.snapshot, data.spec.label)
         unavailable = [{k: g[k] for k in ("group", "tables", "reason", "columns")} for g in data.unavailable]
         if unavailable:
             mlflow.log_dict(unavailable, "unavailable_feature_groups.json")
@@ -156,21 +156,6 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
         "params": params,
         "unavailable_feature_groups": [{k: g[k] for k in ("group", "tables", "reason")} for g in unavailable],
     }
-
-
-def _log_dataset(data: TaskData, store_path: Path) -> None:
-    frame = data.frame
-    # An explicit source: given a file URI, MLflow finds LocalArtifactDatasetSource twice and warns that it is
-    # ambiguous (mlflow/mlflow#9702).
-    source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
-    with warnings.catch_warnings():
-        # The hint that integer columns cannot hold missing values is about serving signatures; this schema only
-        # records the training rows (the model's signature takes them as doubles, see _log_model).
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        dataset = mlflow.data.from_pandas(frame, source=source, name=f"{data.spec.name}@{data.feature_version}",
-                                          targets=data.spec.label)
-        mlflow.log_input(dataset, context="training", tags={"feature_version": data.feature_version,
-                                                            "snapshot": data.snapshot})
 
 
 def _log_study(result: TrainingResult) -> None:

@@ -29,7 +29,6 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.data.sources import LocalArtifactDatasetSource
 
 from experiments.registry import (
     EVALUATION_FILES,
@@ -41,7 +40,7 @@ from experiments.registry import (
     TAG_WINDOW,
 )
 from experiments.risk_run import register_version
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment
+from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.registry import get_kind, get_task
@@ -107,7 +106,8 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
         mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
                            if not isinstance(v, (list, dict, tuple))})
         mlflow.log_params({"data.accounts": len(data.current), "data.cutoff": window})
-        _log_dataset(data, settings.feature_store_path, task)
+        log_training_dataset(data.current, settings.feature_store_path,
+                             f"{task}@{data.feature_version}", data.feature_version, data.snapshot)
         result = train_segments_model(data, config, settings.optuna_storage_resolved,
                                       segments_study_name(data, config), progress, say)
         metrics = result.metrics
@@ -134,15 +134,6 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
         "migration": result.model.migration.to_dict(orient="index"),
         "unavailable_feature_groups": [],
     }
-
-
-def _log_dataset(data: SegmentsData, store_path: Path, task: str) -> None:
-    source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        dataset = mlflow.data.from_pandas(data.current, source=source, name=f"{task}@{data.feature_version}")
-        mlflow.log_input(dataset, context="training", tags={"feature_version": data.feature_version,
-                                                            "snapshot": data.snapshot})
 
 
 def _log_evaluation(result: SegmentsResult, data: SegmentsData) -> None:

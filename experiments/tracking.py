@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import warnings
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data.sources import LocalArtifactDatasetSource
 
 from salesml.settings import Settings
 
@@ -44,3 +47,17 @@ def code_version() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def log_training_dataset(frame: pd.DataFrame, store_path: Path, name: str, feature_version: str, snapshot: str,
+                         targets: str | None = None) -> None:
+    """Log a run's training rows as an MLflow dataset, sourced at the feature store, with its lineage tags."""
+    # An explicit source: given a file URI, MLflow finds LocalArtifactDatasetSource twice and warns that it is
+    # ambiguous (mlflow/mlflow#9702).
+    source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
+    with warnings.catch_warnings():
+        # The hint that integer columns cannot hold missing values is about serving signatures; this schema only
+        # records the training rows.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets=targets)
+        mlflow.log_input(dataset, context="training", tags={"feature_version": feature_version, "snapshot": snapshot})

@@ -28,7 +28,6 @@ import mlflow
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.data.sources import LocalArtifactDatasetSource
 
 from experiments.plots import calibration_holdout_figure, log_figure, tracking_figure
 from experiments.registry import (
@@ -41,7 +40,7 @@ from experiments.registry import (
     TAG_WINDOW,
 )
 from experiments.risk_run import register_version
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment
+from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.registry import get_kind, get_task
@@ -103,7 +102,8 @@ def run_value_training(settings: Settings, task: str, config: ValueConfig, train
                            if not isinstance(v, (list, dict))})
         mlflow.log_params({"data.rows": len(rows.frame), "data.purchases": len(data.purchases),
                            "data.features": len(rows.spec.features)})
-        _log_dataset(data, settings.feature_store_path, task)
+        log_training_dataset(rows.frame, settings.feature_store_path,
+                             f"{task}@{rows.feature_version}", rows.feature_version, rows.snapshot, rows.spec.label)
         say(f"{len(data.purchases)} purchases and {len(rows.frame)} labelled customer rows, {rows.window}")
         result = train_value_model(data, config, settings.optuna_storage_resolved, value_study_name(data, config),
                                    progress, say)
@@ -129,17 +129,6 @@ def run_value_training(settings: Settings, task: str, config: ValueConfig, train
         "calibration": result.calibration.to_dict(orient="records"),
         "unavailable_feature_groups": rows.unavailable,
     }
-
-
-def _log_dataset(data: ValueData, store_path: Path, task: str) -> None:
-    source = LocalArtifactDatasetSource(Path(store_path).resolve().as_uri())
-    rows = data.task
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-        dataset = mlflow.data.from_pandas(rows.frame, source=source, name=f"{task}@{rows.feature_version}",
-                                          targets=rows.spec.label)
-        mlflow.log_input(dataset, context="training", tags={"feature_version": rows.feature_version,
-                                                            "snapshot": rows.snapshot})
 
 
 def _log_evaluation(result: ValueResult, data: ValueData) -> None:
