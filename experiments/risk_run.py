@@ -39,7 +39,13 @@ from experiments.registry import (
     TAG_WINDOW,
     sha_tag,
 )
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
+from experiments.tracking import (
+    code_version,
+    configure_mlflow,
+    ensure_experiment,
+    log_training_dataset,
+    log_unavailable_groups,
+)
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.baseline import StageBaseline
@@ -112,12 +118,7 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
                            if not isinstance(v, (list, dict))})
         log_training_dataset(data.frame, settings.feature_store_path,
                              f"{data.spec.name}@{data.feature_version}", data.feature_version, data.snapshot, data.spec.label)
-        unavailable = [{k: g[k] for k in ("group", "tables", "reason", "columns")} for g in data.unavailable]
-        if unavailable:
-            mlflow.log_dict(unavailable, "unavailable_feature_groups.json")
-            mlflow.set_tag("salesml.unavailable_feature_groups", ",".join(g["group"] for g in unavailable))
-            say("unavailable feature groups (missing in the view, not model features): "
-                + "; ".join(f"{g['group']} ({g['reason']})" for g in unavailable))
+        unavailable = log_unavailable_groups(data.unavailable, say)
         if baseline:
             say("fitting the stage-based baseline")
             result_model, metrics, test_rows, test_frame, split = _train_baseline(data, config)
@@ -154,7 +155,7 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
                     for k, v in metrics.items()},
         "feature_version": data.feature_version,
         "params": params,
-        "unavailable_feature_groups": [{k: g[k] for k in ("group", "tables", "reason")} for g in unavailable],
+        "unavailable_feature_groups": unavailable,
     }
 
 

@@ -40,7 +40,13 @@ from experiments.registry import (
     TAG_WINDOW,
 )
 from experiments.risk_run import register_version
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
+from experiments.tracking import (
+    code_version,
+    configure_mlflow,
+    ensure_experiment,
+    log_training_dataset,
+    log_unavailable_groups,
+)
 from features.store import FeatureStore
 from salesml.settings import Settings
 from training.registry import get_kind, get_task
@@ -108,6 +114,7 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
         mlflow.log_params({"data.accounts": len(data.current), "data.cutoff": window})
         log_training_dataset(data.current, settings.feature_store_path,
                              f"{task}@{data.feature_version}", data.feature_version, data.snapshot)
+        unavailable = log_unavailable_groups(data.unavailable, say)
         result = train_segments_model(data, config, settings.optuna_storage_resolved,
                                       segments_study_name(data, config), progress, say)
         metrics = result.metrics
@@ -115,6 +122,8 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
         say("logging profiles, migration and evaluation data")
         _log_evaluation(result, data)
+        if result.dropped:
+            mlflow.log_dict(result.dropped, "left_out_features.json")
         say("logging the model")
         digests, model_uri = _log_model(result)
         say("registering")
@@ -132,7 +141,8 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
         "profiles": profiles[["segment", "name", "size", "share", "ltv", "churn_risk", "price_sensitivity"]]
         .to_dict(orient="records"),
         "migration": result.model.migration.to_dict(orient="index"),
-        "unavailable_feature_groups": [],
+        "unavailable_feature_groups": unavailable,
+        "left_out_features": result.dropped,
     }
 
 

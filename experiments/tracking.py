@@ -61,3 +61,15 @@ def log_training_dataset(frame: pd.DataFrame, store_path: Path, name: str, featu
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
         dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets=targets)
         mlflow.log_input(dataset, context="training", tags={"feature_version": feature_version, "snapshot": snapshot})
+
+
+def log_unavailable_groups(unavailable: list[dict], say) -> list[dict]:
+    """Log the feature groups the data cannot feed (``unavailable_feature_groups.json`` and the tag
+    ``salesml.unavailable_feature_groups``), tell ``say``, and return them as the run's JSON reports them."""
+    groups = [{k: g[k] for k in ("group", "tables", "reason", "columns")} for g in unavailable]
+    if groups:
+        mlflow.log_dict(groups, "unavailable_feature_groups.json")
+        mlflow.set_tag("salesml.unavailable_feature_groups", ",".join(g["group"] for g in groups))
+        say("unavailable feature groups (missing in the view, not model features): "
+            + "; ".join(f"{g['group']} ({g['reason']})" for g in groups))
+    return [{k: g[k] for k in ("group", "tables", "reason")} for g in groups]

@@ -642,7 +642,8 @@ def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: Vi
             frame = pd.DataFrame(encoder.transform(baskets), columns=encoder.columns_)
         else:
             onehot = encoder.transform(baskets, sparse=True)
-            frame = pd.DataFrame.sparse.from_spmatrix(onehot, columns=encoder.columns_).astype(
+            # A boolean matrix would give a sparse frame whose fill value (0) is no boolean (a pandas FutureWarning).
+            frame = pd.DataFrame.sparse.from_spmatrix(onehot.astype(np.uint8), columns=encoder.columns_).astype(
                 pd.SparseDtype(bool, False))
         itemsets = fpgrowth(frame, min_support=config.assoc_min_support, use_colnames=True,
                             max_len=config.assoc_max_len)

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +64,36 @@ def shared_data() -> Path:
         actual = hashlib.sha256(file.read_bytes()).hexdigest()
         assert actual == digest, f"shared dataset file {file} was altered (sha256 {actual}, expected {digest})"
     return path
+
+
+@dataclass
+class ImportedStore:
+    """A public dataset loaded once and ingested into a feature store file (copy it before writing to it)."""
+
+    imported: object  # features.sources.datasets.ImportedData
+    report: object  # features.ingest.IngestReport
+    path: Path
+
+    def copy_to(self, folder: Path) -> Path:
+        """A writable copy of the store file in ``folder``."""
+        target = folder / self.path.name
+        shutil.copyfile(self.path, target)
+        return target
+
+
+@pytest.fixture(scope="session")
+def online_retail(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> ImportedStore:
+    """UCI Online Retail, loaded and ingested as `salesml import uci_online_retail` does (once a session: the
+    import, CLV and segments tests share it)."""
+    from features.ingest import ingest
+    from features.sources.datasets import load_dataset
+    from features.store import FeatureStore
+
+    imported = load_dataset("uci_online_retail", shared_data / "uci_online_retail")
+    path = tmp_path_factory.mktemp("online_retail") / "store.duckdb"
+    with FeatureStore(path) as store:
+        report = ingest(imported.sources, store, as_of=None)
+    return ImportedStore(imported, report, path)
 
 
 def frame_hash(frame: pd.DataFrame) -> str:

@@ -97,6 +97,31 @@ def expand_features(columns: Sequence[str], patterns: Sequence[str]) -> list[str
     return out
 
 
+def uninformative_features(frame: pd.DataFrame, features: Sequence[str], logged: Sequence[str] = ()) -> list[dict]:
+    """The features that cannot separate accounts: missing for every one, or (after the log transform) the same
+    value for all up to rounding. Standardising a column whose spread is rounding error (P(alive) of 1 +- 1e-9 where
+    BG/NBD finds no dropout) would blow that error up to unit variance, so they are left out.
+
+    Returns:
+        ``[{"feature", "reason"}]``.
+    """
+    out = []
+    for c in features:
+        column = frame[c]
+        if column.isna().all():
+            out.append({"feature": c, "reason": "missing for every account"})
+        elif not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            if column.dropna().astype(str).nunique() < 2:
+                out.append({"feature": c, "reason": f"the same value for every account ({column.dropna().iloc[0]})"})
+        else:
+            values = pd.to_numeric(column, errors="coerce").dropna().astype(float)
+            if c in logged:
+                values = np.log1p(values.clip(lower=0))
+            if values.std(ddof=0) <= 1e-6 * max(1.0, abs(values.mean())):
+                out.append({"feature": c, "reason": f"the same value for every account ({values.mean():.6g})"})
+    return out
+
+
 @dataclass
 class SegmentScaler:
     """log(1 + x) on the skewed columns, one-hot on the categorical ones, then standardisation; as JSON."""
@@ -435,6 +460,7 @@ class SegmentsData:
     snapshot: str
     truth: pd.DataFrame | None = None
     sensitive: list[str] = field(default_factory=list)
+    unavailable: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -447,6 +473,7 @@ class SegmentsResult:
     kmeans: pd.Series
     bootstrap: list[float]
     study: dict = field(default_factory=dict)
+    dropped: list[dict] = field(default_factory=list)
 
 
 def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url: str, study_name: str,
@@ -468,6 +495,13 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
         raise ValueError(f"{len(frame)} active customers at {data.cutoff:%Y-%m-%d}: a segmentation needs 50 or more")
     features = expand_features(list(frame.columns), config.features)
     features = [f for f in features if f not in config.exclude_features]
+    dropped = uninformative_features(frame, features, config.log_features)
+    if dropped:
+        say("left out (nothing to separate accounts by): "
+            + "; ".join(f"{d['feature']} ({d['reason']})" for d in dropped))
+    features = [f for f in features if f not in {d["feature"] for d in dropped}]
+    if not features:
+        raise ValueError("no feature varies across the active customers: nothing to segment them by")
     scaler = SegmentScaler.fit(frame, features, config.log_features)
     x = scaler.transform(frame)
     say(f"{len(frame)} accounts x {x.shape[1]} standardised features; DBCV study of {config.trials} trials")
@@ -536,7 +570,7 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
         metrics["oracle_ari_clustered"] = float(adjusted_rand_score(truth[clustered], labels[clustered]))
         metrics["kmeans_oracle_ari"] = float(adjusted_rand_score(truth[known], kmeans.labels_[known]))
     return SegmentsResult(model, metrics, {**params, "features": features}, kmeans_labels, stability,
-                          {"name": study_name, "trials": len(study.trials), "best": best.number})
+                          {"name": study_name, "trials": len(study.trials), "best": best.number}, dropped)
 
 
 def load_segments_data(store: FeatureStore, task: str, config: SegmentsConfig) -> SegmentsData:
@@ -561,6 +595,10 @@ def load_segments_data(store: FeatureStore, task: str, config: SegmentsConfig) -
     materialize(store, built)
     purchases = load_purchases(store, as_of)
     opportunities = store.table("opportunities").execute() if store.has_table("opportunities") else None
+    unavailable = list(built.unavailable)
+    if opportunities is None or opportunities.empty:
+        unavailable.append({"group": "price_sensitivity", "tables": ["opportunities"], "columns": [PRICE_COLUMN],
+                            "reason": "no opportunities in the feature store (the discount of won deals)"})
     frames = []
     for cutoff in cutoffs:
         rows = built.frame[built.frame["cutoff"] == pd.Timestamp(cutoff)].copy()
@@ -581,4 +619,4 @@ def load_segments_data(store: FeatureStore, task: str, config: SegmentsConfig) -
             truth[ID] = truth[ID].astype(str)
     sensitive = [c.name for c in customer_columns(ViewConfig()) if c.role == "sensitive"]
     return SegmentsData(current, previous, pd.Timestamp(cutoffs[-1]), built.version, snapshot_hash(store), truth,
-                        sensitive)
+                        sensitive, unavailable)

@@ -30,8 +30,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 @app.command()
 def train(
     task: Annotated[str | None, typer.Argument(
-        help="The task: opportunity_loss, customer_churn, or an imported task table (telco_churn, "
-             "ibm_sales_win_loss, your own); `salesml tasks` lists them.", show_default=False)] = None,
+        help="The task: risk (opportunity_loss, customer_churn, or an imported task table such as telco_churn), "
+             "demand (product_demand, sales_periods), customer_value or customer_segments; `salesml tasks` lists "
+             "them with their kinds.", show_default=False)] = None,
     legacy_task: Annotated[str | None, typer.Option(
         "--task", help="The task, in the old spelling `salesml train churn --task TASK` (still accepted).")] = None,
     trials: Annotated[int | None, typer.Option(help="Finished trials the study should reach (resumes a study).")

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.sources.datasets import load_dataset
 from training.clv import BetaGeo, FitError, GammaGamma, lifetime_value
 from training.value import holdout_purchases, naive_purchases, summarise_purchases
 
@@ -98,12 +97,11 @@ def test_fits_refuse_data_they_cannot_fit():
         GammaGamma.fit([0] * 20, [np.nan] * 20)
 
 
-def test_online_retail_calibration_holdout_beats_the_naive_forecast(shared_data):
+def test_online_retail_calibration_holdout_beats_the_naive_forecast(online_retail):
     """UCI Online Retail's completed invoices, split as the papers split CDNOW: a calibration period and a holdout
     of equal length (here 26 weeks each). On the last 90 days alone, the Q4 peak (a half more active customers a
     month) makes every stationary forecast fall short, and BG/NBD's MAE is 0.94 against the naive 0.92 (README)."""
-    imported = load_dataset("uci_online_retail", shared_data / "uci_online_retail")
-    tables = {s.table.name: s.frame for s in imported.sources}
+    tables = {s.table.name: s.frame for s in online_retail.imported.sources}
     orders, lines = tables["orders"], tables["order_lines"]
     value = (pd.to_numeric(lines["quantity"]) * pd.to_numeric(lines["unit_price"])).groupby(lines["order_id"]).sum()
     done = orders[(orders["status"] == "completed") & orders["account_id"].notna()].copy()

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.store import FeatureStore
 from training.segments import (
     CLUSTERER_FILE,
     NOISE,
@@ -14,9 +15,11 @@ from training.segments import (
     SegmentScaler,
     SegmentsConfig,
     SegmentsData,
+    load_segments_data,
     migration_matrix,
     name_segments,
     train_segments_model,
+    uninformative_features,
 )
 
 #: Four kinds of customer, as a sales organisation would describe them, in the view's own columns.
@@ -117,3 +120,34 @@ def test_the_clusterer_is_unpickled_only_after_its_digest_matches(trained, tmp_p
     loaded = SegmentModel.load(tmp_path / "model", digests)
     rows = frame.head(50)
     pd.testing.assert_frame_equal(loaded.assign(rows), result.model.assign(rows))
+
+
+def test_features_that_cannot_separate_accounts_are_left_out_with_the_reason():
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0], "b": [np.nan] * 3, "p_alive": [1.0, 1.0 - 1e-9, 1.0],
+                          "stage": ["customer"] * 3, "ltv": [10.0, 0.0, 5.0]})
+    dropped = uninformative_features(frame, ["a", "b", "p_alive", "stage", "ltv"], ["ltv"])
+    assert {d["feature"]: d["reason"].split(" (")[0] for d in dropped} == {
+        "b": "missing for every account", "p_alive": "the same value for every account",
+        "stage": "the same value for every account"}
+
+
+def test_online_retail_profiles_report_dbcv_and_silhouette_beside_kmeans(online_retail, tmp_path):
+    """UCI Online Retail as a user imports it: no tickets, deals or lifecycle stages, and BG/NBD finds no dropout
+    in its one year (P(alive) is 1 for everyone), so those features are left out and named; the profile table
+    and HDBSCAN's validity beside KMeans-on-RFM's are what the run reports (README)."""
+    config = SegmentsConfig(trials=6, bootstrap_runs=3, validity_sample=2000, threads=2, seed=0)
+    with FeatureStore(online_retail.copy_to(tmp_path)) as store:
+        data = load_segments_data(store, "customer_segments", config)
+    result = train_segments_model(data, config, f"sqlite:///{tmp_path}/optuna.db", "online-retail")
+    m, profiles = result.metrics, result.model.profiles
+    assert f"{data.cutoff:%Y-%m-%d}" == "2011-11-30" and m["accounts"] > 4000
+    assert {g["group"] for g in data.unavailable} >= {"service", "price_sensitivity"}
+    left_out = {d["feature"] for d in result.dropped}
+    assert {"p_alive", "tickets_per_order_365d", "deal_discount_365d"} <= left_out
+    assert not left_out & set(result.params["features"])
+    assert m["segments"] >= 3 and m["noise_share"] <= 0.2
+    assert int(profiles["size"].sum()) == m["accounts"]
+    assert {"size", "ltv", "churn_risk", "name"} <= set(profiles.columns)
+    # DBCV is HDBSCAN's own criterion and silhouette favours KMeans's convex clusters: each wins on its own.
+    assert m["dbcv_exact_sample"] > m["kmeans_dbcv_exact_sample"]
+    assert m["kmeans_silhouette"] > m["silhouette"] > 0

@@ -48,13 +48,18 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("dataset", list(EXPECTED))
-def test_dataset_imports_with_exact_row_accounting(dataset: str, shared_data: Path, tmp_path: Path):
+def test_dataset_imports_with_exact_row_accounting(dataset: str, shared_data: Path, tmp_path: Path, request):
     folder, tables = EXPECTED[dataset]
-    imported = load_dataset(dataset, shared_data / folder)
-    with FeatureStore(tmp_path / "f.duckdb") as store:
-        for task in imported.tasks:
-            store.register_task(task["name"], task)
-        report = ingest(imported.sources, store, as_of=None)
+    if dataset == "uci_online_retail":  # imported once a session, shared with the CLV and segments tests
+        shared = request.getfixturevalue("online_retail")
+        imported, report, path = shared.imported, shared.report, shared.path
+    else:
+        imported, report, path = load_dataset(dataset, shared_data / folder), None, tmp_path / "f.duckdb"
+    with FeatureStore(path, read_only=report is not None) as store:
+        if report is None:
+            for task in imported.tasks:
+                store.register_task(task["name"], task)
+            report = ingest(imported.sources, store, as_of=None)
         assert set(report.tables) == set(tables)
         for name, (read, stored, quarantined, by_rule, conditions) in tables.items():
             t = report.tables[name]
