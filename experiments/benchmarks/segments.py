@@ -7,12 +7,19 @@ Sections (``--only`` picks some):
   method reaches on the same features: a gradient-boosted classifier trained on the true segments themselves
   (5-fold cross-validated predictions), with and without the account's size band (the simulator scales order
   rate and units by company size).
+- ``online_retail``: UCI Online Retail imported as ``salesml import`` does (``../shared/data``): the profile table,
+  DBCV (hdbscan's relative validity and the exact index on a sample) and silhouette of HDBSCAN beside KMeans on
+  RFM, the features left out and why.
 - ``scale``: fit time and peak RSS of HDBSCAN (10,000 and 100,000 accounts of simulated customer profiles) and of
   the BG/NBD fit (10,000, 100,000 and 1,000,000 simulated summaries), each size in a process of its own.
+- ``assign``: throughput of ``POST /segments/assign`` by id on ``salesml serve`` (the demo organisation's
+  champion, built with ``salesml demo --no-serve`` unless ``--home`` has one): one id per request (wrk, 16
+  connections) and ``--batch-ids`` ids per request (ids/s). Needs wrk (``apt-get install wrk``).
 
 Prints one JSON object.
 
-    python experiments/benchmarks/segments.py [--only simulator,scale] [--accounts 2000] [--trials 20]
+    python experiments/benchmarks/segments.py [--only simulator,online_retail,scale,assign] [--accounts 2000]
+        [--trials 20] [--home DIR]
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[2]
+# Run as a script, this folder comes first on sys.path, where serving.py would shadow the serving package.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 
@@ -97,6 +107,85 @@ def simulator(args) -> dict:
             "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
 
 
+def online_retail(args) -> dict:
+    from features.ingest import ingest
+    from features.sources.datasets import load_dataset
+    from features.store import FeatureStore
+    from salesml.settings import get_settings
+    from training.segments import SegmentsConfig, load_segments_data, train_segments_model
+
+    folder = get_settings().shared_data
+    folder = (folder if folder.is_absolute() else REPO / folder) / "uci_online_retail"
+    if not folder.is_dir():
+        return {"skipped": f"{folder} not found"}
+    config = SegmentsConfig(trials=args.trials, threads=args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        imported = load_dataset("uci_online_retail", folder)
+        with FeatureStore(Path(tmp) / "store.duckdb") as store:
+            ingest(imported.sources, store, as_of=None)
+            data = load_segments_data(store, "customer_segments", config)
+        loaded = time.perf_counter() - started
+        result = train_segments_model(data, config, f"sqlite:///{tmp}/optuna.db", "bench")
+        trained = time.perf_counter() - started - loaded
+    m = result.metrics
+    columns = ["segment", "name", "size", "share", "ltv", "churn_risk", "recency_days", "orders_365d", "value_365d",
+               "tenure_days"]
+    profiles = result.model.profiles
+    table = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}
+             for row in profiles[[c for c in columns if c in profiles.columns]].to_dict(orient="records")]
+    return {"cutoff": f"{data.cutoff:%Y-%m-%d}", "accounts_segmented": int(len(data.current)),
+            "features": result.params["features"], "left_out": result.dropped,
+            "unavailable_feature_groups": [g["group"] for g in data.unavailable],
+            "hdbscan": {k: round(m[k], 4) for k in ("segments", "noise_share", "dbcv", "dbcv_exact_sample",
+                                                     "silhouette", "bootstrap_ari_mean")},
+            "kmeans_rfm": {k: round(m[k], 4) for k in ("kmeans_segments", "kmeans_dbcv_exact_sample",
+                                                        "kmeans_silhouette")},
+            "profiles": table, "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
+
+
+def assign(args) -> dict:
+    import shutil
+
+    import httpx
+
+    from experiments.benchmarks.serving import _free_port, prepare_home, run_wrk, start, stop
+    from experiments.registered import get_alias, load_version_model
+    from experiments.registry import CHAMPION
+    from experiments.tracking import configure_mlflow
+    from salesml.settings import get_settings
+
+    if shutil.which("wrk") is None:
+        return {"skipped": "wrk is not installed: apt-get install wrk"}
+    home = (args.home or Path(tempfile.mkdtemp(prefix="salesml-bench-home-")) / "home").resolve()
+    people = prepare_home(home, args.accounts, 4)
+    client = configure_mlflow(get_settings(home=home))
+    name = "segments.customer_segments"
+    champion = get_alias(client, name, CHAMPION)
+    model, _ = load_version_model(client, name, str(champion.version))
+    ids = model.assignments["account_id"].astype(str).tolist()
+    batch = (ids * (args.batch_ids // len(ids) + 1))[:args.batch_ids]
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {people['executive']['token']}"}
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start([sys.executable, "-m", "salesml.cli", "serve", "--port", str(port), "--workers", str(args.workers)],
+                 {"SALESML_HOME": str(home), "SALESML_MAX_BATCH_ROWS": str(args.batch_ids)},
+                 lambda: httpx.get(base + "/readyz", timeout=2).status_code == 200, "salesml")
+    try:
+        one = json.dumps({"task": "customer_segments", "accounts": [ids[0]]})
+        many = json.dumps({"task": "customer_segments", "accounts": list(dict.fromkeys(batch))})
+        unique = len(json.loads(many)["accounts"])
+        for body in (one, many):
+            httpx.post(base + "/segments/assign", content=body, headers=headers, timeout=60).raise_for_status()
+        single = run_wrk(base + "/segments/assign", one, headers, 16, args.duration, 2)
+        batched = run_wrk(base + "/segments/assign", many, headers, args.workers, args.duration, 1)
+    finally:
+        stop(proc)
+    return {"model_version": str(champion.version), "accounts_segmented": len(ids), "workers": args.workers,
+            "one_id_per_request": single,
+            "ids_per_request": {"ids": unique, **batched, "ids_per_s": round(batched["requests_per_s"] * unique)}}
+
+
 def _profiles(n: int, seed: int = 0) -> pd.DataFrame:
     """``n`` customer profiles from five overlapping kinds (what the simulator's segments look like)."""
     rng = np.random.default_rng(seed)
@@ -156,16 +245,20 @@ def scale(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="simulator,scale")
+    parser.add_argument("--only", default="simulator,online_retail,scale,assign")
     parser.add_argument("--accounts", type=int, default=2000)
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--home", type=Path, help="assign: a SALESML_HOME with a segments champion.")
+    parser.add_argument("--duration", type=int, default=15, help="assign: seconds of load per run.")
+    parser.add_argument("--workers", type=int, default=2, help="assign: service workers.")
+    parser.add_argument("--batch-ids", type=int, default=1000, help="assign: ids per request in the batch run.")
     parser.add_argument("--scale-one", nargs=2, metavar=("WHAT", "N"))
     args = parser.parse_args()
     if args.scale_one:
         print(json.dumps(scale_one(args.scale_one[0], int(args.scale_one[1]), args.threads)))
         return
-    sections = {"simulator": simulator, "scale": scale}
+    sections = {"simulator": simulator, "online_retail": online_retail, "scale": scale, "assign": assign}
     result = {name: sections[name](args) for name in args.only.split(",")}
     print(json.dumps(result, default=str))
 
