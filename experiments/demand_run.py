@@ -18,11 +18,8 @@ from the feature store, tunes and trains with ``training.demand`` (pure of MLflo
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import mlflow
@@ -33,17 +30,23 @@ import pandas as pd
 from experiments.plots import forecast_figure, horizon_figure, log_figure
 from experiments.registry import (
     EVALUATION_FILES,
-    TAG_CODE_VERSION,
     TAG_FEATURE_VERSION,
     TAG_KIND,
-    TAG_TASK,
     TAG_TRAINER,
     TAG_WINDOW,
 )
 from experiments.risk_run import register_version
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
+from experiments.tracking import (
+    configure_mlflow,
+    ensure_experiment,
+    log_pyfunc_model,
+    log_run_context,
+    log_training_dataset,
+    name_study,
+)
 from features.store import FeatureStore
 from salesml.settings import Settings
+from training.configs import with_home
 from training.demand import (
     ID,
     TARGET,
@@ -51,7 +54,6 @@ from training.demand import (
     DemandConfig,
     DemandData,
     DemandResult,
-    demand_config_with_home,
     load_demand_data,
     train_demand_model,
 )
@@ -70,12 +72,11 @@ PLOTTED_SERIES = 4
 def demand_study_name(data: DemandData, config: DemandConfig) -> str:
     """One Optuna study per (task, data snapshot) and objective: trials are comparable only on the same series,
     windows and search space."""
-    objective = json.dumps({"target": data.target, **config.model_dump(mode="json", include={
-        "horizon", "season_length", "families", "cv_windows", "test_windows", "max_estimators", "seed", "pruning",
-        "price_columns", "competitor_columns", "planned_columns", "observed_columns", "holiday_column",
-        "static_columns", "series_feature", "monotone_price", "series", "period_length"})}, sort_keys=True)
-    digest = hashlib.sha256(objective.encode()).hexdigest()[:8]
-    return f"demand.{config.task}.{data.feature_version.split('@')[-1][:16]}.{digest}"
+    return name_study("demand", config.task, data.feature_version, {
+        "target": data.target, **config.model_dump(mode="json", include={
+            "horizon", "season_length", "families", "cv_windows", "test_windows", "max_estimators", "seed", "pruning",
+            "price_columns", "competitor_columns", "planned_columns", "observed_columns", "holiday_column",
+            "static_columns", "series_feature", "monotone_price", "series", "period_length"})})
 
 
 def run_demand_training(settings: Settings, task: str, config: DemandConfig, trainer: str, baseline: bool = False,
@@ -99,7 +100,7 @@ def run_demand_training(settings: Settings, task: str, config: DemandConfig, tra
         raise ValueError("demand models have no separate baseline: every training runs the statsforecast "
                          "baselines beside the model and logs their figures")
     say = status or (lambda _: None)
-    config = demand_config_with_home(config.model_copy(update={"task": task}), settings.home)
+    config = with_home(config.model_copy(update={"task": task}), settings.home)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with FeatureStore.from_settings(settings) as store:
         say(f"loading {task}")
@@ -109,10 +110,7 @@ def run_demand_training(settings: Settings, task: str, config: DemandConfig, tra
     name = definition.model_name
     experiment_id = ensure_experiment(settings, name)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{task}-tuned") as run:
-        mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
-                         TAG_CODE_VERSION: code_version(), TAG_WINDOW: data.window})
-        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
-                           if not isinstance(v, (list, dict))})
+        log_run_context(task, data.feature_version, trainer, data.window, config)
         mlflow.log_params({"data.target": data.target, "data.freq": data.series.freq,
                            "data.season_length": data.series.season_length, "data.series": len(data.series.ids)})
         log_training_dataset(data.series.frame, settings.feature_store_path,
@@ -206,10 +204,4 @@ def _log_model(result: DemandResult, config: DemandConfig) -> tuple[dict[str, st
     model = result.model
     example = pd.DataFrame({"unique_id": model.history_[ID].unique()[:2].astype(str),
                             "horizon": np.full(min(2, model.history_[ID].nunique()), config.horizon)})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "demand_model"
-        digests = model.save(folder)
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
-                                       artifacts={"model_dir": str(folder)}, input_example=example,
-                                       pip_requirements=[f"{n}=={metadata.version(n)}" for n in PYFUNC_REQUIREMENTS])
-    return digests, info.model_uri
+    return log_pyfunc_model(model, PYFUNC_CODE, "demand_model", example, PYFUNC_REQUIREMENTS)

@@ -9,13 +9,11 @@ leaves no registered version behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import mlflow
@@ -43,8 +41,11 @@ from experiments.tracking import (
     code_version,
     configure_mlflow,
     ensure_experiment,
+    log_pyfunc_model,
+    log_run_context,
     log_training_dataset,
     log_unavailable_groups,
+    name_study,
 )
 from features.store import FeatureStore
 from salesml.settings import Settings
@@ -73,13 +74,10 @@ PYFUNC_REQUIREMENTS = ("mlflow", "salesml", "lightgbm", "xgboost", "numpy", "pan
 def study_name(data: TaskData, config: RiskConfig) -> str:
     """One Optuna study per (task, data snapshot), and per objective: a study's trials must be comparable, so
     the features, the split and the search settings are part of the name too."""
-    objective = json.dumps({"features": data.spec.features, "label": data.spec.label,
-                            **config.model_dump(mode="json", include={
-                                "families", "cv_folds", "test_size", "split_seed", "test_cutoffs", "validation_cutoffs",
-                                "embargo_cutoffs", "max_estimators", "early_stopping_rounds", "horizon_days", "seed",
-                                "pruning"})}, sort_keys=True)
-    digest = hashlib.sha256(objective.encode()).hexdigest()[:8]
-    return f"risk.{data.spec.name}.{data.feature_version.split('@')[-1][:16]}.{digest}"
+    return name_study("risk", data.spec.name, data.feature_version, {
+        "features": data.spec.features, "label": data.spec.label, **config.model_dump(mode="json", include={
+            "families", "cv_folds", "test_size", "split_seed", "test_cutoffs", "validation_cutoffs",
+            "embargo_cutoffs", "max_estimators", "early_stopping_rounds", "horizon_days", "seed", "pruning"})})
 
 
 def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer: str, baseline: bool = False,
@@ -112,10 +110,7 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
     name = spec.definition.model_name
     experiment_id = ensure_experiment(settings, name)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{task}-{'baseline' if baseline else 'tuned'}") as run:
-        mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
-                         TAG_CODE_VERSION: code_version(), TAG_WINDOW: data.window})
-        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
-                           if not isinstance(v, (list, dict))})
+        log_run_context(task, data.feature_version, trainer, data.window, config)
         log_training_dataset(data.frame, settings.feature_store_path,
                              f"{data.spec.name}@{data.feature_version}", data.feature_version, data.snapshot, data.spec.label)
         unavailable = log_unavailable_groups(data.unavailable, say)
@@ -255,14 +250,7 @@ def _log_model(model, test_frame: pd.DataFrame) -> tuple[dict[str, str], str]:
     # a missing count failed "Can not safely convert float64 to int64". As `double` the column takes both.
     integers = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c].dtype)]
     example[integers] = example[integers].astype("float64")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "risk_model"
-        digests = model.save(folder)
-        info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
-                                       artifacts={"model_dir": str(folder)}, input_example=example,
-                                       pip_requirements=[f"{name}=={metadata.version(name)}"
-                                                         for name in PYFUNC_REQUIREMENTS])
-    return digests, info.model_uri
+    return log_pyfunc_model(model, PYFUNC_CODE, "risk_model", example, PYFUNC_REQUIREMENTS)
 
 
 def register_version(client, name: str, model_uri: str, run_id: str, digests: dict[str, str], task: str,

@@ -17,12 +17,8 @@ store, trains with ``training.segments`` (pure of MLflow) and logs:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
-import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import mlflow
@@ -32,23 +28,24 @@ import pandas as pd
 
 from experiments.registry import (
     EVALUATION_FILES,
-    TAG_CODE_VERSION,
     TAG_FEATURE_VERSION,
     TAG_KIND,
-    TAG_TASK,
     TAG_TRAINER,
     TAG_WINDOW,
 )
 from experiments.risk_run import register_version
 from experiments.tracking import (
-    code_version,
     configure_mlflow,
     ensure_experiment,
+    log_pyfunc_model,
+    log_run_context,
     log_training_dataset,
     log_unavailable_groups,
+    name_study,
 )
 from features.store import FeatureStore
 from salesml.settings import Settings
+from training.configs import with_home
 from training.registry import get_kind, get_task
 from training.segments import (
     ID,
@@ -58,7 +55,6 @@ from training.segments import (
     load_segments_data,
     train_segments_model,
 )
-from training.tasks import with_home
 
 PYFUNC_CODE = Path(__file__).resolve().parent / get_kind("segments").pyfunc
 #: Sample accounts' assignment by the final model, as training computed it (a loaded version must reproduce it).
@@ -68,11 +64,9 @@ PYFUNC_REQUIREMENTS = ("mlflow", "salesml", "hdbscan", "numpy", "pandas", "sciki
 
 def segments_study_name(data: SegmentsData, config: SegmentsConfig) -> str:
     """One Optuna study per (task, data snapshot) and objective."""
-    objective = json.dumps(config.model_dump(mode="json", include={
+    return name_study("segments", config.task, data.feature_version, config.model_dump(mode="json", include={
         "features", "log_features", "max_noise_share", "min_cluster_size", "min_samples", "max_epsilon", "seed",
-        "exclude_features"}), sort_keys=True)
-    digest = hashlib.sha256(objective.encode()).hexdigest()[:8]
-    return f"segments.{config.task}.{data.feature_version[:16]}.{digest}"
+        "exclude_features"}))
 
 
 def run_segments_training(settings: Settings, task: str, config: SegmentsConfig, trainer: str,
@@ -107,10 +101,7 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
     experiment_id = ensure_experiment(settings, name)
     window = f"{data.cutoff:%Y-%m-%d}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{task}-hdbscan") as run:
-        mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
-                         TAG_CODE_VERSION: code_version(), TAG_WINDOW: window})
-        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
-                           if not isinstance(v, (list, dict, tuple))})
+        log_run_context(task, data.feature_version, trainer, window, config)
         mlflow.log_params({"data.accounts": len(data.current), "data.cutoff": window})
         log_training_dataset(data.current, settings.feature_store_path,
                              f"{task}@{data.feature_version}", data.feature_version, data.snapshot)
@@ -178,16 +169,5 @@ def _log_evaluation(result: SegmentsResult, data: SegmentsData) -> None:
 def _log_model(result: SegmentsResult) -> tuple[dict[str, str], str]:
     model = result.model
     example = pd.DataFrame({ID: [str(a) for a in model.accounts[:2]]})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "segments_model"
-        digests = model.save(folder)
-        digest_file = Path(tmp) / "digests.json"
-        digest_file.write_text(json.dumps(digests))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
-                                           artifacts={"model_dir": str(folder), "digests": str(digest_file)},
-                                           input_example=example,
-                                           pip_requirements=[f"{n}=={metadata.version(n)}"
-                                                             for n in PYFUNC_REQUIREMENTS])
-    return digests, info.model_uri
+    return log_pyfunc_model(model, PYFUNC_CODE, "segments_model", example, PYFUNC_REQUIREMENTS,
+                            digests_artifact=True)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import subprocess
+import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -12,6 +17,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.data.sources import LocalArtifactDatasetSource
 
+from experiments.registry import TAG_CODE_VERSION, TAG_FEATURE_VERSION, TAG_TASK, TAG_TRAINER, TAG_WINDOW
 from salesml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,3 +79,44 @@ def log_unavailable_groups(unavailable: list[dict], say) -> list[dict]:
         say("unavailable feature groups (missing in the view, not model features): "
             + "; ".join(f"{g['group']} ({g['reason']})" for g in groups))
     return [{k: g[k] for k in ("group", "tables", "reason")} for g in groups]
+
+
+def name_study(kind: str, task: str, feature_version: str, objective: Mapping) -> str:
+    """The Optuna study of a (task, data snapshot) and objective: a study's trials are comparable only on the same
+    data and search space, so a digest of ``objective`` (features, split, search settings) is part of the name."""
+    digest = hashlib.sha256(json.dumps(objective, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{kind}.{task}.{feature_version.split('@')[-1][:16]}.{digest}"
+
+
+def log_run_context(task: str, feature_version: str, trainer: str, window: str, config) -> None:
+    """Tag the active run with its lineage (task, feature version, trainer, code version, data window) and log the
+    config's scalar settings as ``config.*`` parameters."""
+    mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: feature_version, TAG_TRAINER: trainer,
+                     TAG_CODE_VERSION: code_version(), TAG_WINDOW: window})
+    mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
+                       if not isinstance(v, (list, dict, tuple))})
+
+
+def log_pyfunc_model(model, code: Path, folder_name: str, example, requirements: Sequence[str],
+                     digests_artifact: bool = False) -> tuple[dict[str, str], str]:
+    """Save ``model`` in its native files and log it as a pyfunc from ``code`` with them as the ``model_dir``
+    artifact (and, with ``digests_artifact``, their SHA-256 as ``digests``), pinning ``requirements`` to the
+    installed versions.
+
+    Returns:
+        The files' SHA-256 digests and the logged model's URI.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / folder_name
+        digests = model.save(folder)
+        artifacts = {"model_dir": str(folder)}
+        if digests_artifact:
+            (Path(tmp) / "digests.json").write_text(json.dumps(digests))
+            artifacts["digests"] = str(Path(tmp) / "digests.json")
+        with warnings.catch_warnings():
+            # The hint is about integer columns in a serving signature; these examples are ids and a horizon.
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+            info = mlflow.pyfunc.log_model(name="model", python_model=str(code), artifacts=artifacts,
+                                           input_example=example,
+                                           pip_requirements=[f"{n}=={metadata.version(n)}" for n in requirements])
+    return digests, info.model_uri

@@ -16,12 +16,8 @@ the customer view from the feature store, trains with ``training.value`` (pure o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
-import warnings
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path, PurePosixPath
 
 import mlflow
@@ -32,19 +28,24 @@ import pandas as pd
 from experiments.plots import calibration_holdout_figure, log_figure, tracking_figure
 from experiments.registry import (
     EVALUATION_FILES,
-    TAG_CODE_VERSION,
     TAG_FEATURE_VERSION,
     TAG_KIND,
-    TAG_TASK,
     TAG_TRAINER,
     TAG_WINDOW,
 )
 from experiments.risk_run import register_version
-from experiments.tracking import code_version, configure_mlflow, ensure_experiment, log_training_dataset
+from experiments.tracking import (
+    configure_mlflow,
+    ensure_experiment,
+    log_pyfunc_model,
+    log_run_context,
+    log_training_dataset,
+    name_study,
+)
 from features.store import FeatureStore
 from salesml.settings import Settings
+from training.configs import with_home
 from training.registry import get_kind, get_task
-from training.tasks import with_home
 from training.value import ID, ValueConfig, ValueData, ValueResult, load_value_data, train_value_model
 
 PYFUNC_CODE = Path(__file__).resolve().parent / get_kind("value").pyfunc
@@ -57,11 +58,9 @@ REFERENCE_ROWS = 20_000
 
 def value_study_name(data: ValueData, config: ValueConfig) -> str:
     """One Optuna study per (task, data snapshot) and objective."""
-    objective = json.dumps(config.model_dump(mode="json", include={
+    return name_study("value", config.task, data.task.feature_version, config.model_dump(mode="json", include={
         "horizon_days", "families", "max_estimators", "early_stopping_rounds", "seed", "validation_cutoffs",
-        "exclude_features", "sensitive_as_features", "start"}), sort_keys=True)
-    digest = hashlib.sha256(objective.encode()).hexdigest()[:8]
-    return f"value.{config.task}.{data.task.feature_version.split('@')[-1][:16]}.{digest}"
+        "exclude_features", "sensitive_as_features", "start"}))
 
 
 def run_value_training(settings: Settings, task: str, config: ValueConfig, trainer: str, baseline: bool = False,
@@ -96,10 +95,7 @@ def run_value_training(settings: Settings, task: str, config: ValueConfig, train
     experiment_id = ensure_experiment(settings, name)
     rows = data.task
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{task}-{config.model}") as run:
-        mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: rows.feature_version, TAG_TRAINER: trainer,
-                         TAG_CODE_VERSION: code_version(), TAG_WINDOW: rows.window})
-        mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
-                           if not isinstance(v, (list, dict))})
+        log_run_context(task, rows.feature_version, trainer, rows.window, config)
         mlflow.log_params({"data.rows": len(rows.frame), "data.purchases": len(data.purchases),
                            "data.features": len(rows.spec.features)})
         log_training_dataset(rows.frame, settings.feature_store_path,
@@ -167,13 +163,4 @@ def _log_model(result: ValueResult) -> tuple[dict[str, str], str]:
     model = result.model
     # The horizon is a parameter (optional, the model's own by default), not an input column.
     example = (pd.DataFrame({ID: [str(a) for a in model.accounts[:2]]}), {"horizon_days": model.horizon_days})
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "value_model"
-        digests = model.save(folder)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
-            info = mlflow.pyfunc.log_model(name="model", python_model=str(PYFUNC_CODE),
-                                           artifacts={"model_dir": str(folder)}, input_example=example,
-                                           pip_requirements=[f"{n}=={metadata.version(n)}"
-                                                             for n in PYFUNC_REQUIREMENTS])
-    return digests, info.model_uri
+    return log_pyfunc_model(model, PYFUNC_CODE, "value_model", example, PYFUNC_REQUIREMENTS)

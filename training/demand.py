@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from training.configs import StudyConfig
 from training.models import make_regressor
 
 if TYPE_CHECKING:
@@ -57,21 +58,15 @@ FAMILIES = ("lightgbm", "xgboost")
 BOOSTER_FILES = {"lightgbm": "booster.txt", "xgboost": "booster.json"}
 
 
-class DemandConfig(BaseModel):
+class DemandConfig(StudyConfig):
     """Training config of a demand model (``experiments/configs/<task>.yaml``)."""
 
-    model_config = ConfigDict(extra="forbid")
-    task: str | None = None
     target: str | None = Field(None, description="The column forecast (default: the task's, e.g. units).")
     horizon: int = Field(12, ge=1, le=104, description="Steps the model forecasts and is judged on.")
     max_horizon: int | None = Field(None, ge=1, description="Longest forecast served (default: 2 x horizon).")
     season_length: int | None = Field(None, ge=1, description="Steps per season (default from the frequency: "
                                       "52 weekly, 12 monthly).")
     trials: int = Field(20, ge=1, description="Completed trials the study should reach.")
-    timeout: float | None = Field(None, gt=0, description="Seconds of tuning in this run at most.")
-    seed: int = 42
-    families: list[Literal["lightgbm", "xgboost"]] = Field(default_factory=lambda: ["lightgbm", "xgboost"])
-    pruning: bool = True
     cv_windows: int = Field(3, ge=1, description="Rolling-origin windows (of `horizon` steps) for tuning.")
     test_windows: int = Field(1, ge=1, description="Latest windows held out for the test figures.")
     calibration_windows: int = Field(4, ge=1, description="Rolling-origin windows whose residuals calibrate the "
@@ -108,8 +103,6 @@ class DemandConfig(BaseModel):
     series: list[str] = Field(default_factory=list, description="Forecast only these series (default: all).")
     ground_truth: str | None = Field(None, description="Simulator ground_truth folder, for the elasticity "
                                      "oracle; '{home}' is SALESML_HOME.")
-    heartbeat_seconds: int = Field(30, ge=1)
-    threads: int = 2
 
     @property
     def served_horizon(self) -> int:
@@ -1360,13 +1353,6 @@ def _elasticity_oracle(config: DemandConfig, task) -> pd.DataFrame | None:
     truth = pd.read_parquet(path)
     own = truth[task.oracle.column] - truth.get("competitor_elasticity", 0.0)
     return pd.DataFrame({ID: truth[task.oracle.id_column].astype(str), "elasticity": own})
-
-
-def demand_config_with_home(config: DemandConfig, home: Path) -> DemandConfig:
-    """The config with ``{home}`` in its paths replaced by SALESML_HOME."""
-    if config.ground_truth and "{home}" in config.ground_truth:
-        return config.model_copy(update={"ground_truth": config.ground_truth.format(home=home)})
-    return config
 
 
 def load_demand_artifact(folder: Path, expected: dict[str, str] | None = None) -> DemandForecaster:

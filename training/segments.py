@@ -36,8 +36,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from training.configs import TaskConfig
 from training.models import artifact_digests, verify_digests
-from training.tasks import TaskConfig
 from training.value import ID, ClvModel, summarise_purchases
 
 if TYPE_CHECKING:
@@ -75,6 +75,10 @@ class SegmentsConfig(TaskConfig):
     min_cluster_size: tuple[int, int] = Field((10, 200), description="Search range of min_cluster_size.")
     min_samples: tuple[int, int] = Field((1, 50), description="Search range of min_samples.")
     max_epsilon: float = Field(1.0, ge=0, description="Largest cluster_selection_epsilon tried.")
+    max_fit_accounts: int = Field(20_000, ge=100, description=(
+        "Accounts HDBSCAN is tuned and fitted on at most. Beyond, a random sample of this many is clustered and "
+        "every other account is placed by approximate_predict: HDBSCAN's time grows faster than n log n on "
+        "several dense dimensions (experiments/benchmarks/segments.py), prediction's does not."))
     bootstrap_runs: int = Field(10, ge=2, description="Bootstrap refits for the stability (ARI) figure.")
     validity_sample: int = Field(5000, ge=100, description="Accounts the exact DBCV and silhouette are computed "
                                  "on (both are quadratic in the accounts).")
@@ -223,6 +227,48 @@ def fit_hdbscan(x: np.ndarray, params: Mapping, *, threads: int, prediction_data
 
     return hdbscan.HDBSCAN(**params, gen_min_span_tree=True, prediction_data=prediction_data,
                            core_dist_n_jobs=threads).fit(x)
+
+
+@dataclass
+class Clustering:
+    """A clusterer fitted on ``fit_rows`` and every account's label, strength and soft membership."""
+
+    clusterer: object
+    labels: np.ndarray
+    strength: np.ndarray
+    membership: np.ndarray
+    fit_rows: np.ndarray
+
+
+def fit_sample(n: int, limit: int, seed: int) -> np.ndarray:
+    """The rows HDBSCAN is fitted on: all ``n``, or a sorted random sample of ``limit``."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def cluster_accounts(x: np.ndarray, params: Mapping, *, threads: int, max_fit: int, seed: int) -> Clustering:
+    """Fit HDBSCAN with prediction data on at most ``max_fit`` rows of ``x`` and place every row: the fitted ones
+    by the model's own labels and membership vectors, the rest by ``approximate_predict`` and
+    ``membership_vector``."""
+    from hdbscan import all_points_membership_vectors, approximate_predict, membership_vector
+
+    rows = fit_sample(len(x), max_fit, seed)
+    clusterer = fit_hdbscan(x[rows], params, threads=threads, prediction_data=True)
+    fitted = clusterer.labels_.astype(int)
+    labels = np.full(len(x), NOISE, dtype=int)
+    strength = np.zeros(len(x))
+    labels[rows], strength[rows] = fitted, clusterer.probabilities_
+    clusters = int(fitted.max() + 1)
+    membership = np.zeros((len(x), clusters))
+    if clusters:
+        membership[rows] = np.asarray(all_points_membership_vectors(clusterer)).reshape(len(rows), clusters)
+        rest = np.setdiff1d(np.arange(len(x)), rows)
+        if len(rest):
+            predicted, confidence = approximate_predict(clusterer, x[rest])
+            labels[rest], strength[rest] = predicted, confidence
+            membership[rest] = np.asarray(membership_vector(clusterer, x[rest])).reshape(len(rest), clusters)
+    return Clustering(clusterer, labels, strength, membership, rows)
 
 
 def dbcv(clusterer) -> float:
@@ -504,9 +550,11 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
         raise ValueError("no feature varies across the active customers: nothing to segment them by")
     scaler = SegmentScaler.fit(frame, features, config.log_features)
     x = scaler.transform(frame)
-    say(f"{len(frame)} accounts x {x.shape[1]} standardised features; DBCV study of {config.trials} trials")
+    rows = fit_sample(len(x), config.max_fit_accounts, config.seed)
+    say(f"{len(frame)} accounts x {x.shape[1]} standardised features; DBCV study of {config.trials} trials"
+        + (f" on a random {len(rows)} of them (max_fit_accounts)" if len(rows) < len(x) else ""))
     study = open_study(study_name, storage_url, config.seed, False, config.heartbeat_seconds, direction="maximize")
-    ran = run_study(study, _objective(x, config), ["hdbscan"], config.trials, config.timeout,
+    ran = run_study(study, _objective(x[rows], config), ["hdbscan"], config.trials, config.timeout,
                     callback=progress_reporter(progress),
                     initial=[{"family": "hdbscan", **p} for p in config.initial_trials or DEFAULT_SEGMENT_TRIALS],
                     defaults={"hdbscan": {"family": "hdbscan", **DEFAULT_SEGMENT_TRIALS[0]}}, fixed={})
@@ -518,14 +566,13 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
                                           "cluster_selection_epsilon")}
     say(f"best trial {best.number}: {best.user_attrs.get('clusters')} segments, DBCV {best.user_attrs.get('dbcv'):.3f}, "
         f"noise {best.user_attrs.get('noise_share'):.1%}; refitting with prediction data")
-    clusterer = fit_hdbscan(x, params, threads=config.threads, prediction_data=True)
-    labels = clusterer.labels_.astype(int)
-    from hdbscan import all_points_membership_vectors
-
-    membership = all_points_membership_vectors(clusterer) if labels.max() >= 0 else np.zeros((len(x), 0))
-    strength = np.asarray(clusterer.probabilities_, dtype=float)
+    clustering = cluster_accounts(x, params, threads=config.threads, max_fit=config.max_fit_accounts,
+                                  seed=config.seed)
+    clusterer, labels, strength, membership = (clustering.clusterer, clustering.labels, clustering.strength,
+                                               clustering.membership)
     say(f"stability: {config.bootstrap_runs} bootstrap refits")
-    stability = bootstrap_stability(x, labels, params, config.bootstrap_runs, config.seed, config.threads)
+    stability = bootstrap_stability(x[rows], labels[rows], params, config.bootstrap_runs, config.seed,
+                                    config.threads)
     validity, silhouette = sampled_validity(x, labels, config.validity_sample, config.seed)
     profiles = profile_segments(frame, labels, x, features)
     names = name_segments(profiles, frame, config.naming_threshold)
@@ -561,7 +608,8 @@ def train_segments_model(data: SegmentsData, config: SegmentsConfig, storage_url
                "dbcv_exact_sample": validity, "silhouette": silhouette, "bootstrap_ari_mean": float(np.mean(stability)),
                "bootstrap_ari_min": float(np.min(stability)), "accounts": float(len(frame)),
                "kmeans_segments": float(k), "kmeans_silhouette": k_silhouette, "kmeans_dbcv_exact_sample": k_validity,
-               "trials_run": float(ran), "trials_in_study": float(len(study.trials))}
+               "trials_run": float(ran), "trials_in_study": float(len(study.trials)),
+               "accounts_fitted": float(len(rows))}
     if data.truth is not None:
         truth = data.truth.set_index(ID)["segment"].reindex(frame[ID].astype(str))
         known = truth.notna().to_numpy()

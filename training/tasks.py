@@ -15,7 +15,7 @@ from typing import Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from features.pipeline import (
     build_view,
@@ -27,32 +27,8 @@ from features.pipeline import (
 )
 from features.store import FeatureStore
 from features.views import ViewConfig, get_view
+from training.configs import TaskConfig, with_home  # noqa: F401 (with_home: part of this module's API)
 from training.registry import MIN_DEALS_PER_OUTCOME, Task, get_task
-
-
-class TaskConfig(BaseModel):
-    """Fields every kind's training config shares: the study, the data window and the machine."""
-
-    model_config = ConfigDict(extra="forbid")
-    task: str | None = None
-    trials: int = Field(30, ge=1, description="Completed trials the study should reach.")
-    timeout: float | None = Field(None, gt=0, description="Seconds of tuning in this run at most.")
-    seed: int = 42
-    families: list[Literal["lightgbm", "xgboost"]] = Field(default_factory=lambda: ["lightgbm", "xgboost"])
-    pruning: bool = True
-    max_estimators: int = Field(2000, ge=10)
-    early_stopping_rounds: int = Field(100, ge=5)
-    sensitive_as_features: bool = Field(False, description="Use sensitive attributes as features (audited anyway).")
-    exclude_features: list[str] = Field(default_factory=list)
-    horizon_days: int = 90
-    as_of: date | None = Field(None, description="Data as-of date for view tasks (default: the latest event).")
-    start: date | None = Field(None, description="First cutoff month for view tasks (default: second month).")
-    ground_truth: str | None = Field(None, description="Simulator ground_truth folder, for the oracle figures; "
-                                     "'{home}' is SALESML_HOME.")
-    heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
-    initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
-                                       "(Optuna parameter names, e.g. family, lgb_learning_rate).")
-    threads: int = 2
 
 
 class RiskConfig(TaskConfig):
@@ -268,8 +244,3 @@ def _oracle(config: TaskConfig, task: Task) -> pd.DataFrame | None:
         [task.oracle.id_column, "cutoff", "oracle"]]
 
 
-def with_home(config: TaskConfig, home: Path) -> TaskConfig:
-    """The config with ``{home}`` in its paths replaced by SALESML_HOME."""
-    if config.ground_truth and "{home}" in config.ground_truth:
-        return config.model_copy(update={"ground_truth": config.ground_truth.format(home=home)})
-    return config

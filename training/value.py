@@ -33,9 +33,9 @@ import pandas as pd
 from pydantic import Field
 
 from training.clv import BetaGeo, GammaGamma, lifetime_value
+from training.configs import TaskConfig
 from training.models import artifact_digests, make_regressor, verify_digests
 from training.preprocess import TabularPreprocessor
-from training.tasks import TaskConfig
 
 if TYPE_CHECKING:
     import optuna

@@ -116,12 +116,13 @@ def _simulated_home(accounts: int, work: Path) -> Path:
 
 def simulator(args, work: Path) -> dict:
     from features.store import FeatureStore
-    from training.demand import DemandConfig, demand_config_with_home, load_demand_data
+    from training.configs import with_home
+    from training.demand import DemandConfig, load_demand_data
     from training.tasks import load_config
 
     home = _simulated_home(args.accounts, work)
     config = load_config(REPO / "experiments/configs/product_demand.yaml", DemandConfig, trials=args.sim_trials)
-    config = demand_config_with_home(config, home)
+    config = with_home(config, home)
     with FeatureStore(home / "features.duckdb") as store:
         data = load_demand_data(store, "product_demand", config)
     out = _quality(data.series, config, data.oracle)

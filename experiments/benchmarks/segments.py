@@ -10,8 +10,10 @@ Sections (``--only`` picks some):
 - ``online_retail``: UCI Online Retail imported as ``salesml import`` does (``../shared/data``): the profile table,
   DBCV (hdbscan's relative validity and the exact index on a sample) and silhouette of HDBSCAN beside KMeans on
   RFM, the features left out and why.
-- ``scale``: fit time and peak RSS of HDBSCAN (10,000 and 100,000 accounts of simulated customer profiles) and of
-  the BG/NBD fit (10,000, 100,000 and 1,000,000 simulated summaries), each size in a process of its own.
+- ``scale``: fit time and peak RSS of HDBSCAN (10,000 to 300,000 accounts of simulated customer profiles) and of
+  the BG/NBD fit (10,000, 100,000 and 1,000,000 simulated summaries), each size in a process of its own. HDBSCAN
+  as trained (fitted on at most `max_fit_accounts`, the rest placed by approximate_predict) and fitted on all;
+  BG/NBD on a continuous clock (every customer distinct) and on the daily grid of real order histories.
 - ``assign``: throughput of ``POST /segments/assign`` by id on ``salesml serve`` (the demo organisation's
   champion, built with ``salesml demo --no-serve`` unless ``--home`` has one): one id per request (wrk, 16
   connections) and ``--batch-ids`` ids per request (ids/s). Needs wrk (``apt-get install wrk``).
@@ -44,6 +46,11 @@ sys.path.insert(0, str(REPO))
 
 
 def _peak_gb() -> float:
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across exec, so a child started by a big parent
+    # reported the parent's peak.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024 ** 2, 3)
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3)
 
 
@@ -200,19 +207,22 @@ def _profiles(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def scale_one(what: str, n: int, threads: int) -> dict:
-    if what == "hdbscan":
-        from training.segments import SegmentScaler, fit_hdbscan
+    if what.startswith("hdbscan"):
+        from training.segments import SegmentScaler, SegmentsConfig, cluster_accounts
 
         frame = _profiles(n)
         features = [c for c in frame.columns if c != "account_id"]
         x = SegmentScaler.fit(frame, features, ["orders_365d", "value_365d", "recency_days", "ltv"]).transform(frame)
+        # As trained: fitted on at most max_fit_accounts, the rest placed by approximate_predict; or on all.
+        limit = SegmentsConfig().max_fit_accounts if what == "hdbscan" else n
         started = time.perf_counter()
-        model = fit_hdbscan(x, {"min_cluster_size": max(25, n // 200), "min_samples": 10,
-                                "cluster_selection_method": "eom", "cluster_selection_epsilon": 0.0},
-                            threads=threads, prediction_data=True)
+        clustering = cluster_accounts(x, {"min_cluster_size": max(25, min(n, limit) // 200), "min_samples": 10,
+                                          "cluster_selection_method": "eom", "cluster_selection_epsilon": 0.0},
+                                      threads=threads, max_fit=limit, seed=0)
         seconds = time.perf_counter() - started
-        return {"what": what, "accounts": n, "seconds": round(seconds, 2), "segments": int(model.labels_.max() + 1),
-                "peak_rss_gb": _peak_gb()}
+        return {"what": what, "accounts": n, "fitted_on": int(len(clustering.fit_rows)), "seconds": round(seconds, 2),
+                "segments": int(clustering.labels.max() + 1),
+                "noise_share": round(float((clustering.labels < 0).mean()), 4), "peak_rss_gb": _peak_gb()}
     from training.clv import BetaGeo
 
     rng = np.random.default_rng(0)
@@ -220,8 +230,13 @@ def scale_one(what: str, n: int, threads: int) -> dict:
     alive = rng.uniform(0, 1, n) * T
     x = rng.poisson(rng.gamma(0.25, 1 / 4.4, n) * alive).astype(float)
     recency = np.where(x > 0, rng.uniform(0, 1, n) * alive, 0.0)
+    # bgnbd_days: summaries on the daily grid real order histories have (weeks = days / 7); bgnbd: a continuous
+    # clock, where no two customers are alike (the worst case for the fit's de-duplication).
+    grid = (lambda v: np.round(v * 7) / 7) if what == "bgnbd_days" else (lambda v: np.round(v, 4))
+    T, recency = grid(T), grid(recency)
+    recency = np.minimum(recency, T)
     started = time.perf_counter()
-    fitted = BetaGeo.fit(x, np.round(recency, 2), np.round(T, 2))
+    fitted = BetaGeo.fit(x, recency, T)
     seconds = time.perf_counter() - started
     return {"what": what, "accounts": n, "seconds": round(seconds, 2), "r": round(fitted.r, 4),
             "alpha": round(fitted.alpha, 4), "a": round(fitted.a, 4), "b": round(fitted.b, 4), "peak_rss_gb": _peak_gb()}
@@ -229,7 +244,8 @@ def scale_one(what: str, n: int, threads: int) -> dict:
 
 def scale(args) -> dict:
     out = {}
-    for what, sizes in (("hdbscan", (10_000, 100_000)), ("bgnbd", (10_000, 100_000, 1_000_000))):
+    for what, sizes in (("hdbscan", (10_000, 30_000, 100_000, 300_000)), ("hdbscan_all_fitted", (10_000, 30_000, 100_000)),
+                        ("bgnbd", (10_000, 100_000, 1_000_000)), ("bgnbd_days", (10_000, 100_000, 1_000_000))):
         rows = []
         for n in sizes:
             answer = subprocess.run([sys.executable, __file__, "--scale-one", what, str(n), "--threads",

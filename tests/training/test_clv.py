@@ -34,6 +34,20 @@ def test_bgnbd_reproduces_fader_hardie_lee_2005_on_the_cdnow_sample(cdnow):
     assert model.customers == 2357
 
 
+def test_a_rough_start_on_a_sample_still_ends_at_the_full_data_optimum(cdnow, monkeypatch):
+    """Large fits get close by Nelder-Mead on a sample of the summaries and polish on all (training.clv
+    ROUGH_SAMPLE); forced onto CDNOW with a sample of 300, the fit still lands on the papers' figures."""
+    summary, spend, _ = cdnow
+    monkeypatch.setattr("training.clv.ROUGH_SAMPLE", 300)
+    model = BetaGeo.fit(summary["frequency"], summary["recency"], summary["T"])
+    for name, paper in (("r", 0.243), ("alpha", 4.414), ("a", 0.793), ("b", 2.426)):
+        assert getattr(model, name) == pytest.approx(paper, rel=0.01), name
+    assert model.log_likelihood == pytest.approx(-9582.4, abs=0.5)
+    spend_model = GammaGamma.fit(spend["x"], spend["zbar"])
+    for name, paper in (("p", 6.25), ("q", 3.74), ("gamma", 15.44)):
+        assert getattr(spend_model, name) == pytest.approx(paper, rel=0.01), name
+
+
 def test_gamma_gamma_reproduces_fader_hardie_on_the_repeat_buyers(cdnow):
     _, spend, _ = cdnow
     model = GammaGamma.fit(spend["x"], spend["zbar"])

@@ -74,6 +74,20 @@ def test_groups_that_are_there_are_found_stably_with_little_noise(trained):
     assert np.isfinite(m["silhouette"]) and np.isfinite(m["dbcv"])
 
 
+def test_beyond_max_fit_accounts_a_sample_is_clustered_and_the_rest_placed_alike(tmp_path):
+    frame = synthetic_customers(per_group=200, seed=3)
+    data = SegmentsData(frame.drop(columns="truth"), None, pd.Timestamp("2025-06-30"), "customer@test", "snap",
+                        frame[["account_id", "truth"]].rename(columns={"truth": "segment"}))
+    config = QUICK.model_copy(update={"max_fit_accounts": 300, "trials": 4, "bootstrap_runs": 2})
+    result = train_segments_model(data, config, f"sqlite:///{tmp_path / 'optuna.db'}", "sampled")
+    m, assigned = result.metrics, result.model.assignments
+    assert (m["accounts_fitted"], m["accounts"]) == (300, 800)
+    assert m["segments"] == 4 and m["oracle_ari"] >= 0.9, m  # over all 800, 500 of them never fitted
+    assert len(assigned) == 800 and assigned["membership"].map(len).eq(4).all()
+    placed = assigned[assigned["segment"] >= 0]
+    assert placed.apply(lambda r: int(np.argmax(r["membership"])) == r["segment"], axis=1).mean() > 0.95
+
+
 def test_segments_are_named_from_their_profiles(trained):
     result, frame = trained
     assigned = result.model.assignments.set_index("account_id")["name"]
