@@ -64,6 +64,13 @@ def _rough_sample(columns: tuple[np.ndarray, ...], weights: np.ndarray) -> tuple
     return tuple(c[rows] for c in columns), np.ones(ROUGH_SAMPLE)
 
 
+def _objective(terms, columns: tuple[np.ndarray, ...], weights: np.ndarray):
+    """The mean negative log-likelihood of log-parameters, from a model's per-summary ``terms``."""
+    def objective(theta: np.ndarray) -> float:
+        return -float(np.dot(weights, terms(np.exp(theta), *columns))) / weights.sum()
+    return objective
+
+
 @dataclass(frozen=True)
 class BetaGeo:
     """Fitted BG/NBD parameters and the log-likelihood they reach on the fitting data."""
@@ -106,12 +113,8 @@ class BetaGeo:
                            f"{int((x > 0).sum())} with a repeat purchase")
         columns, w = _compress(x, t_x, T)
 
-        def objective_on(columns: tuple[np.ndarray, ...], w: np.ndarray):
-            def objective(theta: np.ndarray) -> float:
-                return -float(np.dot(w, cls.log_likelihood_terms(np.exp(theta), *columns))) / w.sum()
-            return objective
-
-        best = _minimise(objective_on(columns, w), np.log(start), objective_on(*_rough_sample(columns, w)))
+        best = _minimise(_objective(cls.log_likelihood_terms, columns, w), np.log(start),
+                         _objective(cls.log_likelihood_terms, *_rough_sample(columns, w)))
         r, alpha, a, b = np.exp(best.x)
         return cls(float(r), float(alpha), float(a), float(b), log_likelihood=float(-best.fun * w.sum()),
                    customers=len(x))
@@ -188,12 +191,8 @@ class GammaGamma:
         scale = float(np.mean(m[keep]))
         columns, w = _compress(x[keep], m[keep] / scale)
 
-        def objective_on(columns: tuple[np.ndarray, ...], w: np.ndarray):
-            def objective(theta: np.ndarray) -> float:
-                return -float(np.dot(w, cls.log_likelihood_terms(np.exp(theta), *columns))) / w.sum()
-            return objective
-
-        best = _minimise(objective_on(columns, w), np.log(start), objective_on(*_rough_sample(columns, w)))
+        best = _minimise(_objective(cls.log_likelihood_terms, columns, w), np.log(start),
+                         _objective(cls.log_likelihood_terms, *_rough_sample(columns, w)))
         p, q, g = np.exp(best.x)
         if q <= 1:
             raise FitError(f"Gamma-Gamma fit has q = {q:.3f} <= 1: the expected spend per purchase is unbounded")
