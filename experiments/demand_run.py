@@ -39,6 +39,7 @@ from experiments.risk_run import register_version
 from experiments.tracking import (
     configure_mlflow,
     ensure_experiment,
+    log_best_trial,
     log_pyfunc_model,
     log_run_context,
     log_training_dataset,
@@ -118,6 +119,7 @@ def run_demand_training(settings: Settings, task: str, config: DemandConfig, tra
         say(f"{len(data.series.ids)} series of {data.series.freq} periods, {data.window}")
         result = train_demand_model(data.series, config, settings.optuna_storage_resolved,
                                     demand_study_name(data, config), progress, say, data.oracle)
+        log_best_trial(settings.optuna_storage_resolved, demand_study_name(data, config))
         metrics = result.metrics
         mlflow.log_params({f"model.{k}": v for k, v in result.params.to_dict().items() if k != "booster"})
         mlflow.log_params({f"model.booster.{k}": v for k, v in result.params.booster.items()})
@@ -130,7 +132,7 @@ def run_demand_training(settings: Settings, task: str, config: DemandConfig, tra
         digests, model_uri = _log_model(result, config)
         say("registering")
         tags = {TAG_WINDOW: data.window, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
-                TAG_KIND: "tuned"}
+                TAG_KIND: "tuned", **config.run_tags}
         version = register_version(client, name, model_uri, run.info.run_id, digests, task, tags)
     return {
         "model": name,

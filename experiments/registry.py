@@ -29,6 +29,12 @@ TAG_PROMOTED_BY = "salesml.promotion.by"
 TAG_PROMOTED_AT = "salesml.promotion.at"
 TAG_VARIANT_OF = "salesml.variant_of"
 TAG_MITIGATION = "salesml.mitigation"
+#: The month (YYYY-MM) of the monthly loop that trained a version, and why it ran (scheduled, or the alert that
+#: triggered it early). The month is written with the registration itself, so a rerun finds the version.
+TAG_RETRAIN_MONTH = "salesml.retrain.month"
+TAG_RETRAIN_REASON = "salesml.retrain.reason"
+#: Written last when a version is registered: a version without it was cut short (the loop deletes those).
+TAG_REGISTERED = "salesml.registered"
 
 
 def sha_tag(file_name: str) -> str:

@@ -30,6 +30,8 @@ from experiments.registry import (
     TAG_GATE,
     TAG_KIND,
     TAG_MITIGATION,
+    TAG_REGISTERED,
+    TAG_RETRAIN_MONTH,
     TAG_TASK,
     TAG_TASK_KIND,
     TAG_TRAINER,
@@ -41,6 +43,7 @@ from experiments.tracking import (
     code_version,
     configure_mlflow,
     ensure_experiment,
+    log_best_trial,
     log_pyfunc_model,
     log_run_context,
     log_training_dataset,
@@ -122,6 +125,7 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
             say("tuning")
             result = train_risk_model(data, config, settings.optuna_storage_resolved, study_name(data, config),
                                        progress)
+            log_best_trial(settings.optuna_storage_resolved, study_name(data, config))
             result_model, metrics, params = result.model, result.metrics, result.params
             test_rows, split = result.test_rows, result.split
             test_frame = data.frame.iloc[split.test]
@@ -140,7 +144,7 @@ def run_risk_training(settings: Settings, task: str, config: RiskConfig, trainer
         digests, model_uri = _log_model(result_model, test_frame)
         say("registering")
         tags = {TAG_WINDOW: data.window, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
-                TAG_KIND: "stage_baseline" if baseline else "tuned"}
+                TAG_KIND: "stage_baseline" if baseline else "tuned", **config.run_tags}
         version = register_version(client, name, model_uri, run.info.run_id, digests, spec.name, tags)
     return {
         "model": name,
@@ -256,12 +260,15 @@ def _log_model(model, test_frame: pd.DataFrame) -> tuple[dict[str, str], str]:
 def register_version(client, name: str, model_uri: str, run_id: str, digests: dict[str, str], task: str,
                      tags: dict) -> str:
     """Register a logged model as a new version of ``name`` with its lineage, gate and digest tags; a version
-    whose tags could not all be written is deleted again, so none stays half-registered.
+    whose tags could not all be written is deleted again, so none stays half-registered. The task and the monthly
+    loop's month (when ``tags`` name one) are written with the registration itself and ``salesml.registered``
+    last: a process killed in between leaves a version the loop recognises as cut short and deletes.
 
     Returns:
         The new version.
     """
-    version = mlflow.register_model(model_uri, name, tags={TAG_TASK: task})
+    first = {TAG_TASK: task, **({TAG_RETRAIN_MONTH: tags[TAG_RETRAIN_MONTH]} if TAG_RETRAIN_MONTH in tags else {})}
+    version = mlflow.register_model(model_uri, name, tags=first)
     try:
         tags = {**tags, TAG_CODE_VERSION: code_version(), TAG_GATE: "pending", "salesml.run_id": run_id,
                 TAG_TASK_KIND: name.partition(".")[0]}
@@ -271,6 +278,7 @@ def register_version(client, name: str, model_uri: str, run_id: str, digests: di
         client.update_model_version(name, version.version, description=json.dumps(
             {"task": task, "feature_version": tags.get(TAG_FEATURE_VERSION), "trainer": tags.get(TAG_TRAINER),
              "variant_of": tags.get(TAG_VARIANT_OF)}))
+        client.set_model_version_tag(name, version.version, TAG_REGISTERED, "complete")
     except BaseException:
         # A version without its tags (digests, trainer) must not stay in the registry.
         client.delete_model_version(name, version.version)

@@ -37,6 +37,7 @@ from experiments.risk_run import register_version
 from experiments.tracking import (
     configure_mlflow,
     ensure_experiment,
+    log_best_trial,
     log_pyfunc_model,
     log_run_context,
     log_training_dataset,
@@ -108,6 +109,7 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
         unavailable = log_unavailable_groups(data.unavailable, say)
         result = train_segments_model(data, config, settings.optuna_storage_resolved,
                                       segments_study_name(data, config), progress, say)
+        log_best_trial(settings.optuna_storage_resolved, segments_study_name(data, config))
         metrics = result.metrics
         mlflow.log_params({f"model.{k}": v for k, v in result.params.items() if k != "features"})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
@@ -119,7 +121,7 @@ def run_segments_training(settings: Settings, task: str, config: SegmentsConfig,
         digests, model_uri = _log_model(result)
         say("registering")
         tags = {TAG_WINDOW: window, TAG_FEATURE_VERSION: data.feature_version, TAG_TRAINER: trainer,
-                TAG_KIND: "hdbscan"}
+                TAG_KIND: "hdbscan", **config.run_tags}
         version = register_version(client, name, model_uri, run.info.run_id, digests, task, tags)
     profiles = result.model.profiles
     return {

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 
 
+#: Run artifact naming the best trial of the run's study (see ``log_best_trial``).
+BEST_TRIAL = "study/best_trial.json"
+
+
 def configure_mlflow(settings: Settings) -> MlflowClient:
     """Point MLflow at the settings' tracking and registry store; return a client."""
     uri = settings.tracking_uri_resolved
@@ -92,9 +96,39 @@ def log_run_context(task: str, feature_version: str, trainer: str, window: str, 
     """Tag the active run with its lineage (task, feature version, trainer, code version, data window) and log the
     config's scalar settings as ``config.*`` parameters."""
     mlflow.set_tags({TAG_TASK: task, TAG_FEATURE_VERSION: feature_version, TAG_TRAINER: trainer,
-                     TAG_CODE_VERSION: code_version(), TAG_WINDOW: window})
+                     TAG_CODE_VERSION: code_version(), TAG_WINDOW: window, **getattr(config, "run_tags", {})})
     mlflow.log_params({f"config.{k}": v for k, v in config.model_dump(mode="json").items()
                        if not isinstance(v, (list, dict, tuple))})
+
+
+def log_best_trial(storage_url: str, study_name: str) -> dict | None:
+    """Log the best finished trial of a study as ``study/best_trial.json`` (its number, value and Optuna
+    parameters): the monthly loop enqueues a champion's parameters as the first trial of the next month's study.
+
+    Returns:
+        What was logged, or ``None`` when the study has no completed trial.
+    """
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    try:
+        best = study.best_trial
+    except ValueError:  # no completed trial
+        return None
+    record = {"study": study_name, "number": best.number, "value": best.value, "params": best.params}
+    mlflow.log_dict(record, BEST_TRIAL)
+    return record
+
+
+def read_best_trial(client: MlflowClient, run_id: str) -> dict | None:
+    """The ``study/best_trial.json`` a training run logged, or ``None`` when it logged none (baselines, runs
+    from before the loop)."""
+    with tempfile.TemporaryDirectory(prefix="salesml-best-") as scratch:
+        try:
+            path = client.download_artifacts(run_id, BEST_TRIAL, scratch)
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+            return None
+        return json.loads(Path(path).read_text())
 
 
 def log_pyfunc_model(model, code: Path, folder_name: str, example, requirements: Sequence[str],

@@ -37,6 +37,7 @@ from experiments.risk_run import register_version
 from experiments.tracking import (
     configure_mlflow,
     ensure_experiment,
+    log_best_trial,
     log_pyfunc_model,
     log_run_context,
     log_training_dataset,
@@ -103,6 +104,7 @@ def run_value_training(settings: Settings, task: str, config: ValueConfig, train
         say(f"{len(data.purchases)} purchases and {len(rows.frame)} labelled customer rows, {rows.window}")
         result = train_value_model(data, config, settings.optuna_storage_resolved, value_study_name(data, config),
                                    progress, say)
+        log_best_trial(settings.optuna_storage_resolved, value_study_name(data, config))
         metrics = result.metrics
         mlflow.log_params({f"model.{k}": v for k, v in result.params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)})
@@ -112,7 +114,7 @@ def run_value_training(settings: Settings, task: str, config: ValueConfig, train
         digests, model_uri = _log_model(result)
         say("registering")
         tags = {TAG_WINDOW: rows.window, TAG_FEATURE_VERSION: rows.feature_version, TAG_TRAINER: trainer,
-                TAG_KIND: config.model}
+                TAG_KIND: config.model, **config.run_tags}
         version = register_version(client, name, model_uri, run.info.run_id, digests, task, tags)
     return {
         "model": name,

@@ -69,6 +69,12 @@ def render_report(model: str, version: str, gate: str, checks: list[CheckResult]
 </body></html>"""
 
 
+def render_page(title: str, body: str) -> str:
+    """A self-contained HTML page in the reports' style (inline CSS, no script)."""
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head><body>\n{body}\n</body></html>")
+
+
 def checks_table(checks: list[CheckResult]) -> pd.DataFrame:
     """The checks as a small table (for terminals and notebooks)."""
     return pd.DataFrame([{"check": c.name, "status": c.status, "reason": c.reason} for c in checks])

@@ -28,6 +28,8 @@ class StudyConfig(BaseModel):
     initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
                                        "(Optuna parameter names, e.g. family, lgb_learning_rate).")
     threads: int = 2
+    run_tags: dict[str, str] = Field(default_factory=dict, description="Tags set on the training run and on the "
+                                     "version it registers (the monthly loop names its month and the reason).")
 
 
 class TaskConfig(StudyConfig):

@@ -12,6 +12,7 @@ prints one JSON object as the last line of stdout; progress and messages go to s
 | ``audit`` | audit, review list/show/approve/reject, promote, rollback, policy show |
 | ``access`` | access add/list/revoke |
 | ``serve`` | serve, score TASK (and the old ``score churn --task``) |
+| ``loop`` | retrain |
 | ``demo`` | demo |
 """
 
@@ -33,7 +34,7 @@ from salesml.cli.common import (
 from salesml.cli.serve import check_port_free, run_server
 
 # Each module declares its commands; `salesml --help` lists them in this order.
-for _stage in ("data", "features", "train", "audit", "access", "serve", "demo"):
+for _stage in ("data", "features", "train", "audit", "access", "serve", "loop", "demo"):
     importlib.import_module(f"salesml.cli.{_stage}")
 
 __all__ = ["EXPECTED_ERRORS", "CommandError", "app", "check_port_free", "describe_invalid_values", "emit",
