@@ -10,18 +10,42 @@ that layout so that the writer (serving) and the readers (monitoring, notebooks)
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 PARTITION = "date="
+
+#: Columns of an inference log file, the same for every kind: the kind's figure in ``prediction`` (for risk, the
+#: probability; the registry names the field) and the whole result as JSON in ``outputs``.
+LOG_SCHEMA = pa.schema([("time", pa.timestamp("ns")), ("task", pa.string()), ("kind", pa.string()),
+                        ("principal", pa.string()), ("model", pa.string()), ("version", pa.string()),
+                        ("inputs", pa.string()), ("prediction", pa.float64()), ("outputs", pa.string())])
+_PARTS = itertools.count(1)
 
 
 def inference_log_file(folder: Path, task: str, day: str, name: str) -> Path:
     """Where one written part of a task's log goes (``day`` is YYYY-MM-DD)."""
     return Path(folder) / task / f"{PARTITION}{day}" / name
+
+
+def write_log_part(folder: Path, task: str, day: str, columns: dict[str, list]) -> Path:
+    """Write one part of a task's log for one day (``columns`` as ``LOG_SCHEMA`` names them), atomically: readers
+    never see a half-written file."""
+    name = f"part-{os.getpid()}-{int(time.time() * 1000)}-{next(_PARTS)}.parquet"
+    path = inference_log_file(folder, task, day, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pydict(columns, schema=LOG_SCHEMA), tmp)
+    tmp.replace(path)
+    return path
 
 
 def logged_days(folder: Path, task: str) -> list[date]:

@@ -198,6 +198,30 @@ class CalibrationPolicy(CheckPolicy):
                                      "reported, not judged: their relative error is mostly chance.")
 
 
+class MonitoringPolicy(BaseModel):
+    """What production monitoring alerts on (``salesml monitor``), and whether an alert retrains early."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str | None = Field(None, description="The live metric judged (default: the kind's: roc_auc, wape, "
+                               "wape, migration_share).")
+    min_outcomes: int = Field(100, ge=1, description="Months with fewer labelled scores are reported, not judged.")
+    max_degradation: float = Field(0.05, ge=0, description="How far a live metric where higher is better (ROC AUC) "
+                                   "may fall below its training-time value.")
+    max_relative_degradation: float = Field(0.10, ge=0, description="How far a live metric where lower is better "
+                                            "(WAPE) may rise above its training-time value, relative to it.")
+    max_calibration_error: float = Field(0.10, gt=0, description="Largest expected calibration error of live risk "
+                                         "scores (or of P(alive) against an order in the horizon).")
+    min_coverage: float = Field(0.70, ge=0, le=1, description="Demand: least live coverage of the 80% interval.")
+    max_coverage: float = Field(0.90, ge=0, le=1, description="Demand: most live coverage of the 80% interval.")
+    max_drifted_share: float = Field(0.30, ge=0, le=1, description="Share of features drifted from the champion's "
+                                     "training reference above which drift alerts.")
+    max_migration_share: float = Field(0.30, ge=0, le=1, description="Segments: share of accounts changing segment "
+                                       "from one month to the next above which it alerts.")
+    window_days: int = Field(30, ge=1, description="Days of logged scores the drift is computed on.")
+    retrain_on_alert: bool = Field(True, description="Retrain the task at once (reason: the alerts) when an alert "
+                                   "fires, instead of waiting for the month's run.")
+
+
 CHECK_POLICIES: dict[str, type[CheckPolicy]] = {"performance": PerformancePolicy, "fairness": FairnessPolicy,
                                                 "drift": DriftPolicy, "explanations": ExplanationsPolicy,
                                                 "baselines": BaselinesPolicy, "intervals": IntervalsPolicy,
@@ -216,6 +240,7 @@ class Policy(BaseModel):
     kind: str
     auto_promote: bool = False
     checks: dict[str, CheckPolicy]
+    monitoring: MonitoringPolicy = Field(default_factory=MonitoringPolicy)
 
     def check(self, name: str) -> CheckPolicy | None:
         """A check's settings, or ``None`` when the policy does not run it (proxies without a section of their
@@ -270,10 +295,23 @@ def _parse(task: str, kind: Kind, merged: dict, where: str) -> Policy:
             kind.metric(performance.metric)
         except UnknownTaskError as exc:
             raise PolicyError(f"{where}: checks.performance.metric: {exc}") from None
-    extra = set(merged) - {"checks", "auto_promote"}
+    extra = set(merged) - {"checks", "auto_promote", "monitoring"}
     if extra:
-        raise PolicyError(f"{where}: unknown setting(s) {', '.join(sorted(extra))}; known: auto_promote, checks")
-    return Policy(task=task, kind=kind.name, auto_promote=bool(merged.get("auto_promote", False)), checks=checks)
+        raise PolicyError(f"{where}: unknown setting(s) {', '.join(sorted(extra))}; known: auto_promote, checks, "
+                          "monitoring")
+    try:
+        monitoring = MonitoringPolicy.model_validate(merged.get("monitoring") or {})
+    except ValidationError as exc:
+        problems = "; ".join(f"monitoring.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise PolicyError(f"{where}: {problems}") from None
+    if monitoring.metric is not None and monitoring.metric not in ("migration_share", "calibration_error"):
+        try:
+            kind.metric(monitoring.metric)
+        except UnknownTaskError as exc:
+            raise PolicyError(f"{where}: monitoring.metric: {exc}") from None
+    return Policy(task=task, kind=kind.name, auto_promote=bool(merged.get("auto_promote", False)), checks=checks,
+                  monitoring=monitoring)
 
 
 def _read(path: Path) -> dict:

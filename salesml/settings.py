@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
     @property
+    def monitoring_dir(self) -> Path:
+        """Production monitoring's newest run (``state.json``, which the service's /metrics and /monitoring read)
+        and its history (``history.jsonl``)."""
+        return self.home / "monitoring"
+
+    @property
     def access_file(self) -> Path:
         """Principals with hashed tokens."""
         return self.home / "access.yaml"

@@ -25,6 +25,7 @@ from salesml.settings import Settings
 from serving.dashboard import dashboard_data, dashboard_html
 from serving.demand import forecast_request, log_records, series_ids
 from serving.inference_log import InferenceLogger
+from serving.monitoring import MONITORING_ROLES, monitoring_html, monitoring_page_data
 from serving.predict import RequestError, check_role, out_of_scope, resolve_parts, score_request, unknown_ids
 from serving.schemas import (
     ErrorResponse,
@@ -234,8 +235,11 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         logger = logger_provider()
         if logger is not None:
             horizon = body.horizon_days or model.horizon_days
+            # The horizon starts at the model's as-of day, not at the request: monitoring labels it from there.
+            as_of = f"{model.clv.as_of:%Y-%m-%d}"
             logger.log(served.task, principal.name, served.name, served.version,
-                       [{"account_id": a, "horizon_days": horizon} for a in body.accounts], results, "account_id",
+                       [{"account_id": a, "horizon_days": horizon, "as_of": as_of} for a in body.accounts], results,
+                       "account_id",
                        served.kind, KINDS[served.kind].serving.prediction)
         return Response(orjson.dumps({"task": served.task, "model": served.name, "version": served.version,
                                       "as_of": f"{model.clv.as_of:%Y-%m-%d}",
@@ -312,6 +316,22 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         check_role(principal.role)
         server = server_provider()
         return dashboard_data(settings, server.state, principal, server.rules)
+
+    @app.get("/monitoring", response_class=HTMLResponse, include_in_schema=False)
+    def monitoring_page() -> str:
+        """The monitoring page (the data comes from /monitoring/data with the viewer's token)."""
+        return monitoring_html()
+
+    @app.get("/monitoring/data", responses=ERRORS, dependencies=[Security(BEARER)])
+    def monitoring_data(request: Request) -> dict:
+        """Each champion's live metric month by month with its training-time value, its drifted share and its
+        alerts, from the newest `salesml monitor` run (managers, executives and validators)."""
+        principal = principal_of(request)
+        if principal.role not in MONITORING_ROLES:
+            raise RequestError(403, "authorization", f"role {principal.role} may not see model monitoring (roles: "
+                               f"{', '.join(MONITORING_ROLES)})")
+        state, history = server_provider().monitoring
+        return monitoring_page_data(state, history)
 
     @app.get("/segments", response_class=HTMLResponse, include_in_schema=False)
     def segments_page() -> str:

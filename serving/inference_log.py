@@ -9,27 +9,18 @@ these files as production data (``features.production`` owns the layout and the 
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from features.production import inference_log_file
+from features.production import LOG_SCHEMA, write_log_part
 
 log = logging.getLogger(__name__)
 
 
-#: Columns of an inference log file, the same for every kind: the kind's figure in ``prediction`` (for risk, the
-#: probability; the registry names the field) and the whole result as JSON in ``outputs``.
-LOG_SCHEMA = pa.schema([("time", pa.timestamp("ns")), ("task", pa.string()), ("kind", pa.string()),
-                        ("principal", pa.string()), ("model", pa.string()), ("version", pa.string()),
-                        ("inputs", pa.string()), ("prediction", pa.float64()), ("outputs", pa.string())])
 
 
 def _json(value: object) -> str:
@@ -54,7 +45,6 @@ class InferenceLogger:
         self.pending = 0
         self.dropped = 0
         self.written = 0
-        self._counter = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -63,12 +53,14 @@ class InferenceLogger:
         self._thread.start()
 
     def log(self, task: str, principal: str, model: str, version: str, inputs: list[dict], results: list[dict],
-            id_field: str | None = None, kind: str = "risk", prediction: str = "probability") -> None:
+            id_field: str | None = None, kind: str = "risk", prediction: str = "probability",
+            at: datetime | None = None) -> None:
         """Queue a request's scored records (never blocks, never serialises: the writer thread does that).
 
         ``kind`` and ``prediction`` come from the task registry: the task's kind, and the result field that is its
-        model's figure. When the records held in memory would exceed ``max_records``, the request's records are
-        dropped and counted instead.
+        model's figure. ``at`` is when the records were scored (naive UTC; now by default: a replay of past months
+        gives the month it scores). When the records held in memory would exceed ``max_records``, the request's
+        records are dropped and counted instead.
         """
         with self._pending_lock:
             if self.pending + len(results) > self.max_records:
@@ -76,7 +68,8 @@ class InferenceLogger:
                 return
             self.pending += len(results)
             busy = self.pending >= self.max_records // 4
-        self.queue.put((datetime.now(UTC).replace(tzinfo=None), task, principal, model, version, inputs, results,
+        when = at.replace(tzinfo=None) if at is not None else datetime.now(UTC).replace(tzinfo=None)
+        self.queue.put((when, task, principal, model, version, inputs, results,
                         id_field, kind, prediction))
         if busy:  # write now rather than at the next tick, before the queue fills and records are dropped
             self._wake.set()
@@ -125,13 +118,7 @@ class InferenceLogger:
         with self._lock:
             written = 0
             for (task, day), columns in self._drain().items():
-                self._counter += 1
-                path = inference_log_file(self.folder, str(task), day,
-                                          f"part-{os.getpid()}-{int(time.time() * 1000)}-{self._counter}.parquet")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                pq.write_table(pa.Table.from_pydict(columns, schema=LOG_SCHEMA), tmp)
-                tmp.replace(path)
+                write_log_part(self.folder, str(task), day, columns)
                 written += len(columns["time"])
             self.written += written
             return written

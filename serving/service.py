@@ -1,7 +1,8 @@
 """The BentoML service: loads the champions, keeps them current, and mounts the salesml HTTP API.
 
 It holds state only: scoring, scopes and errors live in ``serving.app`` and ``serving.predict``. BentoML adds
-``/healthz``, ``/livez``, ``/readyz`` (ready once the champions are loaded) and Prometheus ``/metrics``.
+``/healthz``, ``/livez``, ``/readyz`` (ready once the champions are loaded) and Prometheus ``/metrics`` (with
+monitoring's gauges: ``serving.monitoring``).
 Run with ``salesml serve``.
 """
 
@@ -15,6 +16,7 @@ import bentoml
 from salesml.settings import TELEMETRY_OFF, get_settings
 from serving.app import create_app
 from serving.inference_log import InferenceLogger
+from serving.monitoring import MonitoringGauges
 from serving.state import ModelServer
 
 log = logging.getLogger(__name__)
@@ -31,8 +33,9 @@ class SalesML:
     """Serves the champion of every registered task."""
 
     def __init__(self) -> None:
-        self.server = ModelServer(_settings)
+        self.server = ModelServer(_settings, MonitoringGauges())
         self.server.load_all()
+        self.server.refresh_monitoring()
         self.server.start_reloading()
         self.inference_log = InferenceLogger(_settings.logs_dir, _settings.log_flush_seconds,
                                              _settings.log_queue_records)

@@ -118,9 +118,14 @@ class ModelServer:
         settings: where the registry and the feature store live.
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, gauges=None):
         self.settings = settings
         self.state = ServingState()
+        # The newest monitoring run and its history, re-read when `salesml monitor` writes them; `gauges` (a
+        # serving.monitoring.MonitoringGauges) is set from each run.
+        self.monitoring: tuple[dict | None, list[dict]] = (None, [])
+        self.gauges = gauges
+        self._monitoring_stamp: tuple[int, ...] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.client = configure_mlflow(settings)
@@ -287,6 +292,22 @@ class ModelServer:
         self.state = ServingState(served, state.hierarchy, state.refused, state.deals)
         return self.state
 
+    def refresh_monitoring(self) -> bool:
+        """Re-read monitoring's state and history when they changed, and set the gauges; returns whether they
+        changed."""
+        from serving.monitoring import read_monitoring
+
+        folder = self.settings.monitoring_dir
+        stamp = tuple(int(f.stat().st_mtime_ns) if f.is_file() else 0
+                      for f in (folder / "state.json", folder / "history.jsonl"))
+        if stamp == self._monitoring_stamp:
+            return False
+        self.monitoring = read_monitoring(self.settings)
+        self._monitoring_stamp = stamp
+        if self.gauges is not None:
+            self.gauges.update(self.monitoring[0])
+        return True
+
     def start_reloading(self) -> None:
         """Poll for champion changes in a background thread."""
         def loop() -> None:
@@ -295,6 +316,10 @@ class ModelServer:
                     self.refresh()
                 except Exception:  # noqa: BLE001 - a failed poll must not stop the service
                     log.exception("champion refresh failed")
+                try:
+                    self.refresh_monitoring()
+                except Exception:  # noqa: BLE001 - nor a failed read of monitoring's files
+                    log.exception("monitoring refresh failed")
 
         self._thread = threading.Thread(target=loop, name="salesml-reload", daemon=True)
         self._thread.start()

@@ -140,3 +140,16 @@ def early_warning(rows: pd.DataFrame, outcomes: pd.DataFrame, threshold: float, 
     for q, value in quantiles.items():
         out[f"lead_time_days_p{int(q * 100)}"] = float(value)
     return out
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: the row-weighted mean |observed rate - mean probability| over ``bins`` bins of
+    equal count (quantiles of ``p``), so that a model scoring most rows low is still judged where its rows are."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if len(y) == 0:
+        return float("nan")
+    order = np.argsort(p, kind="stable")
+    total = 0.0
+    for part in np.array_split(order, min(bins, len(order))):
+        total += len(part) * abs(y[part].mean() - p[part].mean())
+    return float(total / len(y))

@@ -134,7 +134,8 @@ def _json_default(value: Any) -> Any:
 # importing every stage here would cost each command seconds (MLflow, scikit-learn, Evidently) before it starts.
 EXPECTED_ERRORS = (("experiments.registered", "RegistryError"), ("features.ingest", "IngestionError"),
                    ("features.pipeline", "FeatureError"), ("features.sources.mapping", "MappingError"),
-                   ("monitoring.review", "GateError"), ("monitoring.loop", "LoopError"), ("salesml.access", "AccessError"))
+                   ("monitoring.review", "GateError"), ("monitoring.loop", "LoopError"),
+                   ("monitoring.monitor", "MonitorError"), ("salesml.access", "AccessError"))
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

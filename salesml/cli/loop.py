@@ -83,3 +83,117 @@ def retrain(
     emit(result, as_json, render)
     if any(t["status"] == "failed" for t in result["tasks"]):
         raise typer.Exit(1)
+
+
+@app.command()
+def monitor(
+    as_of: Annotated[str | None, typer.Option("--as-of", help="The monitoring day, YYYY-MM-DD (default: today); "
+                                                             "outcomes after it are not used.")] = None,
+    window: Annotated[str | None, typer.Option(help="Drift window: days of logged scores such as 30d or 4w "
+                                                    "(default: the policy's, 30d).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: every task with a champion).")
+                     ] = None,
+    months: Annotated[int, typer.Option(min=1, help="Months of the inference log to judge, back from --as-of.")
+                      ] = 12,
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML with the monitoring thresholds (default: "
+                                                     "monitoring/policy.yaml).")] = None,
+    retrain_on_alert: Annotated[bool | None, typer.Option("--retrain-on-alert/--no-retrain",
+                                                          help="Retrain alerted tasks at once (default: the "
+                                                               "policy's retrain_on_alert).")] = None,
+    configs: Annotated[Path | None, typer.Option(help="Training configs <task>.yaml an alert's retraining uses "
+                                                      "(default: experiments/configs).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Join each champion's inference log to the outcomes that have landed (deals lost or won, orders, units
+    sold, spend), compute its live figures month by month and its drift against the training reference, and
+    raise the alerts the policy's thresholds call for (JSON, HTML report, audit log, the service's /metrics).
+    Exits 3 when an alert fired."""
+    from monitoring.monitor import monitor as run_monitor
+    from monitoring.monitor import parse_window
+
+    settings = get_settings()
+    with failures(as_json):
+        day = parse_date(as_of) or datetime.now(UTC).date()
+        names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+        if tasks is not None and not names:
+            raise CommandError("--tasks names no task")
+        days = parse_window(window) if window is not None else None
+
+        def say(text: str) -> None:
+            stderr.print(f"[dim]{text}[/]", highlight=False)
+
+        report = run_monitor(settings, day, names, window_days=days, months=months, policy_path=policy,
+                             retrain_on_alert=retrain_on_alert, trainer=current_identity(settings),
+                             configs=configs, say=say)
+    result = report.to_dict()
+
+    def render(r: dict) -> None:
+        rich = new_table("task", "champion", "metric", "training", "live (newest month)", "labelled", "drifted",
+                         "alerts", title=f"Monitoring as of {r['as_of']} (drift window {r['window_days']} days)")
+        for t in r["tasks"]:
+            judged = [m for m in t["months"] if m.get("labelled")]
+            latest = judged[-1] if judged else {}
+            live, base = latest.get(t["metric"]), t["training"].get(t["metric"])
+            rich.add_row(t["task"], str(t["champion"] or "-"), t["metric"],
+                         f"{base:.4f}" if isinstance(base, float) else "-",
+                         f"{live:.4f} ({latest['month']})" if isinstance(live, float) else "-",
+                         str(latest.get("labelled", 0)),
+                         f"{t['drift']['drifted_share']:.0%}" if t.get("drift") else "-",
+                         ", ".join(a["alert"] for a in t["alerts"]) or "none")
+        stdout.print(rich)
+        for t in r["tasks"]:
+            for a in t["alerts"]:
+                stdout.print(f"[bold red]ALERT[/] {t['task']}: {a['message']}", highlight=False)
+            for note in t["notes"]:
+                stdout.print(f"{t['task']}: {note}", highlight=False)
+        for run in r["retrains"]:
+            stdout.print(f"retrained {run['task']}: {run.get('status')} {run.get('message') or ''}",
+                         highlight=False)
+        stdout.print(f"report: {r['report']}", highlight=False)
+
+    emit(result, as_json, render)
+    if result["alerts"]:
+        raise typer.Exit(3)
+
+
+@app.command()
+def schedule(
+    retrain_cron: Annotated[str, typer.Option(help="When retraining runs, as a crontab line (minute hour day month "
+                                                   "weekday); it retrains on the data as of the month just closed."
+                                              )] = "0 2 1 * *",
+    monitor_cron: Annotated[str, typer.Option(help="When monitoring runs, as a crontab line.")] = "0 6 * * *",
+    timezone: Annotated[str, typer.Option(help="Time zone of both schedules.")] = "UTC",
+    show: Annotated[bool, typer.Option("--list", help="Show the jobs and their next run times, then exit.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run monthly retraining and daily monitoring in this process (APScheduler, jobs kept in
+    SALESML_HOME/loop/schedule.sqlite: a restart neither loses nor repeats a run). Stop with Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from monitoring.schedule import ScheduleConfig, ScheduleError, build_scheduler, run_schedule
+
+    settings = get_settings()
+    config = ScheduleConfig(retrain_cron, monitor_cron, timezone)
+    with failures(as_json):
+        try:
+            if show:
+                jobs = build_scheduler(settings, config).next_runs
+            else:
+                config.triggers()
+        except ScheduleError as exc:
+            raise CommandError(str(exc)) from None
+    if show:
+        emit({"jobs": jobs, "store": str(settings.home / "loop" / "schedule.sqlite")}, as_json,
+             lambda r: [stdout.print(f"{job}: next run {when}", highlight=False) for job, when in r["jobs"].items()])
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def say(text: str) -> None:
+        stderr.print(f"[dim]{text}[/]", highlight=False)
+
+    say(f"scheduling retraining ({retrain_cron}) and monitoring ({monitor_cron}) in {timezone}; Ctrl-C stops")
+    run_schedule(settings, config, stop, say)
+    say("scheduler stopped")

@@ -555,3 +555,57 @@ def test_a_deal_created_after_the_newest_views_cutoff_is_scored_by_id_with_fresh
         {"opportunity_id": "O-NEW-0001"}]}, headers={"Authorization": f"Bearer {stranger}"}, timeout=60)
     assert denied.status_code == 403 and denied.json()["error"]["ids"] == ["O-NEW-0001"]
     assert _score(service, "exec", [{"opportunity_id": "O-NEVER"}]).status_code == 422
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_monitoring_sets_gauges_on_metrics_and_its_page_draws_one_point_per_month(service, chromium):
+    from datetime import timedelta
+
+    from features.pipeline import latest_event
+    from features.store import FeatureStore
+    from features.views import monthly_cutoffs
+    from monitoring.monitor import monitor
+    from monitoring.replay import replay_scores
+    from training.registry import TASKS
+
+    settings = get_settings(home=service["home"])
+    with FeatureStore.from_settings(settings, read_only=True) as store:
+        end = latest_event(store, TASKS["opportunity_loss"].data.events)
+    # Three month ends whose 90-day outcomes have all landed by the data's end: the champion replays its scores.
+    days = monthly_cutoffs(end - timedelta(days=230), end - timedelta(days=92))[-3:]
+    assert len(days) == 3
+    for day in days:
+        assert replay_scores(settings, "opportunity_loss", day)["records"] > 0
+    report = monitor(settings, end, ["opportunity_loss"], retrain_on_alert=False)
+    (task,) = report.tasks
+    live = [m for m in task.months if m.get("roc_auc") is not None]
+    assert [m["month"] for m in live] == [f"{d:%Y-%m}" for d in days]
+
+    deadline, text = time.time() + 30, ""
+    while time.time() < deadline:  # the service re-reads monitoring's state on its reload tick (1 s here)
+        text = httpx.get(f"{service['base']}/metrics", timeout=10).text
+        if "salesml_live_metric{" in text:
+            break
+        time.sleep(1)
+    gauge = next(line for line in text.splitlines() if line.startswith("salesml_live_metric{"))
+    assert 'task="opportunity_loss"' in gauge and 'metric="roc_auc"' in gauge
+    assert float(gauge.rsplit(" ", 1)[1]) == pytest.approx(live[-1]["roc_auc"])
+    state_line = next(line for line in text.splitlines() if line.startswith("salesml_alert_state{"))
+    assert float(state_line.rsplit(" ", 1)[1]) == float(bool(task.alerts))
+    assert "salesml_drifted_share{" in text
+
+    denied = httpx.get(f"{service['base']}/monitoring/data", timeout=10,
+                       headers={"Authorization": f"Bearer {service['tokens']['rep']}"})
+    assert denied.status_code == 403 and denied.json()["error"]["field"] == "authorization"
+    data = httpx.get(f"{service['base']}/monitoring/data", timeout=10,
+                     headers={"Authorization": f"Bearer {service['tokens']['exec']}"}).json()
+    assert [p["month"] for p in data["tasks"][0]["points"]] == [m["month"] for m in live]
+    dom = chromium("--virtual-time-budget=20000", "--dump-dom",
+                   f"{service['base']}/monitoring?token={service['tokens']['manager']}")
+    assert 'data-ready="1"' in dom, dom[-2000:]
+    assert dom.count('class="card task"') == len(data["tasks"]) == 1
+    assert dom.count('class="point"') == len(live)
+    for m in live:
+        assert f'data-month="{m["month"]}"' in dom
+    assert 'class="training"' in dom and dom.count('class="drift"') >= 1
