@@ -1,0 +1,61 @@
+"""Live figures and alerts, on small frames whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.live import by_month, demand_figures, judge, label_scores, segment_figures
+from monitoring.policy import MonitoringPolicy
+from training.evaluate import calibration_error
+
+
+def test_labels_join_on_the_entity_and_the_day_it_was_scored_and_unlanded_labels_are_left_out():
+    scores = pd.DataFrame({"opportunity_id": ["a", "b", "c", "a"], "prediction": [0.9, 0.2, 0.5, 0.1],
+                           "time": pd.to_datetime(["2024-01-31 10:00", "2024-01-31 11:00", "2024-01-31 12:00",
+                                                   "2024-02-29 09:00"])})
+    labels = pd.DataFrame({"opportunity_id": ["a", "b", "c", "a"], "label_lost_30d": [1, 0, None, 0],
+                           "cutoff": pd.to_datetime(["2024-01-31", "2024-01-31", "2024-01-31", "2024-02-29"])})
+    out = label_scores(scores, labels, "opportunity_id", "label_lost_30d")
+    assert sorted(zip(out["opportunity_id"], out["month"], out["actual"], strict=True)) == [
+        ("a", "2024-01", 1), ("a", "2024-02", 0), ("b", "2024-01", 0)]
+    months = by_month("risk", out)
+    assert [m["month"] for m in months] == ["2024-01", "2024-02"] and months[0]["roc_auc"] == 1.0
+
+
+def test_calibration_error_is_zero_for_calibrated_bins_and_the_gap_otherwise():
+    y = np.array([0, 1] * 50)
+    assert calibration_error(y, np.full(100, 0.5)) == pytest.approx(0.0)
+    assert calibration_error(y, np.full(100, 0.8)) == pytest.approx(0.3)
+
+
+def test_each_crossed_threshold_is_an_alert_with_its_figures():
+    policy = MonitoringPolicy(min_outcomes=10)
+    risk = [{"month": "2024-03", "labelled": 200, "roc_auc": 0.70, "calibration_error": 0.15},
+            {"month": "2024-04", "labelled": 5, "roc_auc": 0.40, "calibration_error": 0.5}]  # too few: not judged
+    alerts = judge("t", "risk", risk, {"roc_auc": 0.80}, {"drifted_share": 0.5, "drifted_features": ["x", "y"],
+                                                           "prediction_drifted": True, "month": "2024-04"}, policy)
+    assert [a["alert"] for a in alerts] == ["live_metric", "calibration", "drift", "prediction_drift"]
+    assert alerts[0]["month"] == "2024-03" and alerts[0]["threshold"] == pytest.approx(0.75)
+    assert "x, y" in alerts[2]["message"]
+    assert judge("t", "risk", risk[:1], {"roc_auc": 0.72}, None,
+                 MonitoringPolicy(min_outcomes=10, max_calibration_error=0.2)) == []
+
+    demand = [{"month": "2024-03", "labelled": 50, **demand_figures(np.array([10.0] * 50), np.full(50, 1.0),
+                                                                    np.full(50, 13.0), np.full(50, 20.0))}]
+    found = {a["alert"] for a in judge("d", "demand", demand, {"wape": 0.2}, None, policy)}
+    assert found == {"live_metric", "intervals"}  # WAPE 0.30 > 0.22; the interval covered every sale (> 90%)
+
+
+def test_segment_migration_counts_accounts_whose_segment_changed_since_the_month_before():
+    before = pd.DataFrame({"account_id": ["a", "b", "c", "d"], "segment": [0, 0, 1, 1],
+                           "time": pd.to_datetime(["2024-01-31"] * 4)})
+    now = pd.DataFrame({"account_id": ["a", "b", "c", "e"], "segment": [0, 1, 1, -1],
+                        "time": pd.to_datetime(["2024-02-29"] * 4)})
+    figures = segment_figures(now, before)
+    assert figures["compared"] == 3 and figures["migration_share"] == pytest.approx(1 / 3)
+    assert figures["migration"] == {"0->1": 1} and figures["noise_share"] == 0.25
+    alerts = judge("s", "segments", [{"month": "2024-02", **figures}], {}, None,
+                   MonitoringPolicy(min_outcomes=1, max_migration_share=0.2))
+    assert [a["alert"] for a in alerts] == ["live_metric"]
