@@ -45,6 +45,9 @@ def label_scores(scores: pd.DataFrame, labels: pd.DataFrame, id_column: str, lab
     """
     if scores.empty:
         return scores.assign(actual=pd.Series(dtype=float), month=pd.Series(dtype=str))
+    # A record may have brought fields named like the label (a client sending a view's rows whole): the realised
+    # label is the store's, never the request's.
+    scores = scores.drop(columns=[c for c in (label, "actual", "cutoff") if c in scores.columns])
     left = scores.assign(cutoff=pd.to_datetime(scores["time"]).dt.normalize(),
                          **{id_column: scores[id_column].astype(str)})
     right = labels[[id_column, "cutoff", label]].assign(cutoff=pd.to_datetime(labels["cutoff"]).dt.normalize(),

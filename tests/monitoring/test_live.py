@@ -12,7 +12,9 @@ from training.evaluate import calibration_error
 
 
 def test_labels_join_on_the_entity_and_the_day_it_was_scored_and_unlanded_labels_are_left_out():
+    # The records came with a label of their own (a client sent view rows whole): the store's label wins.
     scores = pd.DataFrame({"opportunity_id": ["a", "b", "c", "a"], "prediction": [0.9, 0.2, 0.5, 0.1],
+                           "label_lost_30d": [0, 1, 1, 1],
                            "time": pd.to_datetime(["2024-01-31 10:00", "2024-01-31 11:00", "2024-01-31 12:00",
                                                    "2024-02-29 09:00"])})
     labels = pd.DataFrame({"opportunity_id": ["a", "b", "c", "a"], "label_lost_30d": [1, 0, None, 0],
