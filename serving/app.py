@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from salesml.access import AccessError, Principal, authenticate
 from salesml.settings import Settings
-from serving.dashboard import dashboard_data, dashboard_html
+from serving.dashboard import dashboard_data, dashboard_html, deal_detail
 from serving.demand import forecast_request, log_records, series_ids
 from serving.inference_log import InferenceLogger
 from serving.monitoring import MONITORING_ROLES, monitoring_html, monitoring_page_data
@@ -42,6 +42,7 @@ from training.registry import KINDS, resolve
 
 log = logging.getLogger(__name__)
 D3 = Path(__file__).resolve().parent / "web" / "node_modules" / "d3" / "dist" / "d3.min.js"
+THREE = Path(__file__).resolve().parent / "web" / "node_modules" / "three"
 
 #: Marks a route as needing a bearer token, in the OpenAPI document too. It never refuses by itself
 #: (``auto_error=False``): ``principal_of`` answers 401 with the field and the reason.
@@ -315,7 +316,17 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         principal = principal_of(request)
         check_role(principal.role)
         server = server_provider()
-        return dashboard_data(settings, server.state, principal, server.rules)
+        return dashboard_data(settings, server.state, principal, server.rules,
+                              getattr(server, "monitoring", (None, []))[0])
+
+    @app.get("/dashboard/deals/{opportunity_id}", responses=ERRORS, dependencies=[Security(BEARER)])
+    def deal(opportunity_id: str, request: Request) -> dict:
+        """One deal's drill-down: its score now with reasons and next-best actions, its score history and its
+        stage history (within the caller's scope)."""
+        principal = principal_of(request)
+        check_role(principal.role)
+        server = server_provider()
+        return deal_detail(settings, server.state, principal, server.rules, opportunity_id)
 
     @app.get("/monitoring", response_class=HTMLResponse, include_in_schema=False)
     def monitoring_page() -> str:
@@ -330,7 +341,7 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         if principal.role not in MONITORING_ROLES:
             raise RequestError(403, "authorization", f"role {principal.role} may not see model monitoring (roles: "
                                f"{', '.join(MONITORING_ROLES)})")
-        state, history = server_provider().monitoring
+        state, history = getattr(server_provider(), "monitoring", (None, []))
         return monitoring_page_data(state, history)
 
     @app.get("/segments", response_class=HTMLResponse, include_in_schema=False)
@@ -355,6 +366,16 @@ def create_app(settings: Settings, server_provider: Callable[[], ModelServer],
         if not D3.is_file():
             raise RequestError(404, "path", "D3 is not installed: run `make install` (npm ci in serving/web)")
         return FileResponse(D3, media_type="text/javascript")
+
+    @app.get("/static/three/{path:path}", include_in_schema=False)
+    def three(path: str) -> FileResponse:
+        """three.js modules (the build and its examples' controls), from the npm registry at build time."""
+        root = THREE.resolve()
+        target = (root / path).resolve()
+        if not target.is_relative_to(root) or target.suffix != ".js" or not target.is_file():
+            raise RequestError(404, "path", f"no three.js module {path!r}" if root.is_dir() else
+                               "three.js is not installed: run `make install` (npm ci in serving/web)")
+        return FileResponse(target, media_type="text/javascript")
 
     authenticated.update(route.path for route in app.routes if isinstance(route, APIRoute)
                          and any(d.dependency is BEARER for d in route.dependencies))

@@ -53,6 +53,8 @@ class ServingState:
     hierarchy: Hierarchy = field(default_factory=lambda: Hierarchy({}))
     refused: dict[str, str] = field(default_factory=dict)
     deals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    #: Every deal's stage changes (``opportunity_stage_history``), for the dashboard's drill-down.
+    stages: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _owners(store: FeatureStore, data) -> dict[str, str]:
@@ -143,6 +145,9 @@ class ModelServer:
             if store.has_table("opportunities"):
                 state.deals = store.table("opportunities").select(
                     "opportunity_id", "owner_rep_id", "amount", "closed_at", "outcome", "stage").execute()
+            if store.has_table("opportunity_stage_history"):
+                state.stages = store.table("opportunity_stage_history").select(
+                    "opportunity_id", "from_stage", "to_stage", "changed_at").execute()
             for name in _champion_names(self.client):
                 try:
                     served = self._load(name, store)
@@ -253,7 +258,7 @@ class ModelServer:
                 changed.append(name)
                 log.info("now serving %s version %s", name, new.version)
         # One assignment: a request holds either the old state or the new one.
-        self.state = ServingState(served, current.hierarchy, refused, current.deals)
+        self.state = ServingState(served, current.hierarchy, refused, current.deals, current.stages)
         return changed
 
     def _stale_lookups(self, state: ServingState) -> list[Served]:
@@ -289,7 +294,7 @@ class ModelServer:
             for old in stale:
                 self._live.pop(old.task, None)
         # One assignment: a request holds either the old state or the new one.
-        self.state = ServingState(served, state.hierarchy, state.refused, state.deals)
+        self.state = ServingState(served, state.hierarchy, state.refused, state.deals, state.stages)
         return self.state
 
     def refresh_monitoring(self) -> bool:

@@ -417,10 +417,10 @@ def test_segments_are_assigned_in_scope_and_drawn_one_bubble_per_segment_in_chro
     assert dom.count('class="profile"') == len(rep_view["profiles"])
 
 
-def _dashboard_dom(svc, chromium, who: str) -> str:
+def _dashboard_dom(svc, chromium, who: str, query: str = "") -> str:
     # The virtual-time budget lets the page's fetch and D3 drawing finish before the DOM is dumped.
     dom = chromium("--virtual-time-budget=20000", "--dump-dom",
-                   f"{svc['base']}/dashboard?token={svc['tokens'][who]}")
+                   f"{svc['base']}/dashboard?token={svc['tokens'][who]}{query}")
     assert 'data-ready="1"' in dom, dom[-2000:]
     return dom
 
@@ -439,10 +439,23 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
 
     data = _data(service, "exec")
     assert data["pipeline_by_stage"] and data["win_rate_trend"] and data["top_at_risk"]
-    dom = _dashboard_dom(service, chromium, "exec")
+    dom = _dashboard_dom(service, chromium, "exec", "&refresh=2")
     assert dom.count('class="stage"') == len(data["pipeline_by_stage"])
+    # Stages along the pipeline, each with its at-risk part; tables with their column headers.
+    drawn = re.findall(r'<rect class="stage" data-stage="([^"]+)"', dom)
+    assert drawn[:4] == ["lead", "qualified", "proposal", "negotiation"] == [s["stage"] for s in
+                                                                             data["pipeline_by_stage"]][:4]
+    assert dom.count('class="stage-risk"') == len(data["pipeline_by_stage"])
+    assert "<th>deal</th><th>owner</th><th>stage</th>" in dom and "<th>value at risk</th>" in dom
+    assert dom.count('class="group"') == len(data["at_risk_by_team"]) + len(data["at_risk_by_rep"])
+    assert data["at_risk_trend"] and dom.count('class="risk-point"') == len(data["at_risk_trend"])
+    # The page polls for new scores (every 2 s here, in Chromium's virtual time) and redraws only on news.
+    assert int(re.search(r'data-polls="(\d+)"', dom).group(1)) >= 3 and 'data-draws="1"' in dom
+    # The 3D view: one box per open deal in scope, rendered by WebGL (three.js served locally).
+    assert f'data-meshes="{len(data["deals"])}"' in dom and 'data-rendered="1"' in dom and len(data["deals"]) > 10
     assert dom.count('class="point"') == len(data["win_rate_trend"])
-    assert dom.count('class="value-axis"') == dom.count('class="month-axis"') == 1  # both charts can be read
+    # Every chart can be read: values on the stage chart, months on the two trends.
+    assert dom.count('class="value-axis"') == 1 and dom.count('class="month-axis"') == 2
     assert data["win_rate_trend"][0]["month"] in dom
     assert dom.count('class="deal"') == len(data["top_at_risk"])
     shown = re.findall(r'<td class="risk">([^<]*)</td>', dom)
@@ -475,13 +488,37 @@ def test_dashboard_renders_marks_in_chromium_and_a_rep_sees_only_their_deals(ser
     assert mine["demand"] is None
     rep_dom = _dashboard_dom(service, chromium, "rep")
     assert 'class="fan"' not in rep_dom
-    owners = re.findall(r'<tr class="deal"><td>[^<]*</td><td>([^<]*)</td>', rep_dom)
+    owners = re.findall(r'<tr class="deal"[^>]*><td>[^<]*</td><td>([^<]*)</td>', rep_dom)
     assert len(owners) == len(mine["top_at_risk"]) and set(owners) <= {rep}
     assert rep_dom.count('class="stage"') == len(mine["pipeline_by_stage"])
     others = [d["opportunity_id"] for d in data["top_at_risk"] if d["owner"] != rep]
     assert others and not any(f"<td>{o}</td>" in rep_dom for o in others)
-    everyone = re.findall(r'<tr class="deal"><td>[^<]*</td><td>([^<]*)</td>', dom)
+    everyone = re.findall(r'<tr class="deal"[^>]*><td>[^<]*</td><td>([^<]*)</td>', dom)
     assert len(set(everyone)) > 1
+    assert f'data-meshes="{len(mine["deals"])}"' in rep_dom and len(mine["deals"]) < len(data["deals"])
+    assert {r["name"] for r in mine["at_risk_by_rep"]} == {rep}
+
+    # A deal's drill-down: the API's answer now, its score history and its stage history; a rep's own only.
+    deal = mine["top_at_risk"][0]["opportunity_id"] if mine["top_at_risk"] else service["mine"][0]
+    detail = httpx.get(f"{service['base']}/dashboard/deals/{deal}", timeout=30,
+                       headers={"Authorization": f"Bearer {service['tokens']['rep']}"}).json()
+    assert detail["stage_history"] and detail["stage_history"][-1]["to_stage"] == detail["stage"]
+    other = next(d for d in data["top_at_risk"] if d["owner"] != rep)["opportunity_id"]
+    assert httpx.get(f"{service['base']}/dashboard/deals/{other}", timeout=30, headers={
+        "Authorization": f"Bearer {service['tokens']['rep']}"}).status_code == 403
+    drill = _dashboard_dom(service, chromium, "rep", f"&deal={deal}")
+    assert f'data-deal-ready="{deal}"' in drill
+    assert drill.count('class="stage-move"') == len(detail["stage_history"])
+    assert drill.count('class="action"') == len(detail["actions"])
+    assert drill.count('class="score-point"') == len(detail["score_history"])
+
+    # New scores change the board's stamp: the open page's next poll redraws it.
+    before = _data(service, "exec")["stamp"]
+    assert _score(service, "app", [{"opportunity_id": i} for i in service["mine"][:3]]).status_code == 200
+    deadline = time.time() + 30
+    while time.time() < deadline and _data(service, "exec")["stamp"] == before:
+        time.sleep(0.5)
+    assert _data(service, "exec")["stamp"] != before
 
 
 @pytest.mark.slow

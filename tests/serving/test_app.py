@@ -72,9 +72,10 @@ def test_the_openapi_document_names_exactly_the_routes_that_need_a_token(client)
                if op.get("security")}
     assert secured == {("/risk/score", "post"), ("/churn/score", "post"), ("/demand/forecast", "post"),
                        ("/value/predict", "post"), ("/segments/assign", "post"), ("/segments/data", "get"),
-                       ("/dashboard/data", "get")}
+                       ("/dashboard/data", "get"), ("/dashboard/deals/{opportunity_id}", "get"),
+                       ("/monitoring/data", "get")}
     for path, method in secured:  # and each of them refuses a request without one
-        assert client.request(method.upper(), path, json={}).status_code == 401
+        assert client.request(method.upper(), path.replace("{opportunity_id}", "O1"), json={}).status_code == 401
 
 
 @pytest.mark.parametrize(("body", "status", "field"), [
@@ -116,8 +117,15 @@ def test_models_lists_served_versions(client):
 def test_dashboard_data_follows_the_scope(client):
     rep = client.get("/dashboard/data", headers=auth("rep")).json()
     exec_ = client.get("/dashboard/data", headers=auth("exec")).json()
-    assert {d["stage"] for d in exec_["pipeline_by_stage"]} == {"lead", "proposal"}
+    # Every open stage, in pipeline order, with its at-risk part.
+    assert [d["stage"] for d in exec_["pipeline_by_stage"]] == ["lead", "qualified", "proposal", "negotiation"]
+    assert [d["count"] for d in exec_["pipeline_by_stage"]] == [2, 0, 1, 0]
+    assert sum(d["at_risk_count"] for d in exec_["pipeline_by_stage"]) == exec_["at_risk"]["count"]
+    assert sum(d["at_risk_value"] for d in exec_["pipeline_by_stage"]) == exec_["at_risk"]["value"]
     assert sum(d["count"] for d in rep["pipeline_by_stage"]) == 1
+    assert [r["name"] for r in rep["at_risk_by_rep"]] == ["R1"] and [r["name"] for r in rep["at_risk_by_team"]] == ["T1"]
+    assert {r["name"] for r in exec_["at_risk_by_team"]} == {"T1", "T2"}
+    assert sum(r["deals"] for r in exec_["at_risk_by_rep"]) == 3 and len(exec_["deals"]) == 3
     assert all(d["owner"] == "R1" for d in rep["top_at_risk"])
     assert client.get("/dashboard/data").status_code == 401
     assert "d3.min.js" in client.get("/dashboard").text
@@ -128,6 +136,27 @@ def test_dashboard_data_follows_the_scope(client):
                           headers=auth("exec")).json()["results"][0]
         assert deal["probability"] == round(api["probability"], 4)
         assert deal["reasons"] == [r["sentence"] for r in api["reasons"]]
+
+
+def test_a_deal_drill_down_is_scoped_and_says_what_the_api_says(client):
+    mine = client.get("/dashboard/deals/O1", headers=auth("rep"))
+    assert mine.status_code == 200, mine.text
+    body = mine.json()
+    api = client.post("/risk/score", json={"task": "opportunity_loss", "records": [{"opportunity_id": "O1"}]},
+                      headers=auth("rep")).json()["results"][0]
+    assert body["probability"] == api["probability"] and body["actions"] == api["actions"]
+    assert body["score_history"] == [] and body["stage_history"] == [] and body["owner"] == "R1"
+    other = client.get("/dashboard/deals/O2", headers=auth("rep"))
+    assert other.status_code == 403 and other.json()["error"]["field"] == "opportunity_id"
+    assert client.get("/dashboard/deals/NOPE", headers=auth("exec")).status_code == 404
+
+
+def test_monitoring_data_is_for_managers_executives_and_validators(client):
+    assert client.get("/monitoring/data", headers=auth("rep")).status_code == 403
+    assert client.get("/monitoring/data", headers=auth("scientist")).status_code == 403
+    answer = client.get("/monitoring/data", headers=auth("manager"))
+    assert answer.status_code == 200 and answer.json()["message"].startswith("no monitoring run yet")
+    assert "d3.min.js" in client.get("/monitoring").text
 
 
 def test_schemathesis_finds_no_server_errors_or_schema_violations(client):
