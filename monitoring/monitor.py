@@ -337,12 +337,16 @@ def label_logged(settings: Settings, definition, logged: pd.DataFrame, as_of: da
     horizon = _horizon(run)
     try:
         with FeatureStore.from_settings(settings, read_only=True) as store:
+            # Outcomes are known up to the store's data, not up to the monitoring day: a deal the store has heard
+            # nothing of since is open, not "not lost", and a week after its data is unknown, not zero.
+            as_of = min(as_of, data_known_until(store, data.events))
             if kind == "risk":
                 days = sorted({d for d in pd.to_datetime(logged["time"]).dt.date
                                if d + timedelta(days=horizon) <= as_of})
                 if not days:
                     return logged.iloc[:0].assign(actual=[], month=[]), (
-                        f"no logged score is {horizon} days old yet: its outcome has not landed")
+                        f"no logged score is {horizon} days older than the store's newest data ({as_of}): no "
+                        "outcome has landed")
                 built = build_view(store, data.name, as_of, cutoffs=days, config=ViewConfig(horizon_days=horizon),
                                    threads=settings.threads)
                 label = data.label.format(h=horizon)
@@ -354,18 +358,37 @@ def label_logged(settings: Settings, definition, logged: pd.DataFrame, as_of: da
                             f"{data.name} view (the entity was not open at the day it was scored, or had no id)")
                 return labelled, note
             if kind == "demand":
-                return _label_demand(store, data, logged, as_of), None
+                return _label_demand(store, data, logged, as_of)
             return _label_value(store, data, logged, as_of, horizon, settings.threads)
     except FeatureError as exc:
         return logged.iloc[:0].assign(actual=[], month=[]), f"no outcomes: {exc}"
 
 
-def _label_demand(store, data, logged: pd.DataFrame, as_of: date) -> pd.DataFrame:
-    from features.pipeline import build_view
+def data_known_until(store, events) -> date:
+    """The day the store's data is complete to: the as-of date of its newest load (ingestion refuses anything
+    later, and the load vouches for everything up to it), or the day of its newest event when it records no load.
+    """
+    from features.pipeline import latest_event
+
+    loads = store.loads()
+    if len(loads) and pd.notna(loads["as_of"].max()):
+        return pd.Timestamp(loads["as_of"].max()).date()
+    return latest_event(store, events)
+
+
+def _label_demand(store, data, logged: pd.DataFrame, as_of: date) -> tuple[pd.DataFrame, str | None]:
+    from features.pipeline import FeatureError, build_view
 
     periods = pd.to_datetime(logged["period_start"])
+    waiting = (logged.iloc[:0].assign(actual=[], month=[]),
+               f"no forecast period has ended by the store's newest data ({as_of}): no sales to compare yet")
+    if periods.min().date() > as_of:
+        return waiting
     if data.source == "view":
-        weeks = build_view(store, data.name, as_of, start=periods.min().date(), end=as_of).frame
+        try:
+            weeks = build_view(store, data.name, as_of, start=periods.min().date(), end=as_of).frame
+        except FeatureError:  # no complete week between the first forecast period and the newest data
+            return waiting
         actual = weeks[[data.id_column, data.time_column, data.label]]
     else:
         actual = store.table(data.name).select(data.id_column, data.time_column, data.label).to_pandas()
@@ -374,7 +397,7 @@ def _label_demand(store, data, logged: pd.DataFrame, as_of: date) -> pd.DataFram
     actual = actual.assign(series=actual["series"].astype(str), period_start=pd.to_datetime(actual["period_start"]))
     left = logged.assign(series=logged["series"].astype(str), period_start=periods)
     joined = left.merge(actual.drop_duplicates(["series", "period_start"]), on=["series", "period_start"])
-    return joined.assign(month=month_of_times(joined["time"]))
+    return joined.assign(month=month_of_times(joined["time"])), None
 
 
 def _label_value(store, data, logged: pd.DataFrame, as_of: date, default_horizon: int, threads: int
