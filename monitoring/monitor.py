@@ -261,7 +261,8 @@ def monitor_task(settings: Settings, definition, as_of: date, window_days: int, 
             out.notes.append(note)
         out.months = by_month(kind, labelled, definition.data.id_column)
     try:
-        out.drift = window_drift(settings, client, champion, definition, logged, as_of, window_days)
+        out.drift = window_drift(settings, client, champion, definition, logged, as_of, window_days,
+                                 policy.drift_reference)
     except RegistryError as exc:
         out.notes.append(f"no drift: {exc}")
     out.alerts = judge(definition.name, kind, out.months, _judged_against(client, out, policy), out.drift, policy)
@@ -432,10 +433,19 @@ def _label_value(store, data, logged: pd.DataFrame, as_of: date, default_horizon
     return labelled.assign(month=month_of_times(labelled["time"])), note
 
 
+#: Rows the newest training month needs to stand as the drift reference.
+MIN_REFERENCE_ROWS = 100
+
+
 def window_drift(settings: Settings, client, champion, definition, logged: pd.DataFrame, as_of: date,
-                 window_days: int) -> dict | None:
-    """Data drift of the last ``window_days`` days against the champion's training reference, and the drift of
-    its served predictions against its test-time ones.
+                 window_days: int, reference_kind: str = "newest_month") -> dict | None:
+    """Data drift of the last ``window_days`` days against the champion's training data, and the drift of its
+    served predictions against its test-time ones.
+
+    ``reference_kind`` ``newest_month`` compares with the newest month the champion was trained on (risk tasks,
+    when it holds ``MIN_REFERENCE_ROWS``): features that trend with time in a growing organisation (tenure, a
+    rep's closed deals) move away from the whole training sample within months without anything having changed,
+    and from the newest month only by what changed since. ``training`` compares with the sampled training rows.
 
     Raises:
         RegistryError: when the champion's run logged no evaluation data.
@@ -446,7 +456,11 @@ def window_drift(settings: Settings, client, champion, definition, logged: pd.Da
     from monitoring.policy import DriftPolicy
 
     evaluation = load_evaluation(client, champion)
-    reference = evaluation["reference"]
+    reference, against = evaluation["reference"], "its sampled training rows"
+    newest = evaluation["recent"]
+    if reference_kind == "newest_month" and definition.kind == "risk" and newest is not None and \
+            len(newest) >= MIN_REFERENCE_ROWS:
+        reference, against = newest, "the newest month it was trained on"
     start = pd.Timestamp(as_of) - pd.Timedelta(days=window_days - 1)
     recent = logged[pd.to_datetime(logged["time"]) >= start] if len(logged) else logged
     if definition.kind == "risk" and len(recent):
@@ -463,7 +477,7 @@ def window_drift(settings: Settings, client, champion, definition, logged: pd.Da
                         else None, reference_predictions, DriftPolicy(max_drifted_share=1.0, sample_rows=10_000), 0)
     figures = check.figures
     moved = figures.get("prediction_drift", {})
-    return {"month": f"{as_of:%Y-%m}", "window_days": window_days, "source": source,
+    return {"month": f"{as_of:%Y-%m}", "window_days": window_days, "source": source, "reference": against,
             "reference_rows": figures["reference_rows"], "current_rows": figures["current_rows"],
             "features": figures["features"], "drifted_share": figures["drifted_share"],
             "drifted_features": figures["drifted_features"], "prediction_drifted": bool(moved.get("drifted")),

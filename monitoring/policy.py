@@ -218,6 +218,9 @@ class MonitoringPolicy(BaseModel):
     max_migration_share: float = Field(0.30, ge=0, le=1, description="Segments: share of accounts changing segment "
                                        "from one month to the next above which it alerts.")
     window_days: int = Field(30, ge=1, description="Days of logged scores the drift is computed on.")
+    drift_reference: Literal["newest_month", "training"] = Field(
+        "newest_month", description="What drift compares with: the newest month the champion was trained on (risk; "
+        "features that trend with time do not alarm), or its sampled training rows.")
     retrain_on_alert: bool = Field(True, description="Retrain the task at once (reason: the alerts) when an alert "
                                    "fires, instead of waiting for the month's run.")
 
