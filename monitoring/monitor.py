@@ -316,7 +316,8 @@ def _test_predictions(client, run_id: str) -> pd.DataFrame | None:
         return pd.read_parquet(path)
 
 
-def _horizon(run, default: int = 90) -> int:
+def run_horizon(run, default: int = 90) -> int:
+    """The label horizon (days) a training run was configured with."""
     value = run.data.params.get("config.horizon_days")
     return int(float(value)) if value not in (None, "None") else default
 
@@ -335,7 +336,7 @@ def label_logged(settings: Settings, definition, logged: pd.DataFrame, as_of: da
         return frame[frame["segment"].notna()], None
     if not settings.feature_store_path.exists():
         return logged.iloc[:0].assign(actual=[], month=[]), "no feature store: no outcome can be read"
-    horizon = _horizon(run)
+    horizon = run_horizon(run)
     try:
         with FeatureStore.from_settings(settings, read_only=True) as store:
             # Outcomes are known up to the store's data, not up to the monitoring day: a deal the store has heard

@@ -75,6 +75,7 @@ def replay_scores(settings: Settings, task: str, day: date, at: datetime | None 
     from features.production import write_log_part
     from features.store import FeatureStore
     from features.views import ViewConfig
+    from monitoring.monitor import run_horizon
     from training.registry import get_task
 
     definition = get_task(task)
@@ -86,10 +87,10 @@ def replay_scores(settings: Settings, task: str, day: date, at: datetime | None 
     if champion is None:
         raise ReplayError(f"{name} has no champion to replay")
     model, _ = load_version_model(client, name, str(champion.version))
-    horizon = client.get_run(champion.run_id).data.params.get("config.horizon_days", "90")
+    horizon = run_horizon(client.get_run(champion.run_id))
     with FeatureStore.from_settings(settings, read_only=True) as store:
         rows = build_view(store, definition.data.name, day, cutoffs=[day],
-                          config=ViewConfig(horizon_days=int(float(horizon))), threads=settings.threads).frame
+                          config=ViewConfig(horizon_days=horizon), threads=settings.threads).frame
     when = at or datetime.combine(day, time(18))
     columns = risk_log_columns(task, name, str(champion.version), model, rows, definition.data.id_column, when)
     if columns["time"]:

@@ -6,7 +6,10 @@ nothing from elsewhere.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import orjson
 import pandas as pd
 
 from features.stages import CLOSED_STAGES, OPEN_STAGES
@@ -144,31 +147,49 @@ def model_status(state, monitoring: dict | None) -> list[dict]:
     return out
 
 
-_HISTORY: dict[tuple, pd.DataFrame] = {}
+HISTORY_COLUMNS = ["time", "id", "probability", "risk_band", "version"]
+#: Per (logs folder, task): the part files read so far and their rows. The service writes a part every few
+#: seconds under load; each poll reads only the parts written since the last one.
+_HISTORY: dict[tuple[str, str], tuple[set[Path], pd.DataFrame]] = {}
 
 
-def risk_history(settings: Settings, task: str) -> pd.DataFrame:
-    """The served risk scores of ``task`` over the last year of its inference log: ``time``, ``id``,
-    ``probability``, ``risk_band``, ``version`` (read again only when the log has new files)."""
-    from features.production import logged_days, read_inference_log
+def _history_rows(path: Path, id_field: str) -> pd.DataFrame:
+    part = pd.read_parquet(path)
+    if part.empty:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    outputs = [orjson.loads(x) if x else {} for x in part["outputs"]] if "outputs" in part else [{}] * len(part)
+    inputs = [orjson.loads(x) for x in part["inputs"]]
+    ids = [o.get(id_field, i.get(id_field)) for o, i in zip(outputs, inputs, strict=True)]
+    bands = [o.get("risk_band") for o in outputs] if "risk_band" not in part else part["risk_band"].tolist()
+    scores = part["prediction"] if "prediction" in part else part.get("probability")
+    return pd.DataFrame({"time": pd.to_datetime(part["time"]), "id": [None if i is None else str(i) for i in ids],
+                         "probability": pd.to_numeric(scores, errors="coerce"), "risk_band": bands,
+                         "version": part["version"].astype(str)})
 
-    days = logged_days(settings.logs_dir, task)
-    if not days:
-        return pd.DataFrame(columns=["time", "id", "probability", "risk_band", "version"])
-    since = days[-1] - pd.Timedelta(days=366)
-    files = sorted((settings.logs_dir / task).glob("date=*/*.parquet"))
-    key = (str(settings.logs_dir), task, len(files), max(f.stat().st_mtime_ns for f in files) if files else 0)
-    if key not in _HISTORY:
-        log = read_inference_log(settings.logs_dir, task, since=since)
+
+def risk_history(settings: Settings, task: str, days: int = 366) -> pd.DataFrame:
+    """The served risk scores of ``task`` over the last ``days`` of its inference log: ``time``, ``id``,
+    ``probability``, ``risk_band``, ``version``, oldest first (only the log's new part files are read)."""
+    from features.production import PARTITION, logged_days
+
+    logged = logged_days(settings.logs_dir, task)
+    if not logged:
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    since = logged[-1] - pd.Timedelta(days=days)
+    files = {f for day in logged if day >= since
+             for f in (settings.logs_dir / task / f"{PARTITION}{day.isoformat()}").glob("*.parquet")}
+    key = (str(settings.logs_dir), task)
+    read, frame = _HISTORY.get(key, (set(), pd.DataFrame(columns=HISTORY_COLUMNS)))
+    new = sorted(files - read)
+    if new or read - files:
         id_field = TASKS[task].data.id_column if task in TASKS else "opportunity_id"
-        band = log["risk_band"] if "risk_band" in log.columns else pd.Series(None, index=log.index)
-        frame = pd.DataFrame({"time": pd.to_datetime(log["time"]), "id": log[id_field].astype(str),
-                              "probability": log["prediction"].astype(float), "risk_band": band,
-                              "version": log["version"].astype(str)}) if len(log) and id_field in log else \
-            pd.DataFrame(columns=["time", "id", "probability", "risk_band", "version"])
-        _HISTORY.clear()  # one task's newest log at a time: the board reads one
-        _HISTORY[key] = frame.sort_values("time", kind="stable").reset_index(drop=True)
-    return _HISTORY[key]
+        parts = [frame[frame["time"] >= pd.Timestamp(since)]] if len(frame) else []
+        parts += [_history_rows(f, id_field) for f in new]
+        parts = [x for x in parts if len(x)]
+        frame = (pd.concat(parts, ignore_index=True).dropna(subset=["id"]).sort_values("time", kind="stable")
+                 .reset_index(drop=True) if parts else pd.DataFrame(columns=HISTORY_COLUMNS))
+        _HISTORY[key] = (read & files | set(new), frame)
+    return frame
 
 
 def at_risk_trend(history: pd.DataFrame, owners: dict[str, str], deals: pd.DataFrame, allowed) -> list[dict]:
