@@ -115,6 +115,21 @@ def load_version_model(client: MlflowClient, name: str, version: str, folder: Pa
         return _download_model(Path(scratch), name, version, digests), info
 
 
+def load_champion(client: MlflowClient, task: str) -> tuple[RiskModel, ModelVersion]:
+    """The champion of a task's model, loaded and checked (see ``load_version_model``).
+
+    Raises:
+        RegistryError: when the task has no registered model or no champion, or its artifact fails its checks.
+    """
+    from experiments.registry import CHAMPION
+
+    name = task_model_name(client, task)
+    champion = get_alias(client, name, CHAMPION)
+    if champion is None:
+        raise RegistryError(f"{name} has no champion: promote a version first")
+    return load_version_model(client, name, str(champion.version))
+
+
 def load_evaluation(client: MlflowClient, info: ModelVersion) -> dict:
     """The evaluation data a version's training run logged (read-only: nothing is rebuilt or stored).
 

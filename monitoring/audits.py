@@ -38,16 +38,22 @@ class CheckResult:
 
     def to_dict(self) -> dict:
         """The JSON form: ``{"name", "status", "figures", "reason"}``."""
-        return {"name": self.name, "status": self.status, "figures": _clean(self.figures), "reason": self.reason}
+        return {"name": self.name, "status": self.status, "figures": json_ready(self.figures), "reason": self.reason}
 
 
-def _clean(value):
+def json_ready(value, digits: int | None = 6):
+    """``value`` with NumPy scalars made plain, non-finite numbers ``None`` and floats rounded to ``digits``
+    (``None``: kept whole), through nested dicts and lists."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_ready(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_ready(v, digits) for v in value]
     if isinstance(value, (np.floating, float)):
-        return None if not math.isfinite(float(value)) else round(float(value), 6)
+        if not math.isfinite(float(value)):
+            return None
+        return float(value) if digits is None else round(float(value), digits)
+    if isinstance(value, np.bool_):
+        return bool(value)
     if isinstance(value, np.integer):
         return int(value)
     return value

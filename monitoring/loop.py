@@ -258,19 +258,13 @@ def retrain(settings: Settings, as_of: date, tasks: Sequence[str] | None = None,
         LoopError: when no task is given or has a champion, a task is unknown, another retrain is running, or the
             inbox cannot be ingested.
     """
-    from training.registry import UnknownTaskError, get_task
-
     month = month_of(as_of)
     with loop_lock(settings):
         report = RetrainReport(month=month, as_of=f"{as_of:%Y-%m-%d}", reason=reason)
         report.ingested = ingest_inbox(settings, Path(inbox or settings.home / "inbox"), as_of, say, progress)
-        names = list(tasks or _champion_tasks(settings))
-        if not names:
-            raise LoopError("no task has a champion to retrain: name the tasks (--tasks opportunity_loss,...)")
-        try:
-            definitions = {task: get_task(task) for task in names}
-        except UnknownTaskError as exc:
-            raise LoopError(str(exc)) from None
+        definitions = task_definitions(settings, tasks, LoopError, "no task has a champion to retrain: name the "
+                                       "tasks (--tasks opportunity_loss,...)")
+        names = list(definitions)
         ledger = read_ledger(settings, month)
         for task in names:
             if task in ledger:
@@ -308,6 +302,24 @@ def training_errors() -> tuple[type[Exception], ...]:
     from training.value import InsufficientValueDataError
 
     return InsufficientDataError, InsufficientHistoryError, InsufficientValueDataError, FitError
+
+
+def task_definitions(settings: Settings, tasks: Sequence[str] | None, error: type[Exception], none_message: str
+                     ) -> dict:
+    """The registry's definitions of ``tasks`` (default: every task with a champion), in order.
+
+    Raises:
+        error: with ``none_message`` when no task is given and none has a champion, or naming an unknown task.
+    """
+    from training.registry import UnknownTaskError, get_task
+
+    names = list(tasks or _champion_tasks(settings))
+    if not names:
+        raise error(none_message)
+    try:
+        return {task: get_task(task) for task in names}
+    except UnknownTaskError as exc:
+        raise error(str(exc)) from None
 
 
 def _champion_tasks(settings: Settings) -> list[str]:

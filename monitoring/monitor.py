@@ -87,21 +87,9 @@ class MonitorReport:
 
     def to_dict(self) -> dict:
         """JSON-ready."""
-        return _clean(asdict(self) | {"alerts": self.alerts})
+        from monitoring.audits import json_ready
 
-
-def _clean(value):
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        return float(value) if np.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
+        return json_ready(asdict(self) | {"alerts": self.alerts}, digits=None)
 
 
 def read_state(settings: Settings) -> dict | None:
@@ -156,19 +144,15 @@ def monitor(settings: Settings, as_of: date | None = None, tasks: Sequence[str] 
     Raises:
         MonitorError: when no task is given or has a champion, or a task is unknown.
     """
-    from monitoring.loop import _champion_tasks, write_json_atomically
+    from monitoring.audits import json_ready
+    from monitoring.loop import task_definitions, write_json_atomically
     from monitoring.policy import load_policy
     from monitoring.review import append_audit_log
-    from training.registry import UnknownTaskError, get_task
 
     as_of = as_of or date.today()
-    names = list(tasks or _champion_tasks(settings))
-    if not names:
-        raise MonitorError("no task has a champion to monitor: train and promote one first")
-    try:
-        definitions = {task: get_task(task) for task in names}
-    except UnknownTaskError as exc:
-        raise MonitorError(str(exc)) from None
+    definitions = task_definitions(settings, tasks, MonitorError,
+                                   "no task has a champion to monitor: train and promote one first")
+    names = list(definitions)
     policies = {task: load_policy(task, policy_path).monitoring for task in names}
     window = window_days or max(p.window_days for p in policies.values())
     report = MonitorReport(as_of=f"{as_of:%Y-%m-%d}", window_days=window)
@@ -180,7 +164,8 @@ def monitor(settings: Settings, as_of: date | None = None, tasks: Sequence[str] 
             say(f"{task}: ALERT {alert['alert']}: {alert['message']}")
             append_audit_log(settings, {"action": "alert", "task": task, "model": outcome.model,
                                         "version": outcome.champion, "alert": alert["alert"],
-                                        "value": _clean(alert["value"]), "threshold": _clean(alert["threshold"]),
+                                        "value": json_ready(alert["value"], None),
+                                        "threshold": json_ready(alert["threshold"], None),
                                         "month": alert["month"], "message": alert["message"],
                                         "monitoring_as_of": report.as_of})
         if not outcome.alerts:
@@ -240,7 +225,7 @@ def monitor_task(settings: Settings, definition, as_of: date, window_days: int, 
         name = task_model_name(client, definition.name)
     except RegistryError:
         name = definition.model_name
-    champion = get_alias(client, name, CHAMPION) if client.search_registered_models(f"name='{name}'") else None
+    champion = get_alias(client, name, CHAMPION)
     out = TaskMonitoring(definition.name, kind, name, str(champion.version) if champion else None, metric, higher)
     if champion is None:
         out.notes.append("no champion: nothing is served, nothing to monitor")
@@ -251,7 +236,8 @@ def monitor_task(settings: Settings, definition, as_of: date, window_days: int, 
         logged = logged[pd.to_datetime(logged["time"]) < pd.Timestamp(as_of) + pd.Timedelta(days=1)]
     out.logged = int(len(logged))
     run = client.get_run(champion.run_id)
-    out.training = training_figures(client, champion, run, kind)
+    test = _test_predictions(client, champion.run_id) if kind == "risk" else None
+    out.training = training_figures(client, champion, run, kind, test)
     if not len(logged):
         out.notes.append(f"nothing logged in the {months} months to {as_of}: the service has not scored with "
                          f"{name}")
@@ -262,7 +248,8 @@ def monitor_task(settings: Settings, definition, as_of: date, window_days: int, 
         out.months = by_month(kind, labelled, definition.data.id_column)
     try:
         out.drift = window_drift(settings, client, champion, definition, logged, as_of, window_days,
-                                 policy.drift_reference)
+                                 policy.drift_reference,
+                                 test["probability"].to_numpy(float) if test is not None else None)
     except RegistryError as exc:
         out.notes.append(f"no drift: {exc}")
     out.alerts = judge(definition.name, kind, out.months, _judged_against(client, out, policy), out.drift, policy)
@@ -288,13 +275,13 @@ def _judged_against(client, out: TaskMonitoring, policy) -> dict:
     return out.training_by_version[version]
 
 
-def training_figures(client, champion, run, kind: str) -> dict:
+def training_figures(client, champion, run, kind: str, test: pd.DataFrame | None = None) -> dict:
     """The champion's figures at training, by the live figures' names: recomputed from its logged test
-    predictions for risk (so that live and training figures are computed alike), its run's test metrics
-    otherwise."""
+    predictions for risk (so that live and training figures are computed alike; ``test`` when they are at hand),
+    its run's test metrics otherwise."""
     figures = {k.removeprefix("test_"): v for k, v in run.data.metrics.items() if k.startswith("test_")}
     if kind == "risk":
-        test = _test_predictions(client, champion.run_id)
+        test = test if test is not None else _test_predictions(client, champion.run_id)
         if test is not None:
             label = next((c for c in test.columns if c.startswith("label_")), None)
             if label is not None and test[label].notna().any():
@@ -439,7 +426,8 @@ MIN_REFERENCE_ROWS = 100
 
 
 def window_drift(settings: Settings, client, champion, definition, logged: pd.DataFrame, as_of: date,
-                 window_days: int, reference_kind: str = "newest_month") -> dict | None:
+                 window_days: int, reference_kind: str = "newest_month",
+                 reference_predictions: np.ndarray | None = None) -> dict | None:
     """Data drift of the last ``window_days`` days against the champion's training data, and the drift of its
     served predictions against its test-time ones.
 
@@ -447,6 +435,7 @@ def window_drift(settings: Settings, client, champion, definition, logged: pd.Da
     when it holds ``MIN_REFERENCE_ROWS``): features that trend with time in a growing organisation (tenure, a
     rep's closed deals) move away from the whole training sample within months without anything having changed,
     and from the newest month only by what changed since. ``training`` compares with the sampled training rows.
+    ``reference_predictions`` are the champion's test-time predictions, which the served ones are compared with.
 
     Raises:
         RegistryError: when the champion's run logged no evaluation data.
@@ -471,7 +460,6 @@ def window_drift(settings: Settings, client, champion, definition, logged: pd.Da
     numeric, categorical = drift_columns(client, champion, reference, current, definition)
     if not numeric + categorical:
         return None
-    reference_predictions = _reference_predictions(client, champion, definition.kind, evaluation)
     served = recent["prediction"].dropna().to_numpy(float) if len(recent) and "prediction" in recent else None
     check = audit_drift(reference, current, numeric, categorical,
                         served if served is not None and len(served) >= 30 and reference_predictions is not None
@@ -507,13 +495,6 @@ def drift_columns(client, champion, reference: pd.DataFrame, current: pd.DataFra
                    and not pd.api.types.is_bool_dtype(reference[c])]
         categorical = [c for c in plain if c not in numeric]
     return [c for c in numeric if c in both], [c for c in categorical if c in both]
-
-
-def _reference_predictions(client, champion, kind: str, evaluation: dict) -> np.ndarray | None:
-    if kind != "risk":
-        return None
-    test = _test_predictions(client, champion.run_id)
-    return test["probability"].to_numpy(float) if test is not None else None
 
 
 def write_monitoring_report(settings: Settings, report: MonitorReport) -> Path:

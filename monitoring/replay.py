@@ -21,7 +21,7 @@ REPLAY_PRINCIPAL = "replay"
 
 
 class ReplayError(RuntimeError):
-    """A replay that cannot run: no champion, or a kind replays do not cover."""
+    """A replay of a kind replays do not cover."""
 
 
 def _plain(value):
@@ -66,10 +66,10 @@ def replay_scores(settings: Settings, task: str, day: date, at: datetime | None 
         ``{"task", "version", "day", "records"}``.
 
     Raises:
-        ReplayError: when the task is not a risk view task or has no champion.
+        ReplayError: when the task is not a risk view task.
+        RegistryError: when it has no champion, or the champion's artifact fails its checks.
     """
-    from experiments.registered import get_alias, load_version_model, task_model_name
-    from experiments.registry import CHAMPION
+    from experiments.registered import load_champion
     from experiments.tracking import configure_mlflow
     from features.pipeline import build_view
     from features.production import write_log_part
@@ -82,11 +82,8 @@ def replay_scores(settings: Settings, task: str, day: date, at: datetime | None 
     if definition.kind != "risk" or definition.data.source != "view":
         raise ReplayError(f"replays score risk tasks built from a view; {task} is a {definition.kind} task")
     client = configure_mlflow(settings)
-    name = task_model_name(client, task)
-    champion = get_alias(client, name, CHAMPION)
-    if champion is None:
-        raise ReplayError(f"{name} has no champion to replay")
-    model, _ = load_version_model(client, name, str(champion.version))
+    model, champion = load_champion(client, task)
+    name = champion.name
     horizon = run_horizon(client.get_run(champion.run_id))
     with FeatureStore.from_settings(settings, read_only=True) as store:
         rows = build_view(store, definition.data.name, day, cutoffs=[day],

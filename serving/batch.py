@@ -10,8 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from experiments.registered import RegistryError, get_alias, load_version_model, task_model_name
-from experiments.registry import CHAMPION
+from experiments.registered import load_champion
 from experiments.tracking import configure_mlflow
 from salesml.settings import Settings
 from serving.predict import RequestError, Resolved, check_feature_frame, load_rules, score_records
@@ -44,12 +43,8 @@ def score_file(settings: Settings, task: str, source: Path, target: Path, k: int
     source = Path(source)
     if not source.is_file():
         raise FileNotFoundError(f"input file {source} not found")
-    client = configure_mlflow(settings)
-    name = task_model_name(client, task)
-    champion = get_alias(client, name, CHAMPION)
-    if champion is None:
-        raise RegistryError(f"{name} has no champion: promote a version first")
-    model, info = load_version_model(client, name, str(champion.version))
+    model, info = load_champion(configure_mlflow(settings), task)
+    name = info.name
     kind = canonical_model_name(name).partition(".")[0]
     if kind == "demand":
         return forecast_file(model, name, str(info.version), task, source, target)

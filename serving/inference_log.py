@@ -21,8 +21,6 @@ from features.production import LOG_SCHEMA, write_log_part
 log = logging.getLogger(__name__)
 
 
-
-
 def _json(value: object) -> str:
     """JSON text of a logged value (orjson: the writer shares the GIL with the requests it must not slow down)."""
     return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
@@ -53,14 +51,12 @@ class InferenceLogger:
         self._thread.start()
 
     def log(self, task: str, principal: str, model: str, version: str, inputs: list[dict], results: list[dict],
-            id_field: str | None = None, kind: str = "risk", prediction: str = "probability",
-            at: datetime | None = None) -> None:
+            id_field: str | None = None, kind: str = "risk", prediction: str = "probability") -> None:
         """Queue a request's scored records (never blocks, never serialises: the writer thread does that).
 
         ``kind`` and ``prediction`` come from the task registry: the task's kind, and the result field that is its
-        model's figure. ``at`` is when the records were scored (naive UTC; now by default: a replay of past months
-        gives the month it scores). When the records held in memory would exceed ``max_records``, the request's
-        records are dropped and counted instead.
+        model's figure. When the records held in memory would exceed ``max_records``, the request's records are
+        dropped and counted instead.
         """
         with self._pending_lock:
             if self.pending + len(results) > self.max_records:
@@ -68,8 +64,7 @@ class InferenceLogger:
                 return
             self.pending += len(results)
             busy = self.pending >= self.max_records // 4
-        when = at.replace(tzinfo=None) if at is not None else datetime.now(UTC).replace(tzinfo=None)
-        self.queue.put((when, task, principal, model, version, inputs, results,
+        self.queue.put((datetime.now(UTC).replace(tzinfo=None), task, principal, model, version, inputs, results,
                         id_field, kind, prediction))
         if busy:  # write now rather than at the next tick, before the queue fills and records are dropped
             self._wake.set()

@@ -24,6 +24,23 @@ from salesml.cli.common import (
 from salesml.settings import get_settings
 
 
+def task_names(tasks: str | None) -> list[str] | None:
+    """The tasks of a comma-separated ``--tasks`` (``None``: every task with a champion).
+
+    Raises:
+        CommandError: when the option names no task.
+    """
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    if tasks is not None and not names:
+        raise CommandError("--tasks names no task")
+    return names
+
+
+def say(text: str) -> None:
+    """A step of a long command, dimmed, on stderr."""
+    stderr.print(f"[dim]{text}[/]", highlight=False)
+
+
 @app.command()
 def retrain(
     as_of: Annotated[str | None, typer.Option("--as-of", help="The data's as-of date, YYYY-MM-DD (default: "
@@ -49,12 +66,7 @@ def retrain(
     settings = get_settings()
     with failures(as_json):
         day = parse_date(as_of) or datetime.now(UTC).date()
-        names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-        if tasks is not None and not names:
-            raise CommandError("--tasks names no task")
-
-        def say(text: str) -> None:
-            stderr.print(f"[dim]{text}[/]", highlight=False)
+        names = task_names(tasks)
 
         with progress_bar("retrain") as tick:
             report = run_retrain(settings, day, names, reason=reason, trainer=current_identity(settings),
@@ -114,13 +126,8 @@ def monitor(
     settings = get_settings()
     with failures(as_json):
         day = parse_date(as_of) or datetime.now(UTC).date()
-        names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-        if tasks is not None and not names:
-            raise CommandError("--tasks names no task")
+        names = task_names(tasks)
         days = parse_window(window) if window is not None else None
-
-        def say(text: str) -> None:
-            stderr.print(f"[dim]{text}[/]", highlight=False)
 
         report = run_monitor(settings, day, names, window_days=days, months=months, policy_path=policy,
                              retrain_on_alert=retrain_on_alert, trainer=current_identity(settings),
@@ -190,9 +197,6 @@ def schedule(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-
-    def say(text: str) -> None:
-        stderr.print(f"[dim]{text}[/]", highlight=False)
 
     say(f"scheduling retraining ({retrain_cron}) and monitoring ({monitor_cron}) in {timezone}; Ctrl-C stops")
     run_schedule(settings, config, stop, say)

@@ -26,17 +26,9 @@ from monitoring.monitor import MonitorError, monitor, parse_window, read_history
 from monitoring.replay import replay_scores, risk_log_columns
 from monitoring.review import read_audit_log
 from salesml.settings import get_settings
+from tests.monitoring.test_loop import CONFIG  # the loop's small config: 30-day horizon, one trial
 
 NAME, TASK, HORIZON = "risk.opportunity_loss", "opportunity_loss", 30
-CONFIG = f"""\
-task: {TASK}
-trials: 1
-horizon_days: {HORIZON}
-test_cutoffs: 1
-validation_cutoffs: 1
-max_estimators: 200
-families: [lightgbm]
-"""
 POLICY = """\
 default:
   auto_promote: true
