@@ -47,6 +47,8 @@ class Column:
         allowed: the controlled vocabulary, if any (rule ``allowed_value``, or a named rule for stages and
             activity types).
         max_chars: longest accepted text (rule ``bounded_text``).
+        planned: a date that may lie ahead of the load (an expected close, a scheduled promotion), so the rule
+            ``no_future_timestamp`` does not apply to it.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Column:
     description: str = ""
     allowed: tuple | None = None
     max_chars: int | None = None
+    planned: bool = False
 
 
 @dataclass(frozen=True)
@@ -196,7 +199,7 @@ OPPORTUNITIES = Table(
         _c("currency", "string", "ISO 4217 currency of the amount.", True),
         _c("discount", "float", "Discount requested, as a fraction of list (0 to 0.9)."),
         _c("created_at", "timestamp", "When the deal was created.", True),
-        _c("expected_close", "date", "Expected close date."),
+        _c("expected_close", "date", "Expected close date (may lie ahead).", planned=True),
         _c("closed_at", "timestamp", "When the deal closed; empty while open."),
         _c("stage", "string", "Current stage.", True, allowed=STAGES),
         _c("outcome", "string", "won or lost once closed; empty while open.", allowed=OUTCOMES),
@@ -279,8 +282,8 @@ PROMOTIONS = Table(
     (
         _c("promotion_id", "string", "Promotion identifier.", True),
         _c("product_id", "string", "Product on promotion.", True),
-        _c("start_date", "date", "First day.", True),
-        _c("end_date", "date", "Last day.", True),
+        _c("start_date", "date", "First day (may lie ahead: promotions are planned).", True, planned=True),
+        _c("end_date", "date", "Last day (may lie ahead).", True, planned=True),
         _c("discount_pct", "float", "Discount off list, as a fraction.", True),
         _c("channel", "string", "Channel the promotion runs in.", max_chars=50),
     ),

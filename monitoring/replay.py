@@ -69,13 +69,18 @@ def replay_scores(settings: Settings, task: str, day: date, at: datetime | None 
         ReplayError: when the task is not a risk view task.
         RegistryError: when it has no champion, or the champion's artifact fails its checks.
     """
+    replayed = replay_risk(settings, task, day, at)
+    return {"task": task, "version": replayed["version"], "day": f"{day:%Y-%m-%d}",
+            "records": len(replayed["rows"])}
+
+
+def replay_risk(settings: Settings, task: str, day: date, at: datetime | None = None,
+                rows: pd.DataFrame | None = None) -> dict:
+    """``replay_scores``, returning what was scored: ``{"version", "model", "rows", "probability"}`` (the view's
+    rows at the cutoff ``day``, or ``rows`` when given, and the champion's probability of each)."""
     from experiments.registered import load_champion
     from experiments.tracking import configure_mlflow
-    from features.pipeline import build_view
     from features.production import write_log_part
-    from features.store import FeatureStore
-    from features.views import ViewConfig
-    from monitoring.monitor import run_horizon
     from training.registry import get_task
 
     definition = get_task(task)
@@ -83,14 +88,53 @@ def replay_scores(settings: Settings, task: str, day: date, at: datetime | None 
         raise ReplayError(f"replays score risk tasks built from a view; {task} is a {definition.kind} task")
     client = configure_mlflow(settings)
     model, champion = load_champion(client, task)
-    name = champion.name
-    horizon = run_horizon(client.get_run(champion.run_id))
-    with FeatureStore.from_settings(settings, read_only=True) as store:
-        rows = build_view(store, definition.data.name, day, cutoffs=[day],
-                          config=ViewConfig(horizon_days=horizon), threads=settings.threads).frame
+    if rows is None:
+        rows = open_rows(settings, task, day, champion_horizon(client, champion))
     when = at or datetime.combine(day, time(18))
-    columns = risk_log_columns(task, name, str(champion.version), model, rows, definition.data.id_column, when)
+    columns = risk_log_columns(task, champion.name, str(champion.version), model, rows, definition.data.id_column,
+                               when)
     if columns["time"]:
         write_log_part(settings.logs_dir, task, f"{when:%Y-%m-%d}", columns)
-    return {"task": task, "version": str(champion.version), "day": f"{day:%Y-%m-%d}",
-            "records": len(columns["time"])}
+    return {"version": str(champion.version), "model": model, "rows": rows,
+            "probability": np.asarray(columns["prediction"], dtype=float)}
+
+
+def champion_horizon(client, version) -> int:
+    """The label horizon (days) of the run behind a registered version."""
+    from monitoring.monitor import run_horizon
+
+    return run_horizon(client.get_run(version.run_id))
+
+
+def open_rows(settings: Settings, task: str, day: date, horizon: int) -> pd.DataFrame:
+    """A risk task's view rows at the cutoff ``day`` (the entities open then), with the data as of that day."""
+    from features.pipeline import build_view
+    from features.store import FeatureStore
+    from features.views import ViewConfig
+    from training.registry import get_task
+
+    definition = get_task(task)
+    with FeatureStore.from_settings(settings, read_only=True) as store:
+        return build_view(store, definition.data.name, day, cutoffs=[day], config=ViewConfig(horizon_days=horizon),
+                          threads=settings.threads).frame
+
+
+def demand_log_columns(task: str, model_name: str, version: str, forecast: pd.DataFrame, at: datetime,
+                       principal: str = REPLAY_PRINCIPAL) -> dict[str, list]:
+    """The inference-log columns of a demand forecast (``unique_id``, ``ds``, ``step``, ``p10``, ``p50``, ``p90``
+    and optionally ``price``): one row per series and period, as the service logs a forecast (pure)."""
+    n, horizon = len(forecast), int(forecast["step"].max()) if len(forecast) else 0
+    prices = forecast["price"] if "price" in forecast.columns else pd.Series([None] * n, index=forecast.index)
+    inputs, outputs = [], []
+    for uid, ds, step, p10, p50, p90, price in zip(forecast["unique_id"], forecast["ds"], forecast["step"],
+                                                   forecast["p10"], forecast["p50"], forecast["p90"], prices,
+                                                   strict=True):
+        price = _plain(price)
+        inputs.append(json.dumps({"series": str(uid), "horizon": horizon, "step": int(step), "price": price,
+                                  "price_path": "last known price" if price is not None else "none"}))
+        outputs.append(json.dumps({"series": str(uid), "step": int(step),
+                                   "period_start": pd.Timestamp(ds).strftime("%Y-%m-%d"),
+                                   "p10": _plain(p10), "p50": _plain(p50), "p90": _plain(p90), "price": price}))
+    return {"time": [at] * n, "task": [task] * n, "kind": ["demand"] * n, "principal": [principal] * n,
+            "model": [model_name] * n, "version": [str(version)] * n, "inputs": inputs,
+            "prediction": [float(x) for x in forecast["p50"]], "outputs": outputs}

@@ -27,7 +27,8 @@ Mechanisms the models must find (coefficients in ``Mechanisms``):
 * Scenarios: ``competitor_entry@YYYY-MM:REGION`` (from that month the region's loss hazard, discount pressure
   and negative competitor news rise, and a new competitor prices 10-20% below us there); ``biased_history``
   (in the first half of the window, 35% of won deals of small accounts are recorded as lost: label bias a
-  fairness audit must catch); ``price_shock@YYYY-MM`` (list prices jump 15% that month).
+  fairness audit must catch), or ``biased_history@YYYY-MM`` (the same, for the deals closing in that month only:
+  a month whose labels arrive biased); ``price_shock@YYYY-MM`` (list prices jump 15% that month).
 """
 
 from __future__ import annotations
@@ -120,21 +121,21 @@ class Scenario(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> Scenario:
-        """Parse ``competitor_entry@YYYY-MM:REGION``, ``biased_history`` or ``price_shock@YYYY-MM``.
+        """Parse ``competitor_entry@YYYY-MM:REGION``, ``biased_history[@YYYY-MM]`` or ``price_shock@YYYY-MM``.
 
         Raises:
             ValueError: naming the accepted forms.
         """
-        forms = "competitor_entry@YYYY-MM:REGION, biased_history, price_shock@YYYY-MM"
+        forms = "competitor_entry@YYYY-MM:REGION, biased_history, biased_history@YYYY-MM, price_shock@YYYY-MM"
         m = re.fullmatch(r"(competitor_entry)@(\d{4})-(\d{2}):(\w+)", text)
         if m:
             region = m.group(4).upper()
             if region not in REGIONS:
                 raise ValueError(f"scenario {text!r}: region must be one of {', '.join(REGIONS)}")
             return cls(kind="competitor_entry", month=date(int(m.group(2)), int(m.group(3)), 1), region=region)
-        m = re.fullmatch(r"(price_shock)@(\d{4})-(\d{2})", text)
+        m = re.fullmatch(r"(price_shock|biased_history)@(\d{4})-(\d{2})", text)
         if m:
-            return cls(kind="price_shock", month=date(int(m.group(2)), int(m.group(3)), 1))
+            return cls(kind=m.group(1), month=date(int(m.group(2)), int(m.group(3)), 1))
         if text == "biased_history":
             return cls(kind="biased_history")
         raise ValueError(f"unknown scenario {text!r}; accepted forms: {forms}")
@@ -143,8 +144,8 @@ class Scenario(BaseModel):
         """The scenario as written on the command line."""
         if self.kind == "competitor_entry":
             return f"competitor_entry@{self.month:%Y-%m}:{self.region}"
-        if self.kind == "price_shock":
-            return f"price_shock@{self.month:%Y-%m}"
+        if self.month is not None:
+            return f"{self.kind}@{self.month:%Y-%m}"
         return self.kind
 
 
@@ -797,9 +798,16 @@ def _opportunity_tables(rng: np.random.Generator, config: SimulationConfig, acco
     closing = h_to >= 4
     closed_at[h_opp[closing]] = h_at[closing]
     # biased_history: in the first half of the window, some won deals of small accounts are recorded lost.
-    if any(s.kind == "biased_history" for s in config.scenarios):
-        cutoff = (cal.start + pd.DateOffset(months=config.months // 2)).value
-        flip = (true_outcome == 1) & (size == "small") & (closed_at < cutoff) & (closed_at > 0) & (
+    # biased_history@YYYY-MM: the same, for the deals closing in that month.
+    biased = [s for s in config.scenarios if s.kind == "biased_history"]
+    if biased:
+        window = np.zeros(n, dtype=bool)
+        for s in biased:
+            first = cal.start if s.month is None else pd.Timestamp(s.month)
+            last = (cal.start + pd.DateOffset(months=config.months // 2) if s.month is None
+                    else pd.Timestamp(s.month) + pd.DateOffset(months=1))
+            window |= (closed_at >= first.value) & (closed_at < last.value)
+        flip = (true_outcome == 1) & (size == "small") & window & (closed_at > 0) & (
             rng.random(n) < config.mechanisms.biased_history_flip)
         recorded[flip] = 2
         rows = np.flatnonzero(closing & flip[h_opp])
@@ -1365,6 +1373,73 @@ def simulate_organisation(config: SimulationConfig) -> SimulatedOrganisation:
         "window": {"start": cal.start.date().isoformat(), "end": cal.end.date().isoformat(), "weeks": cal.weeks},
     }
     return SimulatedOrganisation(tables=tables, ground_truth=ground_truth, config=config, notes=notes)
+
+
+#: Columns that hold a later state of a row (a deal's close, a contact's departure, a ticket's resolution, an
+#: account's first purchase): a month-end export shows the row with them empty until they happen.
+STATE_COLUMNS = {"accounts": ("customer_since",), "contacts": ("left_at",), "opportunities": ("closed_at",),
+                 "support_tickets": ("resolved_at",)}
+
+
+def snapshot_tables(tables: dict[str, pd.DataFrame], day: date) -> dict[str, pd.DataFrame]:
+    """The canonical tables as a CRM and ERP export would show them at the end of ``day``.
+
+    A row appears once every date it holds (other than a planned one, such as an expected close) has passed; a
+    later state (``STATE_COLUMNS``) is empty until it happens, and an open deal shows the stage its stage history
+    had reached; rows whose parent is not yet known are left out with it. Pure: the tables are not modified.
+    """
+    end = pd.Timestamp(day) + pd.Timedelta(days=1)
+    out: dict[str, pd.DataFrame] = {}
+    for name, frame in tables.items():
+        table = TABLES.get(name)
+        if table is None:
+            out[name] = frame
+            continue
+        state = STATE_COLUMNS.get(name, ())
+        keep = np.ones(len(frame), dtype=bool)
+        for column in table.columns:
+            if column.dtype in ("date", "timestamp") and not column.planned and column.name not in state \
+                    and column.name in frame.columns:
+                values = pd.to_datetime(frame[column.name])
+                keep &= (values.isna() | (values < end)).to_numpy()
+        for fk in table.foreign_keys:
+            if fk.parent in out and fk.column in frame.columns:
+                parent_key = TABLES[fk.parent].primary_key[0]
+                keep &= (frame[fk.column].isna() | frame[fk.column].isin(out[fk.parent][parent_key])).to_numpy()
+        part = frame[keep].copy()
+        for column in state:
+            later = pd.to_datetime(part[column]) >= end
+            part[column] = part[column].mask(later)
+            if name == "opportunities":
+                part["outcome"] = part["outcome"].mask(later)
+        if name == "opportunities" and "opportunity_stage_history" in tables:
+            history = tables["opportunity_stage_history"]
+            known = history[pd.to_datetime(history["changed_at"]) < end].sort_values("changed_at")
+            reached = known.groupby("opportunity_id")["to_stage"].last()
+            still_open = part["closed_at"].isna()
+            part.loc[still_open, "stage"] = part.loc[still_open, "opportunity_id"].map(reached).fillna(
+                part.loc[still_open, "stage"]).to_numpy()
+        out[name] = part.reset_index(drop=True)
+    return out
+
+
+def changed_rows(previous: dict[str, pd.DataFrame] | None, current: dict[str, pd.DataFrame]
+                 ) -> dict[str, pd.DataFrame]:
+    """The rows of ``current`` that are new or differ from ``previous`` (by primary key): an incremental export."""
+    if previous is None:
+        return dict(current)
+    out = {}
+    for name, frame in current.items():
+        before = previous.get(name)
+        if before is None or name not in TABLES:
+            out[name] = frame
+            continue
+        key = list(TABLES[name].primary_key)
+        old = before[key].assign(_row=pd.util.hash_pandas_object(before, index=False).to_numpy())
+        now = frame[key].assign(_row=pd.util.hash_pandas_object(frame, index=False).to_numpy())
+        same = now.merge(old.drop_duplicates(key), on=[*key, "_row"], how="left", indicator=True)["_merge"]
+        out[name] = frame[(same != "both").to_numpy()].reset_index(drop=True)
+    return out
 
 
 def write_organisation(org: SimulatedOrganisation, out: Path, fmt: Literal["parquet", "csv"] = "parquet") -> dict:

@@ -12,7 +12,7 @@ prints one JSON object as the last line of stdout; progress and messages go to s
 | ``audit`` | audit, review list/show/approve/reject, promote, rollback, policy show |
 | ``access`` | access add/list/revoke |
 | ``serve`` | serve, score TASK (and the old ``score churn --task``) |
-| ``loop`` | retrain |
+| ``loop`` | retrain, monitor, schedule, backtest |
 | ``demo`` | demo |
 """
 

@@ -135,7 +135,8 @@ def _json_default(value: Any) -> Any:
 EXPECTED_ERRORS = (("experiments.registered", "RegistryError"), ("features.ingest", "IngestionError"),
                    ("features.pipeline", "FeatureError"), ("features.sources.mapping", "MappingError"),
                    ("monitoring.review", "GateError"), ("monitoring.loop", "LoopError"),
-                   ("monitoring.monitor", "MonitorError"), ("salesml.access", "AccessError"))
+                   ("monitoring.monitor", "MonitorError"), ("monitoring.backtest", "BacktestError"),
+                   ("salesml.access", "AccessError"))
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:

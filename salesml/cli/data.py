@@ -36,7 +36,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives identical data.")] = 7,
     start: Annotated[str, typer.Option(help="First day of the window (YYYY-MM-DD).")] = "2024-01-01",
     scenario: Annotated[list[str] | None, typer.Option(
-        "--scenario", help="competitor_entry@YYYY-MM:REGION, biased_history or price_shock@YYYY-MM (repeatable).")
+        "--scenario", help="competitor_entry@YYYY-MM:REGION, biased_history[@YYYY-MM] or price_shock@YYYY-MM (repeatable).")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
     as_json: JsonOpt = False,

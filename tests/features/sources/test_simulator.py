@@ -10,7 +10,14 @@ from sklearn.linear_model import LogisticRegression
 
 from features.ingest import discover_sources
 from features.model import TABLES
-from features.sources.simulator import Scenario, SimulationConfig, simulate_organisation, write_organisation
+from features.sources.simulator import (
+    Scenario,
+    SimulationConfig,
+    changed_rows,
+    simulate_organisation,
+    snapshot_tables,
+    write_organisation,
+)
 from tests.conftest import frame_hash
 
 
@@ -41,6 +48,8 @@ def test_ground_truth_is_written_apart_and_never_ingested(small_org, tmp_path):
 def test_scenarios_parse_and_reject_unknown_forms():
     assert Scenario.parse("competitor_entry@2025-06:emea").region == "EMEA"
     assert Scenario.parse("price_shock@2024-09").month.month == 9
+    assert Scenario.parse("biased_history@2024-04").label() == "biased_history@2024-04"
+    assert Scenario.parse("biased_history").month is None
     for bad in ("competitor_entry@2025-06:MOON", "price_hike", "price_shock@June"):
         with pytest.raises(ValueError):
             Scenario.parse(bad)
@@ -255,6 +264,60 @@ def test_biased_history_records_more_small_account_losses_than_happened():
     assert (other["recorded_outcome"] == other["true_outcome"]).all()
     late = out[out["closed_at"] >= "2024-10-01"]
     assert (late["recorded_outcome"] == late["true_outcome"]).all()
+
+
+def test_biased_history_of_a_month_biases_only_the_deals_closing_in_it():
+    org = simulate_organisation(SimulationConfig(accounts=1500, months=12, seed=4,
+                                                 scenarios=["biased_history@2024-06"]))
+    out = org.ground_truth["opportunity_outcomes"].merge(
+        org.tables["opportunities"][["opportunity_id", "account_id", "closed_at"]], on="opportunity_id").merge(
+        org.tables["accounts"][["account_id", "size_band"]], on="account_id")
+    june = out[(out["closed_at"] >= "2024-06-01") & (out["closed_at"] < "2024-07-01")]
+    small = june[june["size_band"] == "small"]
+    assert (small["recorded_outcome"] == "lost").mean() > (small["true_outcome"] == "lost").mean() + 0.1
+    rest = out[(out["closed_at"] < "2024-06-01") | (out["closed_at"] >= "2024-07-01")]
+    assert (rest["recorded_outcome"] == rest["true_outcome"]).all()
+
+
+def test_a_month_end_snapshot_shows_what_was_known_that_day(small_org, tmp_path):
+    from features.ingest import ingest
+    from features.store import FeatureStore
+    from salesml.settings import get_settings
+
+    day = pd.Timestamp("2024-05-31").date()
+    end = pd.Timestamp("2024-06-01")
+    snap = snapshot_tables(small_org.tables, day)
+    deals, full = snap["opportunities"], small_org.tables["opportunities"].set_index("opportunity_id")
+    assert (pd.to_datetime(deals["created_at"]) < end).all() and len(deals) < len(full)
+    later = full.loc[deals["opportunity_id"], "closed_at"].to_numpy() >= end.to_datetime64()
+    shown = deals.set_index("opportunity_id")
+    # Deals that closed after the day show as open, at the stage their history had reached by then.
+    assert later.any() and shown["closed_at"][later].isna().all() and shown["outcome"][later].isna().all()
+    history = small_org.tables["opportunity_stage_history"]
+    reached = history[history["changed_at"] < end].sort_values("changed_at").groupby("opportunity_id")["to_stage"].last()
+    assert (shown["stage"][later] == reached.reindex(shown.index[later])).all()
+    assert not shown["stage"][later].isin(["closed_won", "closed_lost"]).any()
+    assert (pd.to_datetime(snap["activities"]["occurred_at"]) < end).all()
+    assert set(snap["order_lines"]["order_id"]) <= set(snap["orders"]["order_id"])
+    # Ingested with that day as the as-of date, nothing of it is refused as being from the future.
+    store_path = tmp_path / "home"
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for name, frame in snap.items():
+        frame.to_parquet(folder / f"{name}.parquet", index=False)
+    with FeatureStore.from_settings(get_settings(home=store_path)) as store:
+        report = ingest(discover_sources(folder), store, as_of=day).to_dict()
+    future = {t: v["by_rule"]["no_future_timestamp"] for t, v in report["tables"].items()
+              if "no_future_timestamp" in v["by_rule"]}
+    assert future == {} and report["tables"]["opportunities"]["stored"] == len(deals)
+    # The next month's export carries only what is new or changed: new rows, and deals that closed.
+    following = snapshot_tables(small_org.tables, pd.Timestamp("2024-06-30").date())
+    delta = changed_rows(snap, following)
+    assert 0 < len(delta["opportunities"]) < len(following["opportunities"])
+    closed_now = set(delta["opportunities"]["opportunity_id"]) & set(deals["opportunity_id"])
+    assert closed_now and following["opportunities"].set_index("opportunity_id").loc[sorted(closed_now), "stage"].ne(
+        shown.loc[sorted(closed_now), "stage"]).any()
+    assert len(delta["sales_reps"]) == 0 and len(changed_rows(following, following)["activities"]) == 0
 
 
 def test_price_shock_raises_list_prices_that_month():

@@ -1,0 +1,704 @@
+"""The backtest: the monthly loop replayed on a simulated organisation, with three arms and the ROI.
+
+``run_backtest`` simulates an organisation whose window starts ``history_months`` before the first backtested
+month, and then lives through it month by month. At the end of each month the month's data is delivered, as a
+CRM and ERP export would show it that day (``features.sources.simulator.snapshot_tables``: deals still open show
+no close, rows dated later do not exist yet), into the loop's inbox, and ingested with that day as the load's
+as-of date. Then the loop runs as it does in production: ``monitor`` judges the champions on the outcomes that
+have landed (and on drift), ``retrain`` trains, audits and gates a candidate per task, with the alerts as the
+reason where there were any, and a scripted validator approves the REVIEW versions that pass every blocking
+check. The champion then scores what is open (and logs it, as the service would), which the next months'
+monitoring judges.
+
+Three arms score the same rows at every month end: the loop's champion, the static champion (the version trained
+at the end of the month before the backtest, never replaced), and no model (the stage-based loss rate for risk,
+fitted each month on the outcomes known by then; seasonal naive for demand). Their figures are computed against
+the simulator's ground truth, which no step of the loop reads: a deal scored at a month end is lost when its true
+outcome is lost and it closed within the model's horizon; demand is the units sold (and, for the inventory cost,
+the units demanded) of each product and week.
+
+A month's figures are those of the scores made at the end of the month before, as they play out in the month.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from salesml.access import Principal
+from salesml.settings import Settings
+
+ARMS = ("loop", "static", "baseline")
+ARM_LABELS = {"loop": "monthly loop", "static": "static champion", "baseline": "no model"}
+#: The scripted validator of a backtest: approves REVIEW versions whose every blocking check passed.
+VALIDATOR = Principal("backtest:validator", "model_validator", "all", "")
+#: Months simulated after the last backtested month, so that its scores' outcomes (up to a 90-day horizon, plus
+#: the ROI's lead) are in the ground truth.
+TAIL_MONTHS = 4
+RISK_TASKS = ("opportunity_loss",)
+DEMAND_TASKS = ("product_demand",)
+
+
+class BacktestError(RuntimeError):
+    """The backtest cannot run as asked (the message says why)."""
+
+
+class BacktestConfig(BaseModel):
+    """What to backtest (the ``salesml backtest`` options)."""
+
+    model_config = ConfigDict(extra="forbid")
+    start: date = Field(description="The first backtested month (its first day).")
+    months: int = Field(12, ge=1, le=36, description="Months backtested.")
+    history_months: int = Field(12, ge=4, le=60, description="Months of data before the first backtested month "
+                                                               "that the first (static) champion trains on.")
+    accounts: int = Field(700, ge=50, le=200_000)
+    seed: int = 7
+    scenarios: list[str] = Field(default_factory=list, description="Simulator scenarios, e.g. "
+                                                                   "competitor_entry@2025-07:NORTH.")
+    tasks: list[str] = Field(default_factory=lambda: [*RISK_TASKS, *DEMAND_TASKS])
+    trials: int | None = Field(None, ge=1, description="Optuna trials per retraining (default: the configs').")
+    lead_days: int = Field(30, ge=0, description="A deal counts as caught when flagged this many days before it "
+                                                 "was lost.")
+    flag_threshold: float | None = Field(None, gt=0, lt=1, description="The probability at which a deal is "
+                                         "flagged (default: the first champion's alert threshold, for every arm).")
+    forecast_weeks: int = Field(4, ge=1, le=13, description="Weeks each month-end demand forecast covers.")
+    stockout_cost: float = Field(0.30, ge=0, description="Cost of a unit short, as a share of its list price "
+                                                         "(the margin lost).")
+    holding_cost: float = Field(0.10, ge=0, description="Cost of a unit left over, as a share of its list price.")
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _month(cls, value: object) -> object:
+        if isinstance(value, str) and len(value) == 7:
+            try:
+                return date.fromisoformat(value + "-01")
+            except ValueError:
+                raise ValueError(f"--from must be a month YYYY-MM, not {value!r}") from None
+        return value
+
+    @field_validator("start")
+    @classmethod
+    def _first_day(cls, value: date) -> date:
+        return value.replace(day=1)
+
+    def month_ends(self) -> list[date]:
+        """The month ends the loop runs at: the one before the first month (the first champion), then each month's."""
+        first = pd.Timestamp(self.start) - pd.Timedelta(days=1)
+        return [(first + pd.offsets.MonthEnd(k)).date() for k in range(self.months + 1)]
+
+    def months_backtested(self) -> list[str]:
+        """The backtested months, ``YYYY-MM``."""
+        return [f"{(pd.Timestamp(self.start) + pd.DateOffset(months=k)):%Y-%m}" for k in range(self.months)]
+
+
+@dataclass
+class BacktestReport:
+    """What a backtest did: per month the loop's state, per task and arm the figures, and the ROI."""
+
+    config: dict
+    months: list[dict] = field(default_factory=list)
+    arms: dict[str, list[dict]] = field(default_factory=dict)
+    roi: dict[str, dict] = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    report: str | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON form."""
+        return {"config": self.config, "months": self.months, "arms": self.arms, "roi": self.roi,
+                "timings": self.timings, "notes": self.notes, "report": self.report}
+
+    def arm_series(self, task: str, arm: str, metric: str, region: str | None = None) -> list[float | None]:
+        """One arm's figure per month (``None`` where it has none), overall or in a region."""
+        rows = [r for r in self.arms.get(task, []) if r["arm"] == arm and r.get("region") == region]
+        by_month = {r["month"]: r.get(metric) for r in rows}
+        return [by_month.get(m["month"]) for m in self.months if m["backtested"]]
+
+
+# ------------------------------------------------------------------------------------------------ pure steps
+
+
+def risk_labels(opportunities: pd.DataFrame, outcomes: pd.DataFrame, ids: Sequence[str], day: date, horizon: int
+                ) -> np.ndarray:
+    """Ground truth for deals scored at the end of ``day``: 1 when the deal's true outcome is lost and it closed
+    within ``horizon`` days after that day, else 0 (deals already closed are not scored, so not asked)."""
+    deals = opportunities.set_index("opportunity_id")
+    truth = outcomes.set_index("opportunity_id")["true_outcome"]
+    end = pd.Timestamp(day) + pd.Timedelta(days=1)
+    closed = pd.to_datetime(deals["closed_at"].reindex(list(ids)))
+    lost = truth.reindex(list(ids)).eq("lost")
+    return (lost & closed.ge(end) & closed.lt(end + pd.Timedelta(days=horizon))).to_numpy(dtype=int)
+
+
+def risk_month_figures(y: np.ndarray, p: np.ndarray) -> dict:
+    """ROC AUC, calibration error and rates of one arm's scores in a month (``roc_auc`` is absent without both
+    outcomes)."""
+    from monitoring.live import risk_figures
+
+    y = np.asarray(y, dtype=int)
+    if len(y) == 0 or y.min() == y.max():
+        return {"labelled": int(len(y)), "positives": int(y.sum())}
+    return risk_figures(y, p)
+
+
+def caught_deals(scores: pd.DataFrame, opportunities: pd.DataFrame, outcomes: pd.DataFrame, threshold: float,
+                 lead_days: int, first: date, last: date) -> dict:
+    """The ROI of a risk arm: of the deals truly lost between ``first`` and ``last``, those the arm flagged
+    (probability at or above ``threshold``) at a month end at least ``lead_days`` before the deal closed.
+
+    Args:
+        scores: ``opportunity_id``, ``day`` (the month end scored at), ``probability``.
+
+    Returns:
+        Counts and values of deals lost, caught and missed, and of deals flagged that were not lost (false alarms).
+    """
+    deals = opportunities.set_index("opportunity_id")
+    truth = outcomes.set_index("opportunity_id")["true_outcome"]
+    closed = pd.to_datetime(deals["closed_at"])
+    window = closed.ge(pd.Timestamp(first)) & closed.lt(pd.Timestamp(last) + pd.Timedelta(days=1))
+    lost = deals.index[window & truth.reindex(deals.index).eq("lost")]
+    s = scores.assign(day=pd.to_datetime(scores["day"]))
+    s = s[s["opportunity_id"].isin(deals.index)]
+    s = s.assign(closed=closed.reindex(s["opportunity_id"]).to_numpy())
+    early = s[(s["probability"] >= threshold)
+              & (s["closed"].isna() | (s["closed"] - s["day"] >= pd.Timedelta(days=lead_days)))]
+    flagged = set(early["opportunity_id"])
+    amount = deals["amount"].astype(float)
+    caught = [i for i in lost if i in flagged]
+    missed = [i for i in lost if i not in flagged]
+    scored_ids = set(s["opportunity_id"])
+    not_lost = [i for i in flagged if truth.get(i) != "lost"]
+    total = float(amount.reindex(lost).sum())
+    return {"threshold": float(threshold), "lead_days": int(lead_days),
+            "lost_deals": len(lost), "lost_value": total,
+            "lost_scored": int(sum(1 for i in lost if i in scored_ids)),
+            "caught_deals": len(caught), "caught_value": float(amount.reindex(caught).sum()),
+            "missed_deals": len(missed), "missed_value": float(amount.reindex(missed).sum()),
+            "caught_share": float(amount.reindex(caught).sum() / total) if total else None,
+            "false_alarms": len(not_lost), "false_alarm_value": float(amount.reindex(not_lost).sum()),
+            "how": (f"deals whose true outcome is lost and that closed from {first} to {last}; caught when the arm "
+                    f"scored them at or above {threshold:.3f} at a month end at least {lead_days} days before "
+                    "they closed; values are the deals' amounts; false alarms are flagged deals not truly lost")}
+
+
+def inventory_cost(forecast: pd.DataFrame, demand: pd.DataFrame, prices: pd.Series, stockout_cost: float,
+                   holding_cost: float) -> dict:
+    """The cost of a forecast under an order-up-to rule: each month end, every product is stocked to its forecast
+    of the coming weeks (``p50`` summed); units demanded beyond it are lost sales, units left over are held.
+
+    Args:
+        forecast: ``product_id``, ``day`` (the month end), ``week_start``, ``p50``.
+        demand: ground truth ``product_id``, ``week_start``, ``demand_units``.
+        prices: list price by product.
+    """
+    joined = forecast.merge(demand[["product_id", "week_start", "demand_units"]], on=["product_id", "week_start"])
+    per = joined.groupby(["product_id", "day"], as_index=False).agg(stock=("p50", "sum"),
+                                                                     demand=("demand_units", "sum"))
+    short = (per["demand"] - per["stock"]).clip(lower=0)
+    over = (per["stock"] - per["demand"]).clip(lower=0)
+    price = per["product_id"].map(prices).astype(float).fillna(0.0)
+    out = {"periods": int(len(per)), "units_demanded": float(per["demand"].sum()),
+           "units_short": float(short.sum()), "units_over": float(over.sum()),
+           "stockout_cost": float((short * price * stockout_cost).sum()),
+           "holding_cost": float((over * price * holding_cost).sum())}
+    out["total_cost"] = out["stockout_cost"] + out["holding_cost"]
+    out["how"] = (f"each product stocked at every month end to its p50 forecast of the weeks that follow; units "
+                  f"demanded (ground truth, before stock-outs) beyond that cost {stockout_cost:.0%} of the list price "
+                  f"(margin lost), units left over {holding_cost:.0%} (holding)")
+    return out
+
+
+def seasonal_naive(history: pd.DataFrame, weeks: int, season: int) -> pd.DataFrame:
+    """The no-model forecast: each series' value one season before each future week, or its last value when the
+    history is shorter than a season (``unique_id``, ``ds``, ``y`` in; ``unique_id``, ``ds``, ``step``, ``p50``
+    out)."""
+    rows = []
+    for uid, g in history.sort_values("ds").groupby("unique_id"):
+        y, ds = g["y"].to_numpy(float), pd.DatetimeIndex(g["ds"])
+        step = (ds[-1] - ds[-2]) if len(ds) > 1 else pd.Timedelta(days=7)
+        for k in range(1, weeks + 1):
+            at = len(y) - season + k - 1
+            rows.append((uid, ds[-1] + k * step, k, float(y[at]) if 0 <= at < len(y) else float(y[-1])))
+    return pd.DataFrame(rows, columns=["unique_id", "ds", "step", "p50"])
+
+
+def recovery(series: Sequence[float | None], before: Sequence[float | None], tolerance: float,
+             higher_is_better: bool = True) -> dict:
+    """Whether a figure came back within ``tolerance`` of its mean ``before`` (pre-event months), and the first
+    month index (into ``series``) it did."""
+    level = [v for v in before if v is not None and not math.isnan(v)]
+    if not level:
+        return {"level": None, "recovered_at": None}
+    mean = float(np.mean(level))
+    for k, value in enumerate(series):
+        if value is None:
+            continue
+        gap = (mean - value) if higher_is_better else (value - mean)
+        if gap <= tolerance:
+            return {"level": mean, "recovered_at": k}
+    return {"level": mean, "recovered_at": None}
+
+
+# ------------------------------------------------------------------------------------------------ the pipeline
+
+
+def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | None = None,
+                 policy_path: Path | None = None, say: Callable[[str], None] = lambda text: None) -> BacktestReport:
+    """Replay the monthly loop on a simulated organisation (see the module's description).
+
+    Args:
+        settings: a fresh ``SALESML_HOME`` for the backtest's store, registry and logs.
+        config: the organisation, the months and the scenarios.
+        configs: training configs per task, ``<task>.yaml`` (default ``experiments/configs``).
+        policy_path: the promotion and monitoring policy (default ``monitoring/policy.yaml``).
+        say: called with a short description of each step.
+
+    Raises:
+        BacktestError: when the home already holds a registry, a task is not one the backtest covers, or a
+            scenario is not understood.
+    """
+    from features.sources.simulator import SimulationConfig, simulate_organisation
+    from training.registry import UnknownTaskError, get_task
+
+    unknown = [t for t in config.tasks if t not in (*RISK_TASKS, *DEMAND_TASKS)]
+    if unknown or not config.tasks:
+        raise BacktestError(f"the backtest covers {', '.join((*RISK_TASKS, *DEMAND_TASKS))}; not "
+                            f"{', '.join(unknown) or 'no task'}")
+    try:
+        for task in config.tasks:
+            get_task(task)
+    except UnknownTaskError as exc:
+        raise BacktestError(str(exc)) from None
+    if settings.feature_store_path.exists() or (settings.home / "loop").exists():
+        raise BacktestError(f"{settings.home} already holds a registry or a feature store: a backtest needs a "
+                            "fresh home (--out a new folder)")
+    started = time.perf_counter()
+    origin = (pd.Timestamp(config.start) - pd.DateOffset(months=config.history_months)).date()
+    try:
+        simulation = SimulationConfig(accounts=config.accounts, months=config.history_months + config.months
+                                      + TAIL_MONTHS, seed=config.seed, start=origin, scenarios=config.scenarios)
+    except ValueError as exc:
+        raise BacktestError(f"invalid scenario: {exc}") from None
+    say(f"simulating {config.accounts} accounts from {origin} ({simulation.months} months, scenarios: "
+        f"{', '.join(config.scenarios) or 'none'})")
+    org = simulate_organisation(simulation)
+    report = BacktestReport(config=config.model_dump(mode="json"))
+    state = _State(settings, config, org, Path(configs) if configs else None, policy_path, say)
+    ends = config.month_ends()
+    for k, day in enumerate(ends):
+        tick = time.perf_counter()
+        month = {"month": f"{day:%Y-%m}", "day": f"{day}", "backtested": k > 0}
+        month["delivered"] = state.deliver(day)
+        if k == 0:
+            month["retrain"] = state.retrain(day, {}, "initial champion")
+            state.static = dict(state.champions())
+            if set(state.static) != set(config.tasks):
+                missing = sorted(set(config.tasks) - set(state.static))
+                raise BacktestError(f"no first champion for {', '.join(missing)} at {day}: "
+                                    + "; ".join(t["message"] for t in month["retrain"] if t["task"] in missing))
+        else:
+            month["monitoring"] = state.monitor(day)
+            alerts = {t["task"]: t["alerts"] for t in month["monitoring"]["tasks"] if t["alerts"]}
+            month["retrain"] = state.retrain(day, alerts, "scheduled")
+        month["champions"] = state.champions()
+        if k < len(ends) - 1:
+            state.score(day)
+        month["seconds"] = round(time.perf_counter() - tick, 1)
+        say(f"{day:%Y-%m}: done in {month['seconds']:.0f} s (champions "
+            + ", ".join(f"{t} v{v}" for t, v in month["champions"].items()) + ")")
+        report.months.append(month)
+    # The month a score plays out in is the one after its month end: the backtested months.
+    for m, scored in zip(report.months[1:], report.months[:-1], strict=True):
+        m["scored_at"] = scored["day"]
+    report.arms, report.roi, report.notes = state.figures(report.months)
+    report.timings = {"total_seconds": round(time.perf_counter() - started, 1),
+                      "per_month_seconds": [m["seconds"] for m in report.months],
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    report.report = str(write_backtest_report(settings, report))
+    from monitoring.loop import write_json_atomically
+
+    write_json_atomically(settings.home / "reports" / "backtest" / "backtest.json", report.to_dict())
+    return report
+
+
+class _State:
+    """What the backtest carries from month to month: the organisation, the last delivery, the arms' scores."""
+
+    def __init__(self, settings: Settings, config: BacktestConfig, org, configs: Path | None,
+                 policy_path: Path | None, say: Callable[[str], None]):
+        self.settings, self.config, self.org = settings, config, org
+        self.configs, self.policy_path, self.say = configs, policy_path, say
+        self.previous: dict | None = None
+        self.static: dict[str, str] = {}
+        self.risk_scores: dict[str, list[pd.DataFrame]] = {}
+        self.forecasts: dict[str, list[pd.DataFrame]] = {}
+        self.horizons: dict[str, int] = {}
+        self.thresholds: dict[str, float] = {}
+        self.models: dict[tuple[str, str], object] = {}
+
+    # -------------------------------------------------------------------- the loop's steps
+
+    def deliver(self, day: date) -> dict:
+        """Write the month's export (new and changed rows as known at the end of ``day``) into the inbox and
+        ingest it with ``day`` as the load's as-of date."""
+        from features.sources.simulator import changed_rows, snapshot_tables
+        from monitoring.loop import ingest_inbox
+
+        snapshot = snapshot_tables(self.org.tables, day)
+        delta = changed_rows(self.previous, snapshot)
+        self.previous = snapshot
+        folder = self.settings.home / "inbox" / f"{day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, frame in delta.items():
+            if len(frame):
+                frame.to_parquet(folder / f"{name}.parquet", index=False)
+        loads = ingest_inbox(self.settings, self.settings.home / "inbox", day, self.say)
+        tables = {t: v for load in loads for t, v in load.get("tables", {}).items()}
+        return {"rows": int(sum(len(f) for f in delta.values())),
+                "stored": int(sum(v.get("stored", 0) for v in tables.values())),
+                "quarantined": int(sum(v.get("quarantined", 0) for v in tables.values()))}
+
+    def monitor(self, day: date) -> dict:
+        """Monitoring as of ``day``, without its own retraining (the month's retraining follows)."""
+        from monitoring.monitor import monitor
+
+        done = monitor(self.settings, day, self.config.tasks, policy_path=self.policy_path, retrain_on_alert=False,
+                       say=self.say).to_dict()
+        tasks = []
+        for t in done["tasks"]:
+            latest = next((m for m in reversed(t["months"]) if m.get("labelled")), None)
+            tasks.append({"task": t["task"], "champion": t["champion"], "metric": t["metric"],
+                          "live": {k: latest.get(k) for k in ("month", t["metric"], "calibration_error", "coverage",
+                                                               "labelled") if k in latest} if latest else None,
+                          "drifted_share": (t.get("drift") or {}).get("drifted_share"),
+                          "alerts": [{k: a.get(k) for k in ("alert", "month", "value", "threshold", "message")}
+                                     for a in t["alerts"]]})
+        return {"tasks": tasks, "report": done.get("report")}
+
+    def retrain(self, day: date, alerts: dict[str, list[dict]], default_reason: str) -> list[dict]:
+        """The month's retraining of every task (with its alerts as the reason), then the scripted validator."""
+        from monitoring.loop import retrain
+
+        out = []
+        for task in self.config.tasks:
+            reason = ("alert: " + "; ".join(f"{a['alert']} ({a['message']})" for a in alerts[task]))[:500] \
+                if task in alerts else default_reason
+            done = retrain(self.settings, day, [task], reason=reason, trainer="backtest:loop",
+                           policy_path=self.policy_path, trials=self.config.trials, configs=self.configs,
+                           say=self.say)
+            for t in done.tasks:
+                t = dict(t)
+                if t["status"] == "awaiting_review":
+                    t.update(self.validate(t))
+                out.append({k: t.get(k) for k in ("task", "version", "gate", "status", "message", "reason",
+                                                  "champion_before", "champion_after", "versus_champion")}
+                           | {"failed_checks": [c["name"] for c in t.get("checks", []) if c["status"] == "fail"]})
+        return out
+
+    def validate(self, outcome: dict) -> dict:
+        """The scripted validator: approve and promote a REVIEW version when no blocking check failed."""
+        from monitoring.review import promote, review
+
+        failed = [c["name"] for c in outcome.get("checks", []) if c["status"] == "fail"]
+        if outcome.get("gate") != "REVIEW" or failed:
+            return {}
+        reason = "backtest: every blocking check passed (" + ", ".join(
+            f"{c['name']} {c['status']}" for c in outcome.get("checks", [])) + ")"
+        review(self.settings, outcome["model"], outcome["version"], "approve", reason, VALIDATOR)
+        promote(self.settings, outcome["model"], outcome["version"], VALIDATOR)
+        return {"status": "promoted", "champion_after": outcome["version"],
+                "message": f"version {outcome['version']} approved by the scripted validator and promoted"}
+
+    def champions(self) -> dict[str, str]:
+        """Each task's champion version now."""
+        from experiments.registered import get_alias
+        from experiments.registry import CHAMPION
+        from experiments.tracking import configure_mlflow
+        from training.registry import get_task
+
+        client = configure_mlflow(self.settings)
+        out = {}
+        for task in self.config.tasks:
+            name = get_task(task).model_name
+            if client.search_registered_models(f"name='{name}'"):
+                champion = get_alias(client, name, CHAMPION)
+                if champion is not None:
+                    out[task] = str(champion.version)
+        return out
+
+    def model(self, task: str, version: str):
+        """A version's model, loaded once."""
+        from experiments.registered import load_version_model
+        from experiments.tracking import configure_mlflow
+        from training.registry import get_task
+
+        key = (task, version)
+        if key not in self.models:
+            client = configure_mlflow(self.settings)
+            self.models[key] = load_version_model(client, get_task(task).model_name, version)[0]
+        return self.models[key]
+
+    # -------------------------------------------------------------------- scoring the arms
+
+    def score(self, day: date) -> None:
+        """Every arm scores what is open at the end of ``day``; the loop's champion logs it as the service would."""
+        for task in self.config.tasks:
+            if task in RISK_TASKS:
+                self.score_risk(task, day)
+            else:
+                self.score_demand(task, day)
+
+    def score_risk(self, task: str, day: date) -> None:
+        from experiments.tracking import configure_mlflow
+        from monitoring.replay import champion_horizon, open_rows, replay_risk
+        from training.models import alert_thresholds
+        from training.registry import get_task
+
+        client = configure_mlflow(self.settings)
+        static = self.model(task, self.static[task])
+        if task not in self.horizons:
+            version = client.get_model_version(get_task(task).model_name, self.static[task])
+            self.horizons[task] = champion_horizon(client, version)
+            self.thresholds[task] = self.config.flag_threshold or float(alert_thresholds(static, pd.DataFrame(
+                index=[0]))[0])
+        horizon = self.horizons[task]
+        rows = open_rows(self.settings, task, day, horizon)
+        if not len(rows):
+            return
+        id_column = get_task(task).data.id_column
+        loop = replay_risk(self.settings, task, day, rows=rows)
+        baseline = self.stage_baseline(task, day, horizon)
+        frame = pd.DataFrame({"opportunity_id": rows[id_column].astype(str).to_numpy(), "day": day,
+                              "loop": loop["probability"], "static": static.predict_proba(rows),
+                              "baseline": baseline.predict_proba(rows), "loop_version": loop["version"]})
+        self.risk_scores.setdefault(task, []).append(frame)
+
+    def stage_baseline(self, task: str, day: date, horizon: int):
+        """The no-model arm: each stage's loss rate over the deals open at the last six month ends whose outcome
+        (within the horizon) is known by ``day``."""
+        from features.pipeline import build_view
+        from features.store import FeatureStore
+        from features.views import ViewConfig
+        from training.baseline import StageBaseline
+        from training.registry import get_task
+
+        data = get_task(task).data
+        ends = [(pd.Timestamp(day) - pd.offsets.MonthEnd(k)).date() for k in range(1, 13)]
+        known = [d for d in ends if d + timedelta(days=horizon) <= day][:6]
+        with FeatureStore.from_settings(self.settings, read_only=True) as store:
+            frame = build_view(store, data.name, day, cutoffs=sorted(known), config=ViewConfig(horizon_days=horizon),
+                               threads=self.settings.threads).frame
+        label = data.label.format(h=horizon)
+        frame = frame[frame[label].notna()]
+        return StageBaseline().fit(frame["stage"], frame[label].to_numpy(dtype=float))
+
+    def score_demand(self, task: str, day: date) -> None:
+        from features.production import write_log_part
+        from features.store import FeatureStore
+        from monitoring.loop import CONFIGS
+        from monitoring.replay import demand_log_columns
+        from training.demand import load_demand_data
+        from training.registry import get_task, resolve
+        from training.tasks import load_config
+
+        definition = get_task(task)
+        folder = self.configs or CONFIGS
+        file = folder / f"{task}.yaml"
+        config = load_config(file if file.is_file() else None, resolve(definition.definition().config), task=task,
+                             threads=self.settings.threads).model_copy(update={"as_of": day})
+        with FeatureStore.from_settings(self.settings) as store:
+            series = load_demand_data(store, task, config).series
+        history = series.frame
+        weeks = self.config.forecast_weeks
+        champion = self.champions()[task]
+        parts = {}
+        for arm, version in (("loop", champion), ("static", self.static[task])):
+            model = self.model(task, version)
+            known = history[history["unique_id"].isin(set(model.history_["unique_id"]))]
+            forecast = model.forecast(min(weeks, model.max_horizon), history=known)
+            parts[arm] = forecast
+            if arm == "loop":
+                at = datetime.combine(day, datetime.min.time()) + timedelta(hours=18)
+                write_log_part(self.settings.logs_dir, task, f"{day}", demand_log_columns(
+                    task, definition.model_name, version, forecast, at))
+        parts["baseline"] = seasonal_naive(history[["unique_id", "ds", "y"]], weeks, series.season_length)
+        frames = [p[["unique_id", "ds", "step", "p50"]].assign(arm=arm) for arm, p in parts.items()]
+        self.forecasts.setdefault(task, []).append(pd.concat(frames, ignore_index=True).assign(day=day))
+
+    # -------------------------------------------------------------------- figures against the ground truth
+
+    def figures(self, months: list[dict]) -> tuple[dict, dict, list[str]]:
+        """Per task, arm and month the figures; the ROI; notes on what could not be computed."""
+        arms: dict[str, list[dict]] = {}
+        roi: dict[str, dict] = {}
+        notes: list[str] = []
+        backtested = [m for m in months if m["backtested"]]
+        month_of = {m["scored_at"]: m["month"] for m in backtested}
+        first, last = date.fromisoformat(backtested[0]["scored_at"]), date.fromisoformat(backtested[-1]["day"])
+        regions = self.org.tables["accounts"].set_index("account_id")["region"]
+        entry = [s for s in self.org.config.scenarios if s.kind == "competitor_entry"]
+        for task, parts in self.risk_scores.items():
+            scores = pd.concat(parts, ignore_index=True)
+            deals = self.org.tables["opportunities"]
+            truth = self.org.ground_truth["opportunity_outcomes"]
+            region = deals.set_index("opportunity_id")["account_id"].map(regions)
+            rows = []
+            for day, g in scores.groupby("day"):
+                y = risk_labels(deals, truth, g["opportunity_id"], day, self.horizons[task])
+                where = region.reindex(g["opportunity_id"]).to_numpy()
+                for arm in ARMS:
+                    p = g[arm].to_numpy(float)
+                    rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None, **risk_month_figures(y, p)})
+                    for s in entry:
+                        inside = where == s.region
+                        for name, mask in ((s.region, inside), (f"not {s.region}", ~inside)):
+                            rows.append({"month": month_of[f"{day}"], "arm": arm, "region": name,
+                                         **risk_month_figures(y[mask], p[mask])})
+            arms[task] = rows
+            threshold = self.thresholds[task]
+            roi[task] = {arm: caught_deals(scores.rename(columns={arm: "probability"}), deals, truth, threshold,
+                                           self.config.lead_days, first, last) for arm in ARMS}
+        for task, parts in self.forecasts.items():
+            from training.demand import wape
+
+            forecast = pd.concat(parts, ignore_index=True).rename(columns={"unique_id": "product_id",
+                                                                          "ds": "week_start"})
+            demand = self.org.ground_truth["product_week_demand"]
+            joined = forecast.merge(demand, on=["product_id", "week_start"], how="inner")
+            if len(joined) < len(forecast):
+                notes.append(f"{task}: {len(forecast) - len(joined)} forecast weeks have no ground truth (past the "
+                             "simulated window)")
+            rows = []
+            for (day, arm), g in joined.groupby(["day", "arm"]):
+                actual, p50 = g["sold_units"].to_numpy(float), g["p50"].to_numpy(float)
+                rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None, "labelled": int(len(g)),
+                             "wape": wape(actual, p50), "actual_units": float(actual.sum()),
+                             "forecast_units": float(p50.sum())})
+            arms[task] = rows
+            prices = self.org.tables["products"].set_index("product_id")["list_price"]
+            roi[task] = {arm: inventory_cost(forecast[forecast["arm"] == arm], demand, prices,
+                                             self.config.stockout_cost, self.config.holding_cost) for arm in ARMS}
+        if not any(t in self.config.tasks for t in ("price_optimisation", "pricing")):
+            notes.append("pricing uplift: not computed (the pricing engine is not built yet)")
+        return arms, roi, notes
+
+
+# ------------------------------------------------------------------------------------------------ the report
+
+
+def _svg(fig) -> str:
+    """A matplotlib figure as inline SVG (the report needs no file and no network)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg"):]
+
+
+def _lines(title: str, months: list[str], series: dict[str, list], ylabel: str, marks: dict[int, str] | None = None
+           ) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    x = np.arange(len(months))
+    for label, values in series.items():
+        y = np.array([np.nan if v is None else v for v in values], dtype=float)
+        ax.plot(x, y, marker="o", label=label)
+    for at, text in (marks or {}).items():
+        ax.axvline(at, color="#c0392b", linestyle=":", linewidth=1)
+        ax.annotate(text, (at, 1), xycoords=("data", "axes fraction"), fontsize=7, color="#c0392b",
+                    rotation=90, va="top", ha="right")
+    ax.set_xticks(x, months, rotation=45, fontsize=7)
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.0f}"
+    return html.escape("-" if value is None else str(value))
+
+
+def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
+    """Write the backtest's self-contained HTML report (plots inline as SVG) under
+    ``SALESML_HOME/reports/backtest``."""
+    from monitoring.report import render_page
+
+    months = [m for m in report.months if m["backtested"]]
+    labels = [m["month"] for m in months]
+    alerts = {}
+    for k, m in enumerate(months):
+        for t in (m.get("monitoring") or {}).get("tasks", []):
+            for a in t["alerts"]:
+                alerts.setdefault(k, set()).add(f"{t['task']}: {a['alert']}")
+    marks = {k: ", ".join(sorted(v)) for k, v in alerts.items()}
+    parts = [f"<h1>Backtest: {html.escape(', '.join(report.config['scenarios']) or 'no scenario')}</h1>",
+             f"<p class=\"meta\">{report.config['accounts']} simulated accounts (seed {report.config['seed']}), "
+             f"{len(months)} months from {html.escape(labels[0] if labels else '-')}, the first champion trained on "
+             f"{report.config['history_months']} months before; tasks {html.escape(', '.join(report.config['tasks']))}."
+             " A month's figures are the scores made at the end of the month before, against the simulator's ground "
+             "truth. Dotted lines mark months with monitoring alerts.</p>"]
+    for task, rows in report.arms.items():
+        metrics = ("roc_auc", "calibration_error") if task in RISK_TASKS else ("wape",)
+        regions = sorted({r["region"] for r in rows if r["region"] is not None}, key=str)
+        for metric in metrics:
+            for region in [None, *regions]:
+                series = {ARM_LABELS[a]: report.arm_series(task, a, metric, region) for a in ARMS}
+                where = f" ({region})" if region else ""
+                parts.append(_lines(f"{task}: {metric}{where} per month", labels, series, metric, marks))
+    drift = {}
+    for m in months:
+        for t in (m.get("monitoring") or {}).get("tasks", []):
+            drift.setdefault(t["task"], []).append(t.get("drifted_share"))
+    if drift:
+        parts.append(_lines("drifted share of features at each month end (monitoring)", labels, drift,
+                            "drifted share", marks))
+    rows = []
+    for m in months:
+        mon = {t["task"]: t for t in (m.get("monitoring") or {}).get("tasks", [])}
+        for t in m.get("retrain", []):
+            live = (mon.get(t["task"]) or {}).get("live") or {}
+            rows.append("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in (
+                m["month"], t["task"], m["champions"].get(t["task"]), live.get((mon.get(t["task"]) or {}).get("metric")),
+                (mon.get(t["task"]) or {}).get("drifted_share"),
+                "; ".join(a["alert"] for a in (mon.get(t["task"]) or {}).get("alerts", [])) or "-",
+                t.get("version"), t.get("gate"), t.get("status"), ", ".join(t.get("failed_checks") or []) or "-"))
+                + "</tr>")
+    parts.append("<h2>Month by month</h2><table id=\"months\"><tr><th>month</th><th>task</th><th>champion</th>"
+                 "<th>live metric (monitoring)</th><th>drifted share</th><th>alerts</th><th>candidate</th>"
+                 f"<th>gate</th><th>outcome</th><th>failed checks</th></tr>{''.join(rows)}</table>")
+    parts.append("<h2>Return on investment</h2>")
+    for task, by_arm in report.roi.items():
+        keys = [k for k in next(iter(by_arm.values())) if k != "how"]
+        head = "".join(f"<th>{html.escape(ARM_LABELS[a])}</th>" for a in by_arm)
+        body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_cell(by_arm[a].get(k))}</td>"
+                                                                    for a in by_arm) + "</tr>" for k in keys)
+        parts.append(f"<h3>{html.escape(task)}</h3><p>{html.escape(next(iter(by_arm.values()))['how'])}</p>"
+                     f"<table class=\"roi\"><tr><th>figure</th>{head}</tr>{body}</table>")
+    parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
+    parts.append(f"<p class=\"meta\">{report.timings.get('total_seconds')} s in all; peak RSS "
+                 f"{report.timings.get('peak_rss_mb')} MB</p>")
+    folder = settings.home / "reports" / "backtest"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "backtest.html"
+    path.write_text(render_page("Backtest", "".join(parts)))
+    return path
