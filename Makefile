@@ -44,8 +44,9 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium)
 	@command -v curl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq curl)
 
+# Two workers, one core each (tests/conftest.py gives each one thread); a module's tests stay on one worker.
 test: install-dev java chromium
-	$(BIN)/python -m pytest --durations=20
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=20
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -117,6 +117,17 @@ def score_texts(store: FeatureStore, model: SentimentModel) -> dict[str, int]:
     return frame.groupby("source_table").size().to_dict() if len(frame) else {}
 
 
+def rescore_texts(store: FeatureStore) -> dict[str, int] | None:
+    """Score the store's texts again with its stored sentiment model, so that tickets and news ingested since it
+    was trained get their scores (``None`` when no model was trained: the views then go without sentiment)."""
+    if not store.has_table(TEXT_MODELS):
+        return None
+    stored = store.table(TEXT_MODELS).select("model").execute()["model"]
+    if not len(stored):
+        return None
+    return score_texts(store, SentimentModel.from_json(str(stored.iloc[0])))
+
+
 # ------------------------------------------------------------------------------------------------ lineage
 
 

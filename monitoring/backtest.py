@@ -356,6 +356,7 @@ class _State:
         from monitoring.loop import ingest_inbox
 
         snapshot = snapshot_tables(self.org.tables, day)
+        first = self.previous is None
         delta = changed_rows(self.previous, snapshot)
         self.previous = snapshot
         folder = self.settings.home / "inbox" / f"{day}"
@@ -364,6 +365,12 @@ class _State:
             if len(frame):
                 frame.to_parquet(folder / f"{name}.parquet", index=False)
         loads = ingest_inbox(self.settings, self.settings.home / "inbox", day, self.say)
+        if first:  # as the demo does: the sentiment model, trained once; the loop scores new texts with it
+            from features.pipeline import train_text_model
+            from features.store import FeatureStore
+
+            with FeatureStore.from_settings(self.settings) as store:
+                train_text_model(store)
         tables = {t: v for load in loads for t, v in load.get("tables", {}).items()}
         return {"rows": int(sum(len(f) for f in delta.values())),
                 "stored": int(sum(v.get("stored", 0) for v in tables.values())),

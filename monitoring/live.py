@@ -149,7 +149,8 @@ def judge(task: str, kind: str, months: list[dict], training: dict, drift: dict 
         kind: its kind.
         months: ``by_month``'s figures.
         training: the champion's training-time figures (same names).
-        drift: ``{"drifted_share", "drifted_features", "prediction_drifted"}`` of the window, or ``None``.
+        drift: ``{"drifted_share", "drifted_features", "prediction_drifted", "segments"}`` of the window, or
+            ``None``.
         policy: the task's ``MonitoringPolicy``.
 
     Returns:
@@ -196,6 +197,13 @@ def judge(task: str, kind: str, months: list[dict], training: dict, drift: dict 
             named = ", ".join(drift.get("drifted_features", [])[:6])
             alert("drift", share, policy.max_drifted_share, f"{share:.0%} of features drifted from the champion's "
                   f"training reference (allowed {policy.max_drifted_share:.0%}): {named}", drift.get("month"))
+        for part in drift.get("segments") or []:
+            if part["drifted_share"] > policy.max_drifted_share:
+                named = ", ".join(part["drifted_features"][:6])
+                alert("segment_drift", part["drifted_share"], policy.max_drifted_share,
+                      f"{part['drifted_share']:.0%} of features drifted within {part['column']} {part['value']} "
+                      f"({part['current_rows']} rows; allowed {policy.max_drifted_share:.0%}): {named}",
+                      drift.get("month"))
         if drift.get("prediction_drifted"):
             alert("prediction_drift", 1.0, 0.0, "the champion's predictions drifted from those on its training "
                   "reference", drift.get("month"))

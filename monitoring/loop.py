@@ -176,6 +176,12 @@ def ingest_inbox(settings: Settings, inbox: Path, as_of: date, say: Callable[[st
         done[key] = {"digest": digest, "load_id": summary.get("load_id"), "as_of": f"{as_of:%Y-%m-%d}"}
         write_json_atomically(record_path, done)
         out.append({"batch": key, **summary})
+    if out:
+        from features.pipeline import rescore_texts
+
+        with FeatureStore.from_settings(settings) as store:
+            if rescore_texts(store) is not None:
+                say("scored the new tickets and news with the stored sentiment model")
     return out
 
 

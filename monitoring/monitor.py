@@ -248,7 +248,7 @@ def monitor_task(settings: Settings, definition, as_of: date, window_days: int, 
         out.months = by_month(kind, labelled, definition.data.id_column)
     try:
         out.drift = window_drift(settings, client, champion, definition, logged, as_of, window_days,
-                                 policy.drift_reference,
+                                 policy.drift_reference, policy.drift_segments, policy.min_segment_rows,
                                  test["probability"].to_numpy(float) if test is not None else None)
     except RegistryError as exc:
         out.notes.append(f"no drift: {exc}")
@@ -426,8 +426,8 @@ MIN_REFERENCE_ROWS = 100
 
 
 def window_drift(settings: Settings, client, champion, definition, logged: pd.DataFrame, as_of: date,
-                 window_days: int, reference_kind: str = "newest_month",
-                 reference_predictions: np.ndarray | None = None) -> dict | None:
+                 window_days: int, reference_kind: str = "newest_month", segments: Sequence[str] = (),
+                 min_segment_rows: int = 100, reference_predictions: np.ndarray | None = None) -> dict | None:
     """Data drift of the last ``window_days`` days against the champion's training data, and the drift of its
     served predictions against its test-time ones.
 
@@ -436,6 +436,7 @@ def window_drift(settings: Settings, client, champion, definition, logged: pd.Da
     rep's closed deals) move away from the whole training sample within months without anything having changed,
     and from the newest month only by what changed since. ``training`` compares with the sampled training rows.
     ``reference_predictions`` are the champion's test-time predictions, which the served ones are compared with.
+    Drift is also computed within each value of the ``segments`` columns (``segment_drift``).
 
     Raises:
         RegistryError: when the champion's run logged no evaluation data.
@@ -470,7 +471,34 @@ def window_drift(settings: Settings, client, champion, definition, logged: pd.Da
             "reference_rows": figures["reference_rows"], "current_rows": figures["current_rows"],
             "features": figures["features"], "drifted_share": figures["drifted_share"],
             "drifted_features": figures["drifted_features"], "prediction_drifted": bool(moved.get("drifted")),
-            "prediction_drift": moved or None}
+            "prediction_drift": moved or None,
+            "segments": segment_drift(reference, current, numeric, categorical, segments, min_segment_rows)}
+
+
+def segment_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str],
+                  segments: Sequence[str], min_rows: int) -> list[dict]:
+    """Drift within each value of each segment column both sides hold (a value with fewer than ``min_rows`` rows
+    on either side is skipped): ``{"column", "value", "reference_rows", "current_rows", "drifted_share",
+    "drifted_features"}`` per segment."""
+    from monitoring.audits import audit_drift
+    from monitoring.policy import DriftPolicy
+
+    out = []
+    for column in segments:
+        if column not in reference.columns or column not in current.columns:
+            continue
+        ref_values, cur_values = reference[column].astype(str), current[column].astype(str)
+        for value in sorted(set(cur_values[current[column].notna()])):
+            ref_part, cur_part = reference[ref_values == value], current[cur_values == value]
+            if min(len(ref_part), len(cur_part)) < min_rows:
+                continue
+            figures = audit_drift(ref_part, cur_part, [c for c in numeric if c != column],
+                                  [c for c in categorical if c != column], None, None,
+                                  DriftPolicy(max_drifted_share=1.0, sample_rows=10_000), 0).figures
+            out.append({"column": column, "value": value, "reference_rows": int(len(ref_part)),
+                        "current_rows": int(len(cur_part)), "drifted_share": figures["drifted_share"],
+                        "drifted_features": figures["drifted_features"]})
+    return out
 
 
 def drift_columns(client, champion, reference: pd.DataFrame, current: pd.DataFrame, definition

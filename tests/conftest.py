@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -16,6 +17,15 @@ from features.sources.simulator import SimulatedOrganisation, SimulationConfig, 
 from salesml.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under ``pytest -n 2`` (``make test``) each worker gets one of the machine's two cores: models, DuckDB and
+    the processes tests start use one thread (unless SALESML_THREADS says otherwise), and OpenMP threads sleep
+    rather than spin while they wait, so that the two workers never oversubscribe the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("SALESML_THREADS", "1")
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ class StudyConfig(BaseModel):
     heartbeat_seconds: int = Field(30, ge=1, description="Optuna trial heartbeat (stale trials fail after 2x).")
     initial_trials: list[dict] = Field(default_factory=list, description="Parameter sets a new study tries first "
                                        "(Optuna parameter names, e.g. family, lgb_learning_rate).")
-    threads: int = 2
+    threads: int = Field(default_factory=lambda: _default_threads(), ge=1,
+                         description="Threads a trial may use (default: the settings', SALESML_THREADS).")
     run_tags: dict[str, str] = Field(default_factory=dict, description="Tags set on the training run and on the "
                                      "version it registers (the monthly loop names its month and the reason).")
 
@@ -50,3 +51,9 @@ def with_home(config: StudyConfigT, home: Path) -> StudyConfigT:
     if config.ground_truth and "{home}" in config.ground_truth:
         return config.model_copy(update={"ground_truth": config.ground_truth.format(home=home)})
     return config
+
+
+def _default_threads() -> int:
+    from salesml.settings import get_settings
+
+    return get_settings().threads

@@ -154,7 +154,8 @@ def failures(as_json: bool) -> Iterator[None]:
         if not isinstance(exc, expected_errors()):
             raise
         message = describe_invalid_values(exc) if isinstance(exc, ValidationError) else str(exc)
-        stderr.print(f"[bold red]error:[/] {message}", highlight=False)
+        # Never folded: a path or an id cut across lines cannot be pasted back.
+        stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
         if as_json:
             print(json.dumps({"error": str(message)}))
         raise typer.Exit(2) from None

@@ -43,6 +43,15 @@ def test_each_crossed_threshold_is_an_alert_with_its_figures():
     assert "x, y" in alerts[2]["message"]
     assert judge("t", "risk", risk[:1], {"roc_auc": 0.72}, None,
                  MonitoringPolicy(min_outcomes=10, max_calibration_error=0.2)) == []
+    # A change confined to one region: the population barely moves, the region does.
+    regional = {"drifted_share": 0.1, "drifted_features": ["x"], "month": "2024-04", "segments": [
+        {"column": "region", "value": "EMEA", "reference_rows": 150, "current_rows": 160, "drifted_share": 0.45,
+         "drifted_features": ["competitor_news", "discount"]},
+        {"column": "region", "value": "NA", "reference_rows": 300, "current_rows": 310, "drifted_share": 0.05,
+         "drifted_features": []}]}
+    (alert,) = judge("t", "risk", [], {}, regional, policy)
+    assert alert["alert"] == "segment_drift" and alert["value"] == 0.45
+    assert "region EMEA" in alert["message"] and "competitor_news, discount" in alert["message"]
 
     demand = [{"month": "2024-03", "labelled": 50, **demand_figures(np.array([10.0] * 50), np.full(50, 1.0),
                                                                     np.full(50, 13.0), np.full(50, 20.0))}]

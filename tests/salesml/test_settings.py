@@ -12,6 +12,7 @@ from salesml.settings import get_settings
 
 def test_defaults_live_under_home(monkeypatch, tmp_path):
     monkeypatch.setenv("SALESML_HOME", str(tmp_path))
+    monkeypatch.delenv("SALESML_THREADS", raising=False)  # the parallel test run sets one thread per worker
     s = get_settings()
     assert s.home == tmp_path
     assert s.feature_store_path == tmp_path / "features.duckdb"
