@@ -40,7 +40,10 @@ from salesml.access import Principal
 from salesml.settings import Settings
 
 ARMS = ("loop", "static", "baseline")
-ARM_LABELS = {"loop": "monthly loop", "static": "static champion", "baseline": "no model"}
+ARM_LABELS = {"loop": "monthly loop", "static": "static champion", "baseline": "no model",
+              "oracle": "ground truth (ceiling)"}
+#: The simulator's true loss probability is over 90 days: the ceiling is drawn for models of that horizon.
+ORACLE_HORIZON = 90
 #: The scripted validator of a backtest: approves REVIEW versions whose every blocking check passed.
 VALIDATOR = Principal("backtest:validator", "model_validator", "all", "")
 #: Months simulated after the last backtested month, so that its scores' outcomes (up to a 90-day horizon, plus
@@ -561,17 +564,28 @@ class _State:
             truth = self.org.ground_truth["opportunity_outcomes"]
             region = deals.set_index("opportunity_id")["account_id"].map(regions)
             rows = []
+            oracle = self.org.ground_truth["opportunity_loss_probability"]
+            oracle = oracle.assign(day=pd.to_datetime(oracle["month_end"]).dt.date).set_index(
+                ["opportunity_id", "day"])["p_loss_90d"]
             for day, g in scores.groupby("day"):
                 y = risk_labels(deals, truth, g["opportunity_id"], day, self.horizons[task])
                 where = region.reindex(g["opportunity_id"]).to_numpy()
-                for arm in ARMS:
+                arms_here = list(ARMS)
+                if self.horizons[task] == ORACLE_HORIZON:
+                    g = g.assign(oracle=oracle.reindex(pd.MultiIndex.from_arrays(
+                        [g["opportunity_id"], [day] * len(g)])).to_numpy())
+                    arms_here.append("oracle")
+                for arm in arms_here:
                     p = g[arm].to_numpy(float)
-                    rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None, **risk_month_figures(y, p)})
+                    # The ground truth misses the deals created in a month's last days: the ceiling leaves them out.
+                    known = ~np.isnan(p)
+                    rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None,
+                                 **risk_month_figures(y[known], p[known])})
                     for s in entry:
                         inside = where == s.region
                         for name, mask in ((s.region, inside), (f"not {s.region}", ~inside)):
                             rows.append({"month": month_of[f"{day}"], "arm": arm, "region": name,
-                                         **risk_month_figures(y[mask], p[mask])})
+                                         **risk_month_figures(y[mask & known], p[mask & known])})
             arms[task] = rows
             threshold = self.thresholds[task]
             roi[task] = {arm: caught_deals(scores.rename(columns={arm: "probability"}), deals, truth, threshold,
@@ -669,7 +683,8 @@ def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
         regions = sorted({r["region"] for r in rows if r["region"] is not None}, key=str)
         for metric in metrics:
             for region in [None, *regions]:
-                series = {ARM_LABELS[a]: report.arm_series(task, a, metric, region) for a in ARMS}
+                series = {ARM_LABELS[a]: report.arm_series(task, a, metric, region)
+                          for a in (*ARMS, "oracle") if any(r["arm"] == a for r in rows)}
                 where = f" ({region})" if region else ""
                 parts.append(_lines(f"{task}: {metric}{where} per month", labels, series, metric, marks))
     drift = {}

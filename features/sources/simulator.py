@@ -25,7 +25,9 @@ Mechanisms the models must find (coefficients in ``Mechanisms``):
 * Text: ticket and news texts from templates with positive, neutral and negative wording (labels in ground
   truth).
 * Scenarios: ``competitor_entry@YYYY-MM:REGION`` (from that month the region's loss hazard, discount pressure
-  and negative competitor news rise, and a new competitor prices 10-20% below us there); ``biased_history``
+  and negative competitor news rise, a new competitor prices 10-20% below us there, and it takes price-sensitive
+  deals, those asking a discount above 20%, at about a sixth a week: such a deal keeps engaging with us until
+  it signs elsewhere 2 to 5 weeks later, so the warning signs a model learnt before the entry do not show); ``biased_history``
   (in the first half of the window, 35% of won deals of small accounts are recorded as lost: label bias a
   fairness audit must catch), or ``biased_history@YYYY-MM`` (the same, for the deals closing in that month only:
   a month whose labels arrive biased); ``price_shock@YYYY-MM`` (list prices jump 15% that month).
@@ -162,6 +164,12 @@ class Mechanisms(BaseModel):
     loss_high_discount: float = 1.0
     loss_quality: float = -0.4
     loss_competitor_entry: float = 0.8
+    #: The entrant's own pull: weekly log-odds that it takes an open deal of its region whose discount request is
+    #: above ``entrant_discount`` (price-sensitive buyers), and the same for the others. A deal it takes keeps
+    #: engaging with us until it signs elsewhere, 2 to 5 weeks later: the old warning signs do not show.
+    entrant_price_sensitive: float = -1.5
+    entrant_other: float = -5.0
+    entrant_discount: float = 0.2
     loss_close_delay_weeks: int = 10
     loss_close_delay_extra: float = 1.0
     loss_close_delay_max: int = 12
@@ -581,6 +589,7 @@ class _OppState:
     weeks_in_stage: np.ndarray = field(init=False)
     engagement: np.ndarray = field(init=False)
     decided: np.ndarray = field(init=False)
+    entrant: np.ndarray = field(init=False)
     close_week: np.ndarray = field(init=False)
     closed: np.ndarray = field(init=False)
     outcome: np.ndarray = field(init=False)
@@ -591,6 +600,7 @@ class _OppState:
         self.weeks_in_stage = np.zeros(self.n, dtype=np.int16)
         self.engagement = self.engagement0.copy()
         self.decided = np.zeros(self.n, dtype=bool)
+        self.entrant = np.zeros(self.n, dtype=bool)
         self.close_week = np.full(self.n, -1, dtype=np.int32)
         self.closed = np.zeros(self.n, dtype=bool)
         self.outcome = np.zeros(self.n, dtype=np.int8)  # 1 won, 2 lost
@@ -621,6 +631,7 @@ def _simulate_opportunities(rng: np.random.Generator, config: SimulationConfig, 
                    engagement0=rng.beta(6, 2, n), discount=discount, region_idx=region_idx)
     stall_limit = np.array([4, 5, 6, 5], dtype=np.int16)
     delay_pmf = _delay_pmf(mech)
+    entering = bool((entry_week < 10**6).any())
     hist_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     act_rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (opp, week, type, count) packed
     truth: list[pd.DataFrame] = []
@@ -639,15 +650,16 @@ def _simulate_opportunities(rng: np.random.Generator, config: SimulationConfig, 
             continue
         drivers = _loss_drivers(st, active, w, dm_left, signals, stall_limit, entry_week)
         eta = _loss_eta(mech, st, active, drivers)
+        pull = _entrant_pull(mech, st, active, drivers) if entering else None
         while month_iter < len(cal.month_ends) and cal.month_end_week[month_iter] == w:
-            truth.append(_loss_truth(st, active, eta, cal.month_ends[month_iter], w, delay_pmf))
+            truth.append(_loss_truth(st, active, eta, cal.month_ends[month_iter], w, delay_pmf, pull))
             month_iter += 1
         # Engagement: occasional shocks (a champion goes cold), slow recovery; decided deals go dark.
         e = st.engagement[active]
         shock = rng.random(len(active)) < 0.015
         e = np.where(shock, e * rng.uniform(0.15, 0.45, len(active)), e + 0.15 * (st.engagement0[active] - e))
         st.engagement[active] = e
-        dark = np.where(st.decided[active], 0.03, 1.0)
+        dark = np.where(st.decided[active] & ~st.entrant[active], 0.03, 1.0)
         stage_boost = 1.0 + 0.3 * (st.stage[active] >= 2)
         lam = np.stack([rates[0] * e * dark, rates[1] * (0.6 + 0.4 * e) * np.where(dark < 1, 0.3, 1.0),
                         rates[2] * e * stage_boost * dark, rates[3] * e * dark], axis=1)
@@ -667,6 +679,10 @@ def _simulate_opportunities(rng: np.random.Generator, config: SimulationConfig, 
         delay = mech.loss_close_delay_weeks + np.minimum(rng.poisson(mech.loss_close_delay_extra, len(dec)),
                                                          mech.loss_close_delay_max - mech.loss_close_delay_weeks)
         st.close_week[dec] = w + delay
+        if entering:  # the entrant takes some of the deals still undecided
+            taken = active[~st.decided[active] & (rng.random(len(active)) < pull)]
+            st.decided[taken] = st.entrant[taken] = True
+            st.close_week[taken] = w + rng.integers(2, 6, len(taken))
         # Progress of deals still in play (not decided this week or before).
         live = active[~st.decided[active]]
         stage = st.stage[live]
@@ -748,9 +764,16 @@ def _loss_eta(mech: Mechanisms, st: _OppState, active: np.ndarray, d: dict[str, 
             + mech.loss_competitor_entry * d["entry"])
 
 
+def _entrant_pull(mech: Mechanisms, st: _OppState, active: np.ndarray, d: dict[str, np.ndarray]) -> np.ndarray:
+    """The weekly probability that the entrant takes each open deal (0 outside its region and before it enters)."""
+    sensitive = st.discount[active] > mech.entrant_discount
+    return d["entry"] * _sigmoid(np.where(sensitive, mech.entrant_price_sensitive, mech.entrant_other))
+
+
 def _loss_truth(st: _OppState, active: np.ndarray, eta: np.ndarray, month_end: pd.Timestamp, w: int,
-                delay_pmf: np.ndarray) -> pd.DataFrame:
-    """P(closed lost within 90 days | latent state), hazards held at the month end."""
+                delay_pmf: np.ndarray, pull: np.ndarray | None = None) -> pd.DataFrame:
+    """P(closed lost within 90 days | latent state), hazards held at the month end (a deal the entrant takes
+    closes within 5 weeks, so within the 90 days)."""
     horizon = 12  # whole weeks within 90 days
     h = _sigmoid(eta)
     stage = st.stage[active]
@@ -760,9 +783,12 @@ def _loss_truth(st: _OppState, active: np.ndarray, eta: np.ndarray, month_end: p
                  np.where(stage == 2, 0.02, 0.0))
     cdf = np.cumsum(delay_pmf)
     k = np.arange(horizon + 1)
-    survive = ((1 - h)[:, None] * (1 - g)[:, None]) ** k[None, :]
+    pull = np.zeros(len(active)) if pull is None else pull
+    # Competing risks each week: decided lost (closing after the delay), won, or taken by the entrant (closing
+    # within 5 weeks).
+    survive = ((1 - h)[:, None] * (1 - g)[:, None] * (1 - pull)[:, None]) ** k[None, :]
     within = cdf[np.clip(horizon - k, 0, len(cdf) - 1)]
-    p = (survive * h[:, None] * within[None, :]).sum(axis=1)
+    p = (survive * (h[:, None] * within[None, :] + pull[:, None] * (k <= horizon - 5)[None, :])).sum(axis=1)
     decided = st.decided[active]
     pending = decided & (st.close_week[active] - w <= horizon)
     p = np.where(pending, 1.0, np.where(decided, 0.0, p))
