@@ -504,6 +504,43 @@ def audit_fairness(frame: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold:
                        f"risk and disparity amplification hold for {judged_attrs}", tables, charts)
 
 
+def fairness_against_champion(candidate: CheckResult, champion: CheckResult | None) -> CheckResult:
+    """A failed fairness check, judged against the champion's on the same rows.
+
+    A criterion the candidate fails (an attribute's calibration, error rates, amplification or parity) blocks it
+    only when the champion does not fail it as badly: promoting a candidate that is fairer than the model in
+    production cannot make production less fair, and blocking it leaves the worse model serving (after a market
+    change both may fail, the newer one less). When every failed criterion is one the champion fails at least as
+    badly, the check asks for review instead, naming both figures. Without a champion, or when the candidate
+    passes, it is returned unchanged.
+    """
+    if champion is None or candidate.status != "fail":
+        return candidate
+
+    def worst(check: CheckResult) -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for f in check.figures.get("failed", []):
+            key = (f["attribute"], f["criterion"])
+            # Parity is a ratio (lower is worse); the other criteria are gaps (larger is worse).
+            value = -float(f["figure"]) if f["criterion"] == "demographic_parity" else abs(float(f["figure"]))
+            out[key] = max(out.get(key, float("-inf")), value)
+        return out
+
+    mine, theirs = worst(candidate), worst(champion)
+    blocking = {key: value for key, value in mine.items() if key not in theirs or theirs[key] < value}
+    compared = {f"{a} {c}": {"candidate": abs(v), "champion": abs(theirs[(a, c)]) if (a, c) in theirs else None}
+                for (a, c), v in mine.items()}
+    figures = {**candidate.figures, "versus_champion": compared}
+    if blocking:
+        return CheckResult(candidate.name, candidate.status, figures, candidate.reason, candidate.tables,
+                           candidate.charts)
+    named = ", ".join(f"{k} {v['candidate']:.3f} (champion {v['champion']:.3f})" for k, v in compared.items())
+    return CheckResult(candidate.name, "review", figures,
+                       f"{candidate.reason}; the champion fails the same criteria at least as badly on the same rows "
+                       f"({named}): the candidate is no less fair than the model in production, so a validator "
+                       "decides", candidate.tables, candidate.charts)
+
+
 #: The fairlearn constraint that mitigates each failed criterion with per-group thresholds.
 MITIGATION = {"demographic_parity": "demographic_parity", "error_rates": "equalized_odds",
               "amplification": "equalized_odds"}

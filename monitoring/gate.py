@@ -38,6 +38,7 @@ from monitoring.audits import (
     audit_fairness,
     audit_performance,
     audit_proxies,
+    fairness_against_champion,
 )
 from monitoring.policy import Policy, gate_of, load_policy
 from monitoring.report import render_report
@@ -167,8 +168,12 @@ def _risk_checks(settings: Settings, client, name: str, version: str, candidate,
     fairness = policy.check("fairness")
     attributes = list((fairness.attributes if fairness is not None else None) or sensitive)
     if "fairness" in running:
-        checks.append(audit_fairness(window, y, p_candidate, alert_thresholds(candidate, window), attributes,
-                                     fairness, config.seed, entity))
+        fair = audit_fairness(window, y, p_candidate, alert_thresholds(candidate, window), attributes, fairness,
+                              config.seed, entity)
+        if fair.status == "fail" and p_champion is not None:
+            fair = fairness_against_champion(fair, audit_fairness(
+                window, y, p_champion, alert_thresholds(champion, window), attributes, fairness, config.seed, entity))
+        checks.append(fair)
     if "proxies" in running:
         checks.append(audit_proxies(window, attributes, window[candidate.features], fairness))
     if "drift" in running:

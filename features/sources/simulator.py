@@ -29,8 +29,9 @@ Mechanisms the models must find (coefficients in ``Mechanisms``):
   deals, those asking a discount above 20%, at about a sixth a week: such a deal keeps engaging with us until
   it signs elsewhere 2 to 5 weeks later, so the warning signs a model learnt before the entry do not show); ``biased_history``
   (in the first half of the window, 35% of won deals of small accounts are recorded as lost: label bias a
-  fairness audit must catch), or ``biased_history@YYYY-MM`` (the same, for the deals closing in that month only:
-  a month whose labels arrive biased); ``price_shock@YYYY-MM`` (list prices jump 15% that month).
+  fairness audit must catch), or ``biased_history@YYYY-MM`` (the same bias, arriving with that month's export, as
+  a CRM migration that rewrites past outcomes would: ``unbiased_tables`` gives the tables as recorded before it);
+  ``price_shock@YYYY-MM`` (list prices jump 15% that month).
 """
 
 from __future__ import annotations
@@ -788,7 +789,8 @@ def _loss_truth(st: _OppState, active: np.ndarray, eta: np.ndarray, month_end: p
     # within 5 weeks).
     survive = ((1 - h)[:, None] * (1 - g)[:, None] * (1 - pull)[:, None]) ** k[None, :]
     within = cdf[np.clip(horizon - k, 0, len(cdf) - 1)]
-    p = (survive * (h[:, None] * within[None, :] + pull[:, None] * (k <= horizon - 5)[None, :])).sum(axis=1)
+    p = (survive * (h[:, None] * within[None, :]
+                    + ((1 - h) * pull)[:, None] * (k <= horizon - 5)[None, :])).sum(axis=1)
     decided = st.decided[active]
     pending = decided & (st.close_week[active] - w <= horizon)
     p = np.where(pending, 1.0, np.where(decided, 0.0, p))
@@ -824,15 +826,9 @@ def _opportunity_tables(rng: np.random.Generator, config: SimulationConfig, acco
     closing = h_to >= 4
     closed_at[h_opp[closing]] = h_at[closing]
     # biased_history: in the first half of the window, some won deals of small accounts are recorded lost.
-    # biased_history@YYYY-MM: the same, for the deals closing in that month.
-    biased = [s for s in config.scenarios if s.kind == "biased_history"]
-    if biased:
-        window = np.zeros(n, dtype=bool)
-        for s in biased:
-            first = cal.start if s.month is None else pd.Timestamp(s.month)
-            last = (cal.start + pd.DateOffset(months=config.months // 2) if s.month is None
-                    else pd.Timestamp(s.month) + pd.DateOffset(months=1))
-            window |= (closed_at >= first.value) & (closed_at < last.value)
+    if any(s.kind == "biased_history" for s in config.scenarios):
+        cutoff = (cal.start + pd.DateOffset(months=config.months // 2)).value
+        window = closed_at < cutoff
         flip = (true_outcome == 1) & (size == "small") & window & (closed_at > 0) & (
             rng.random(n) < config.mechanisms.biased_history_flip)
         recorded[flip] = 2
@@ -1447,6 +1443,27 @@ def snapshot_tables(tables: dict[str, pd.DataFrame], day: date) -> dict[str, pd.
                 part.loc[still_open, "stage"]).to_numpy()
         out[name] = part.reset_index(drop=True)
     return out
+
+
+def unbiased_tables(org: SimulatedOrganisation) -> dict[str, pd.DataFrame]:
+    """The tables with every deal's true outcome recorded: what the CRM held before a ``biased_history`` scenario
+    rewrote the outcomes of small accounts' won deals (the deals' stages and their stage histories' final rows are
+    put back too). Pure: the organisation is not modified."""
+    truth = org.ground_truth["opportunity_outcomes"]
+    flipped = set(truth.loc[truth["true_outcome"].ne(truth["recorded_outcome"]) & truth["true_outcome"].eq("won"),
+                            "opportunity_id"])
+    tables = dict(org.tables)
+    if not flipped:
+        return tables
+    deals = tables["opportunities"].copy()
+    rewrite = deals["opportunity_id"].isin(flipped)
+    deals.loc[rewrite, "outcome"] = "won"
+    deals.loc[rewrite, "stage"] = "closed_won"
+    history = tables["opportunity_stage_history"].copy()
+    final = history["opportunity_id"].isin(flipped) & history["to_stage"].eq("closed_lost")
+    history.loc[final, "to_stage"] = "closed_won"
+    tables["opportunities"], tables["opportunity_stage_history"] = deals, history
+    return tables
 
 
 def changed_rows(previous: dict[str, pd.DataFrame] | None, current: dict[str, pd.DataFrame]

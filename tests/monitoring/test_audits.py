@@ -7,7 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.audits import audit_fairness, audit_performance, audit_proxies
+from monitoring.audits import (
+    CheckResult,
+    audit_fairness,
+    audit_performance,
+    audit_proxies,
+    fairness_against_champion,
+)
 from monitoring.policy import AcknowledgedProxy, DemographicParityPolicy, FairnessPolicy, PerformancePolicy
 from training.registry import get_kind
 
@@ -131,3 +137,26 @@ def test_acknowledged_proxies_are_listed_with_their_reason_and_do_not_ask_for_re
     assert accepted.status == "pass" and "acknowledged: employee_band~size_band" in accepted.reason
     (proxy,) = accepted.figures["acknowledged"]
     assert proxy["strength"] > 0.99 and proxy["reason"] == "the same fact banded twice" and proxy["acknowledged_by"] == "vera"
+
+
+def _failed(*failures: tuple[str, str, float]) -> CheckResult:
+    return CheckResult("fairness", "fail", {"failed": [{"attribute": a, "criterion": c, "figure": f}
+                                                       for a, c, f in failures]}, "a reason")
+
+
+def test_a_fairness_failure_the_champion_shares_at_least_as_badly_asks_for_review_instead_of_blocking():
+    candidate = _failed(("region", "calibration", -0.12), ("region", "error_rates", 0.20))
+    # After a market change in one region both models miscalibrate it; the candidate less.
+    worse_champion = _failed(("region", "calibration", -0.18), ("region", "error_rates", 0.25))
+    judged = fairness_against_champion(candidate, worse_champion)
+    assert judged.status == "review" and "champion fails the same criteria" in judged.reason
+    assert judged.figures["versus_champion"]["region calibration"] == {"candidate": 0.12, "champion": 0.18}
+    # A criterion only the candidate fails, or fails worse, still blocks: biased labels teach the candidate a gap
+    # the champion does not have.
+    assert fairness_against_champion(candidate, _failed(("region", "calibration", -0.18))).status == "fail"
+    assert fairness_against_champion(candidate, _failed(("region", "calibration", -0.10),
+                                                        ("region", "error_rates", 0.25))).status == "fail"
+    passing = CheckResult("fairness", "pass", {"failed": []}, "fine")
+    assert fairness_against_champion(candidate, passing).status == "fail"
+    assert fairness_against_champion(candidate, None) is candidate
+    assert fairness_against_champion(passing, worse_champion) is passing
