@@ -671,6 +671,27 @@ def _lines(title: str, months: list[str], series: dict[str, list], ylabel: str, 
     return _svg(fig)
 
 
+def _bars(title: str, groups: dict[str, dict[str, float]], ylabel: str) -> str:
+    """Grouped bars: one group per arm, one bar per figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    arms = list(groups)
+    names = list(next(iter(groups.values())))
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        ax.bar(np.arange(len(arms)) + k * width, [groups[a][name] for a in arms], width, label=name)
+    ax.set_xticks(np.arange(len(arms)) + width * (len(names) - 1) / 2, [ARM_LABELS.get(a, a) for a in arms])
+    ax.set_title(title, fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:,.4f}" if abs(value) < 10 else f"{value:,.0f}"
@@ -689,13 +710,17 @@ def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
         for t in (m.get("monitoring") or {}).get("tasks", []):
             for a in t["alerts"]:
                 alerts.setdefault(k, set()).add(f"{t['task']}: {a['alert']}")
+    for text in report.config["scenarios"]:  # the scenario's month, marked like the alerts
+        month = text.partition("@")[2][:7]
+        if month in labels:
+            alerts.setdefault(labels.index(month), set()).add(f"scenario {text}")
     marks = {k: ", ".join(sorted(v)) for k, v in alerts.items()}
     parts = [f"<h1>Backtest: {html.escape(', '.join(report.config['scenarios']) or 'no scenario')}</h1>",
              f"<p class=\"meta\">{report.config['accounts']} simulated accounts (seed {report.config['seed']}), "
              f"{len(months)} months from {html.escape(labels[0] if labels else '-')}, the first champion trained on "
              f"{report.config['history_months']} months before; tasks {html.escape(', '.join(report.config['tasks']))}."
              " A month's figures are the scores made at the end of the month before, against the simulator's ground "
-             "truth. Dotted lines mark months with monitoring alerts.</p>"]
+             "truth. Dotted lines mark the scenario's month and the months with monitoring alerts.</p>"]
     for task, rows in report.arms.items():
         metrics = ("roc_auc", "calibration_error") if task in RISK_TASKS else ("wape",)
         regions = sorted({r["region"] for r in rows if r["region"] is not None}, key=str)
@@ -732,7 +757,14 @@ def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
         head = "".join(f"<th>{html.escape(ARM_LABELS[a])}</th>" for a in by_arm)
         body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_cell(by_arm[a].get(k))}</td>"
                                                                     for a in by_arm) + "</tr>" for k in keys)
-        parts.append(f"<h3>{html.escape(task)}</h3><p>{html.escape(next(iter(by_arm.values()))['how'])}</p>"
+        if task in RISK_TASKS:
+            chart = _bars(f"{task}: value of the deals truly lost", {a: {
+                "caught (flagged 30+ days ahead)": f["caught_value"], "missed": f["missed_value"],
+                "false alarms": f["false_alarm_value"]} for a, f in by_arm.items()}, "deal value")
+        else:
+            chart = _bars(f"{task}: cost of the forecasts under the inventory rule", {a: {
+                "stock-outs": f["stockout_cost"], "overstock": f["holding_cost"]} for a, f in by_arm.items()}, "cost")
+        parts.append(f"<h3>{html.escape(task)}</h3><p>{html.escape(next(iter(by_arm.values()))['how'])}</p>{chart}"
                      f"<table class=\"roi\"><tr><th>figure</th>{head}</tr>{body}</table>")
     parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) + "</ul>")
     parts.append(f"<p class=\"meta\">{report.timings.get('total_seconds')} s in all; peak RSS "

@@ -8,7 +8,7 @@ validator, and the three arms scored against the simulator's ground truth.
 Prints one JSON object: wall time per month and in all, peak RSS, and per task and arm the mean of each month's
 figure (ROC AUC and calibration error for risk, WAPE for demand) with the ROI. Target: within 20 minutes.
 
-    python experiments/benchmarks/backtest.py [--accounts 2000] [--months 12] [--from 2025-01] [--trials 3]
+    python experiments/benchmarks/backtest.py [--accounts 2000] [--months 12] [--history 24] [--from 2025-01] [--trials 3]
         [--scenario competitor_entry@2025-07:EMEA] [--keep DIR]
 """
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--accounts", type=int, default=2000)
     parser.add_argument("--months", type=int, default=12)
-    parser.add_argument("--history", type=int, default=12)
+    parser.add_argument("--history", type=int, default=24)
     parser.add_argument("--from", dest="start", default="2025-01")
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)

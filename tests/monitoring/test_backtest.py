@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from monitoring.backtest import BacktestConfig, BacktestError, run_backtest
@@ -132,15 +133,23 @@ BIASED = BacktestConfig(start="2025-01", months=3, history_months=14, accounts=1
 def test_a_month_whose_export_rewrites_the_labels_is_blocked_on_fairness_and_the_champion_stays(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "opportunity_loss.yaml").write_text(CONFIG)
-    report = run_backtest(get_settings(home=tmp_path / "home"), BIASED, configs=tmp_path / "configs")
+    settings = get_settings(home=tmp_path / "home")
+    report = run_backtest(settings, BIASED, configs=tmp_path / "configs")
     months = {m["month"]: m for m in report.months}
     (before,) = months["2025-01"]["retrain"]
     assert before["status"] == "promoted"
     (biased,) = months["2025-02"]["retrain"]
     assert biased["gate"] == "FAIL" and "fairness" in biased["failed_checks"] and biased["status"] == "blocked"
     assert months["2025-02"]["champions"]["opportunity_loss"] == before["version"]
-    # The export of that month carried the rewritten deals as changed rows.
-    assert months["2025-02"]["delivered"]["rows"] > months["2025-01"]["delivered"]["rows"]
+    # The export of that month carried the rewritten deals as changed rows: delivered won at first, lost now.
+    first = pd.read_parquet(settings.home / "inbox" / "2024-12-31" / "opportunities.parquet")
+    rewritten = pd.read_parquet(settings.home / "inbox" / "2025-02-28" / "opportunities.parquet")
+    won = set(first.loc[first["outcome"] == "won", "opportunity_id"])
+    assert len(won & set(rewritten.loc[rewritten["outcome"] == "lost", "opportunity_id"])) > 50
+    audit = json.loads((settings.home / "reports" / "risk.opportunity_loss" / biased["version"] / "audit.json")
+                       .read_text())
+    fairness = next(c for c in audit["checks"] if c["name"] == "fairness")
+    assert "size_band" in {f["attribute"] for f in fairness["figures"]["failed"]}  # the attribute the bias hit
 
 
 # ------------------------------------------------------------------------------------------------ a price shock
