@@ -472,7 +472,27 @@ def window_drift(settings: Settings, client, champion, definition, logged: pd.Da
             "features": figures["features"], "drifted_share": figures["drifted_share"],
             "drifted_features": figures["drifted_features"], "prediction_drifted": bool(moved.get("drifted")),
             "prediction_drift": moved or None,
-            "segments": segment_drift(reference, current, numeric, categorical, segments, min_segment_rows)}
+            "segments": segment_drift(reference, _with_segments(settings, definition, evaluation, current, reference,
+                                                               segments),
+                                      numeric, categorical, segments, min_segment_rows)}
+
+
+def _with_segments(settings: Settings, definition, evaluation: dict, current: pd.DataFrame, reference: pd.DataFrame,
+                   segments: Sequence[str]) -> pd.DataFrame:
+    """``current`` with the segment columns it lacks: a logged record holds the model's features, and a segment
+    such as region is often not one of them, so it is looked up by the record's id in the store's newest rows."""
+    from monitoring.gate import latest_rows
+
+    missing = [c for c in segments if c in reference.columns and c not in current.columns]
+    id_column = definition.data.id_column
+    if not missing or id_column not in current.columns:
+        return current
+    rows, _ = latest_rows(settings, definition.name, evaluation["recent"], evaluation["window"])
+    if id_column not in rows.columns:
+        return current
+    lookup = rows.assign(**{id_column: rows[id_column].astype(str)}).drop_duplicates(id_column).set_index(id_column)
+    ids = current[id_column].astype(str)
+    return current.assign(**{c: ids.map(lookup[c]).to_numpy() for c in missing if c in lookup.columns})
 
 
 def segment_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: list[str], categorical: list[str],

@@ -221,8 +221,8 @@ class MonitoringPolicy(BaseModel):
     drift_reference: Literal["newest_month", "training"] = Field(
         "newest_month", description="What drift compares with: the newest month the champion was trained on (risk; "
         "features that trend with time do not alarm), or its sampled training rows.")
-    drift_segments: list[str] = Field(default_factory=list, description="Columns (such as region) within each of "
-                                      "whose values drift is also computed: a change confined to one region alerts "
+    drift_segments: list[str] = Field(default_factory=lambda: ["region"], description="Columns each of whose "
+                                      "values gets its own drift figure: a change confined to one region alerts "
                                       "even when it moves too few rows to shift the whole population.")
     min_segment_rows: int = Field(100, ge=10, description="A segment's drift is computed when both sides hold at "
                                   "least this many rows.")

@@ -39,6 +39,7 @@ default:
     explanations: {not_applicable: "monitoring's own tests"}
   monitoring:
     min_outcomes: 50
+    min_segment_rows: 30
     max_calibration_error: %s
 """
 TRAINED, SCORED, MONITORED = date(2024, 8, 31), (date(2024, 9, 30), date(2024, 10, 31)), date(2024, 11, 30)
@@ -121,6 +122,9 @@ def test_live_auc_of_each_month_equals_the_auc_from_the_log_and_the_closed_deals
     # (against all training rows, features that trend with time made 62% "drift": see the README).
     assert wider.drift["reference"] == "the newest month it was trained on"
     assert wider.drift["drifted_share"] < 0.30 and not any(a["alert"] == "drift" for a in wider.alerts)
+    # Region is not a model feature, so not in the log: each record's region comes from the store by its id.
+    regions = {s["value"] for s in wider.drift["segments"] if s["column"] == "region"}
+    assert len(regions) >= 2 and all(0 <= s["drifted_share"] <= 1 for s in wider.drift["segments"])
 
     state = read_state(settings)
     assert state["as_of"] == "2024-11-30" and state["tasks"][0]["months"][1]["roc_auc"] == months["2024-10"]["roc_auc"]
