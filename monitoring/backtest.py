@@ -12,7 +12,8 @@ monitoring judges.
 
 Three arms score the same rows at every month end: the loop's champion, the static champion (the version trained
 at the end of the month before the backtest, never replaced), and no model (the stage-based loss rate for risk,
-fitted each month on the outcomes known by then; seasonal naive for demand). Their figures are computed against
+fitted each month on the outcomes known by then; seasonal naive for demand), with the simulator's own probability
+beside them as the ceiling for 90-day risk models. Their figures are computed against
 the simulator's ground truth, which no step of the loop reads: a deal scored at a month end is lost when its true
 outcome is lost and it closed within the model's horizon; demand is the units sold (and, for the inventory cost,
 the units demanded) of each product and week.
