@@ -1,7 +1,12 @@
-"""The 12-month backtest on a small simulated organisation (fixed seed): a competitor enters a region at month 6.
+"""The 12-month backtest on a small simulated organisation (fixed seed), against the simulator's ground truth, which
+the loop never reads.
 
-The static champion degrades there, monitoring alerts within the month of the entry, and the monthly loop comes
-back; the report is self-contained. The figures are the simulator's ground truth, which the loop never reads."""
+A competitor enters a region at month 6: the static champion degrades there, and the monthly loop is back at its
+ROC AUC within two retrains and stays ahead. Two of the issue's targets are blocked on this simulator, and their
+tests are strict xfails that say why: an alert within the month of the entry, and calibration back within two
+retrains. A price shock raises the live WAPE and alerts (the target that WAPE returns within 10% is unreachable
+by any forecast at the lower volume). A month whose export rewrites past outcomes is blocked on fairness and the
+champion stays. The report is self-contained."""
 
 from __future__ import annotations
 
@@ -72,7 +77,7 @@ def test_monitoring_alerts_within_the_month_of_the_entry(entry):
     assert task["alerts"], task
 
 
-def _recovered(report, metric: str, higher: bool) -> tuple[list, list, float]:
+def _recovered(report, metric: str) -> tuple[list, list, float]:
     """The loop's and the static champion's figure from the second month after the entry on (two retrainings,
     at the ends of the entry's month and the next, serve from then), and the loop's pre-entry level."""
     before, after = _split(report, metric, None, "loop")
@@ -82,10 +87,10 @@ def _recovered(report, metric: str, higher: bool) -> tuple[list, list, float]:
 
 def test_the_loop_is_back_at_its_pre_entry_auc_within_two_retrains_and_stays_ahead_of_the_static_champion(entry):
     report = entry["report"]
-    recovered, static, level = _recovered(report, "roc_auc", True)
+    recovered, static, level = _recovered(report, "roc_auc")
     assert max(level - v for v in recovered) <= 0.02, (level, recovered)
     assert all(v > s for v, s in zip(recovered, static, strict=True)), (recovered, static)
-    recovered, static, _ = _recovered(report, "calibration_error", False)
+    recovered, static, _ = _recovered(report, "calibration_error")
     assert all(v < s for v, s in zip(recovered, static, strict=True)), (recovered, static)
 
 
@@ -93,7 +98,7 @@ def test_the_loop_is_back_at_its_pre_entry_auc_within_two_retrains_and_stays_ahe
                    "over the 90-day horizon, and the gate blocks the candidates miscalibrated in the entry's region "
                    "(the fairness check by region); see the README")
 def test_the_loop_is_back_at_its_pre_entry_calibration_within_two_retrains(entry):
-    recovered, _, level = _recovered(entry["report"], "calibration_error", False)
+    recovered, _, level = _recovered(entry["report"], "calibration_error")
     assert max(v - level for v in recovered) <= 0.02, (level, recovered)
 
 
