@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import html
 import io
-import math
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -226,35 +225,19 @@ def inventory_cost(forecast: pd.DataFrame, demand: pd.DataFrame, prices: pd.Seri
     return out
 
 
-def seasonal_naive(history: pd.DataFrame, weeks: int, season: int) -> pd.DataFrame:
-    """The no-model forecast: each series' value one season before each future week, or its last value when the
-    history is shorter than a season (``unique_id``, ``ds``, ``y`` in; ``unique_id``, ``ds``, ``step``, ``p50``
-    out)."""
-    rows = []
-    for uid, g in history.sort_values("ds").groupby("unique_id"):
-        y, ds = g["y"].to_numpy(float), pd.DatetimeIndex(g["ds"])
-        step = (ds[-1] - ds[-2]) if len(ds) > 1 else pd.Timedelta(days=7)
-        for k in range(1, weeks + 1):
-            at = len(y) - season + k - 1
-            rows.append((uid, ds[-1] + k * step, k, float(y[at]) if 0 <= at < len(y) else float(y[-1])))
-    return pd.DataFrame(rows, columns=["unique_id", "ds", "step", "p50"])
+def seasonal_naive(history: pd.DataFrame, weeks: int, season: int, freq: str, threads: int = 1) -> pd.DataFrame:
+    """The no-model forecast, statsforecast's SeasonalNaive (each week's value one season earlier), or its Naive
+    (the last value) when a series is shorter than a season (``unique_id``, ``ds``, ``y`` in; ``unique_id``,
+    ``ds``, ``step``, ``p50`` out)."""
+    from statsforecast import StatsForecast
+    from statsforecast.models import Naive, SeasonalNaive
 
-
-def recovery(series: Sequence[float | None], before: Sequence[float | None], tolerance: float,
-             higher_is_better: bool = True) -> dict:
-    """Whether a figure came back within ``tolerance`` of its mean ``before`` (pre-event months), and the first
-    month index (into ``series``) it did."""
-    level = [v for v in before if v is not None and not math.isnan(v)]
-    if not level:
-        return {"level": None, "recovered_at": None}
-    mean = float(np.mean(level))
-    for k, value in enumerate(series):
-        if value is None:
-            continue
-        gap = (mean - value) if higher_is_better else (value - mean)
-        if gap <= tolerance:
-            return {"level": mean, "recovered_at": k}
-    return {"level": mean, "recovered_at": None}
+    short = history.groupby("unique_id").size().min() < season
+    model = Naive(alias="p50") if short else SeasonalNaive(season_length=season, alias="p50")
+    out = StatsForecast(models=[model], freq=freq, n_jobs=threads).forecast(df=history, h=weeks)
+    out = out.reset_index() if "unique_id" not in out.columns else out
+    out = out.sort_values(["unique_id", "ds"]).reset_index(drop=True)
+    return out.assign(step=out.groupby("unique_id").cumcount() + 1)[["unique_id", "ds", "step", "p50"]]
 
 
 # ------------------------------------------------------------------------------------------------ the pipeline
@@ -535,17 +518,14 @@ class _State:
     def score_demand(self, task: str, day: date) -> None:
         from features.production import write_log_part
         from features.store import FeatureStore
-        from monitoring.loop import CONFIGS
+        from monitoring.loop import CONFIGS, task_config
         from monitoring.replay import demand_log_columns
         from training.demand import load_demand_data
-        from training.registry import get_task, resolve
-        from training.tasks import load_config
+        from training.registry import get_task
 
         definition = get_task(task)
-        folder = self.configs or CONFIGS
-        file = folder / f"{task}.yaml"
-        config = load_config(file if file.is_file() else None, resolve(definition.definition().config), task=task,
-                             threads=self.settings.threads).model_copy(update={"as_of": day})
+        config = task_config(definition, self.configs or CONFIGS, threads=self.settings.threads).model_copy(
+            update={"as_of": day})
         with FeatureStore.from_settings(self.settings) as store:
             series = load_demand_data(store, task, config).series
         history = series.frame
@@ -561,7 +541,8 @@ class _State:
                 at = datetime.combine(day, datetime.min.time()) + timedelta(hours=18)
                 write_log_part(self.settings.logs_dir, task, f"{day}", demand_log_columns(
                     task, definition.model_name, version, forecast, at))
-        parts["baseline"] = seasonal_naive(history[["unique_id", "ds", "y"]], weeks, series.season_length)
+        parts["baseline"] = seasonal_naive(history[["unique_id", "ds", "y"]], weeks, series.season_length,
+                                           series.freq, self.settings.threads)
         frames = [p[["unique_id", "ds", "step", "p50"]].assign(arm=arm) for arm, p in parts.items()]
         self.forecasts.setdefault(task, []).append(pd.concat(frames, ignore_index=True).assign(day=day))
 

@@ -353,7 +353,6 @@ def retrain_task(settings: Settings, definition, month: str, as_of: date, reason
     from monitoring import gate, review
     from monitoring.policy import load_policy
     from training.registry import resolve
-    from training.tasks import load_config
 
     task, name, kind = definition.name, definition.model_name, definition.definition()
     client = configure_mlflow(settings)
@@ -368,9 +367,7 @@ def retrain_task(settings: Settings, definition, month: str, as_of: date, reason
         version = str(registered[-1].version)
         say(f"{task}: version {version} was registered for {month} before; resuming at its audit")
     else:
-        config_file = configs / f"{task}.yaml"
-        config = load_config(config_file if config_file.is_file() else None, resolve(kind.config), task=task,
-                             trials=trials, threads=settings.threads)
+        config = task_config(definition, configs, trials=trials, threads=settings.threads)
         config = config.model_copy(update={
             "as_of": as_of, "initial_trials": warm + list(config.initial_trials),
             "run_tags": {**config.run_tags, TAG_RETRAIN_MONTH: month, TAG_RETRAIN_REASON: reason}})
@@ -412,6 +409,17 @@ def retrain_task(settings: Settings, definition, month: str, as_of: date, reason
             "checks": [{"name": c["name"], "status": c["status"], "reason": c["reason"]} for c in audit["checks"]],
             "versus_champion": _versus_champion(audit), "report": audit.get("report"),
             "metrics": (trained or {}).get("metrics") or _run_metrics(client, run_id)}
+
+
+def task_config(definition, configs: Path, **overrides: object):
+    """A task's training config: ``<configs>/<task>.yaml`` when it exists, else its kind's defaults, with
+    ``overrides`` (``None`` values ignored)."""
+    from training.registry import resolve
+    from training.tasks import load_config
+
+    file = configs / f"{definition.name}.yaml"
+    return load_config(file if file.is_file() else None, resolve(definition.definition().config),
+                       task=definition.name, **overrides)
 
 
 def _registered(client, name: str) -> bool:

@@ -39,14 +39,17 @@ BACKTEST = BacktestConfig(start="2025-01", months=12, history_months=14, account
                           scenarios=[f"competitor_entry@{ENTRY}:{REGION}"], tasks=["opportunity_loss"])
 
 
+def _backtest(root: Path, config: BacktestConfig, training: str) -> dict:
+    """Run ``config`` in a fresh home under ``root``, its task trained with the ``training`` config."""
+    (root / "configs").mkdir()
+    (root / "configs" / f"{config.tasks[0]}.yaml").write_text(training)
+    settings = get_settings(home=root / "home")
+    return {"root": root, "settings": settings, "report": run_backtest(settings, config, configs=root / "configs")}
+
+
 @pytest.fixture(scope="module")
 def entry(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("backtest")
-    (root / "configs").mkdir()
-    (root / "configs" / "opportunity_loss.yaml").write_text(CONFIG)
-    settings = get_settings(home=root / "home")
-    report = run_backtest(settings, BACKTEST, configs=root / "configs")
-    return {"root": root, "settings": settings, "report": report}
+    return _backtest(tmp_path_factory.mktemp("backtest"), BACKTEST, CONFIG)
 
 
 def _split(report, metric: str, region: str | None = None, arm: str = "loop") -> tuple[list, list]:
@@ -137,10 +140,8 @@ BIASED = BacktestConfig(start="2025-01", months=3, history_months=14, accounts=1
 
 
 def test_a_month_whose_export_rewrites_the_labels_is_blocked_on_fairness_and_the_champion_stays(tmp_path):
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "opportunity_loss.yaml").write_text(CONFIG)
-    settings = get_settings(home=tmp_path / "home")
-    report = run_backtest(settings, BIASED, configs=tmp_path / "configs")
+    done = _backtest(tmp_path, BIASED, CONFIG)
+    settings, report = done["settings"], done["report"]
     months = {m["month"]: m for m in report.months}
     (before,) = months["2025-01"]["retrain"]
     assert before["status"] == "promoted"
@@ -181,10 +182,7 @@ PRICE_SHOCK = BacktestConfig(start="2025-01", months=12, history_months=14, acco
 
 @pytest.fixture(scope="module")
 def shock(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("shock")
-    (root / "configs").mkdir()
-    (root / "configs" / "product_demand.yaml").write_text(DEMAND_CONFIG)
-    return {"report": run_backtest(get_settings(home=root / "home"), PRICE_SHOCK, configs=root / "configs")}
+    return _backtest(tmp_path_factory.mktemp("shock"), PRICE_SHOCK, DEMAND_CONFIG)
 
 
 def _demand(report, arm: str, field: str = "wape") -> tuple[list, list]:

@@ -1,5 +1,5 @@
-"""The backtest's pure steps: ground-truth labels, the ROI of flagged deals, the inventory cost of a forecast, the
-no-model forecast and recovery, on small frames whose answers are worked out by hand."""
+"""The backtest's pure steps: ground-truth labels, the ROI of flagged deals, the inventory cost of a forecast and
+the no-model forecast, on small frames whose answers are worked out by hand."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from monitoring.backtest import (
     BacktestConfig,
     caught_deals,
     inventory_cost,
-    recovery,
     risk_labels,
     seasonal_naive,
 )
@@ -68,16 +67,10 @@ def test_the_inventory_rule_costs_shortfalls_and_leftovers():
 def test_seasonal_naive_repeats_last_season_or_the_last_value():
     ds = pd.date_range("2024-01-01", periods=6, freq="W-MON")
     history = pd.DataFrame({"unique_id": "S", "ds": ds, "y": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
-    out = seasonal_naive(history, weeks=3, season=4)
+    out = seasonal_naive(history, weeks=3, season=4, freq="W-MON")
     assert out["p50"].tolist() == [3.0, 4.0, 5.0] and out["ds"].iloc[0] == ds[-1] + pd.Timedelta(days=7)
-    short = seasonal_naive(history, weeks=2, season=52)
+    short = seasonal_naive(history, weeks=2, season=52, freq="W-MON")
     assert short["p50"].tolist() == [6.0, 6.0]
-
-
-def test_recovery_finds_the_first_month_back_within_tolerance():
-    assert recovery([0.70, 0.78, 0.795], [0.80, 0.82], 0.02) == {"level": pytest.approx(0.81), "recovered_at": 2}
-    assert recovery([0.10, 0.05], [0.04], 0.02, higher_is_better=False)["recovered_at"] == 1
-    assert recovery([0.5], [None], 0.02)["level"] is None
 
 
 def test_the_config_reads_a_month_and_names_its_month_ends():
