@@ -10,13 +10,19 @@ reason where there were any, and a scripted validator approves the REVIEW versio
 check. The champion then scores what is open (and logs it, as the service would), which the next months'
 monitoring judges.
 
-Three arms score the same rows at every month end: the loop's champion, the static champion (the version trained
-at the end of the month before the backtest, never replaced), and no model (the stage-based loss rate for risk,
-fitted each month on the outcomes known by then; seasonal naive for demand), with the simulator's own probability
-beside them as the ceiling for 90-day risk models. Their figures are computed against
-the simulator's ground truth, which no step of the loop reads: a deal scored at a month end is lost when its true
-outcome is lost and it closed within the model's horizon; demand is the units sold (and, for the inventory cost,
-the units demanded) of each product and week.
+Every task the simulator feeds is replayed (``BACKTEST_TASKS``: opportunity loss, customer churn, product demand,
+customer value, customer segments). Three arms score the same rows at every month end: the loop's champion, the
+static champion (the version trained at the end of the month before the backtest, never replaced), and no model
+(for risk the outcome rate of each stage, the deal's or the customer's lifecycle stage, fitted each month on the
+outcomes known by then; seasonal naive for demand; last year's spend carried forward for value; KMeans on
+recency, frequency and value, refitted monthly, for segments), with the simulator's own probability beside them as
+the ceiling for 90-day risk models. Their figures are computed against the simulator's ground truth, which no step
+of the loop reads: a deal scored at a month end is lost when its true outcome is lost and it closed within the
+model's horizon; an account churned when the simulator's orders hold no completed one within the horizon; value is
+what those orders were worth; demand is the units sold (and, for the inventory cost, the units demanded) of each
+product and week; segments are the simulator's latent ones. A value version scores the accounts' purchases as of
+the month end with its fitted parameters (its summaries refreshed), so that a static model's figure shows its
+parameters ageing, not a frozen snapshot.
 
 A month's figures are those of the scores made at the end of the month before, as they play out in the month.
 With ``biased_history@YYYY-MM`` the exports before that month carry the true outcomes and the one of that month
@@ -52,8 +58,15 @@ VALIDATOR = Principal("backtest:validator", "model_validator", "all", "")
 #: Months simulated after the last backtested month, so that its scores' outcomes (up to a 90-day horizon, plus
 #: the ROI's lead) are in the ground truth.
 TAIL_MONTHS = 4
-RISK_TASKS = ("opportunity_loss",)
-DEMAND_TASKS = ("product_demand",)
+#: The tasks a backtest replays: those the simulator's tables feed (risk, demand, value and segments).
+BACKTEST_TASKS = ("opportunity_loss", "customer_churn", "product_demand", "customer_value", "customer_segments")
+#: The no-model arm of a risk task: the outcome rate of each value of this column of its view, refitted monthly
+#: (the pipeline stage for deals, the lifecycle stage for customers).
+BASELINE_COLUMNS = {"opportunity": "stage", "customer": "lifecycle_stage"}
+#: The figures per arm and month that the report plots, by kind.
+HEADLINE_METRICS = {"risk": ("roc_auc", "calibration_error"), "demand": ("wape",),
+                    "value": ("wape", "spearman", "p_alive_calibration_error"),
+                    "segments": ("ari", "stability_ari", "noise_share")}
 
 
 class BacktestError(RuntimeError):
@@ -72,7 +85,8 @@ class BacktestConfig(BaseModel):
     seed: int = 7
     scenarios: list[str] = Field(default_factory=list, description="Simulator scenarios, e.g. "
                                                                    "competitor_entry@2025-07:NORTH.")
-    tasks: list[str] = Field(default_factory=lambda: [*RISK_TASKS, *DEMAND_TASKS])
+    tasks: list[str] = Field(default_factory=lambda: list(BACKTEST_TASKS), description="Tasks replayed (default: "
+                             "every task the simulator feeds).")
     trials: int | None = Field(None, ge=1, description="Optuna trials per retraining (default: the configs').")
     lead_days: int = Field(30, ge=0, description="A deal counts as caught when flagged this many days before it "
                                                  "was lost.")
@@ -113,6 +127,7 @@ class BacktestReport:
     """What a backtest did: per month the loop's state, per task and arm the figures, and the ROI."""
 
     config: dict
+    kinds: dict[str, str] = field(default_factory=dict)
     months: list[dict] = field(default_factory=list)
     arms: dict[str, list[dict]] = field(default_factory=dict)
     roi: dict[str, dict] = field(default_factory=dict)
@@ -122,7 +137,7 @@ class BacktestReport:
 
     def to_dict(self) -> dict:
         """The JSON form."""
-        return {"config": self.config, "months": self.months, "arms": self.arms, "roi": self.roi,
+        return {"config": self.config, "kinds": self.kinds, "months": self.months, "arms": self.arms, "roi": self.roi,
                 "timings": self.timings, "notes": self.notes, "report": self.report}
 
     def arm_series(self, task: str, arm: str, metric: str, region: str | None = None) -> list[float | None]:
@@ -145,6 +160,55 @@ def risk_labels(opportunities: pd.DataFrame, outcomes: pd.DataFrame, ids: Sequen
     closed = pd.to_datetime(deals["closed_at"].reindex(list(ids)))
     lost = truth.reindex(list(ids)).eq("lost")
     return (lost & closed.ge(end) & closed.lt(end + pd.Timedelta(days=horizon))).to_numpy(dtype=int)
+
+
+def churn_labels(purchases: pd.DataFrame, ids: Sequence[str], day: date, horizon: int) -> np.ndarray:
+    """Ground truth for accounts scored at the end of ``day``: 1 when the account completed no order within
+    ``horizon`` days after that day (``purchases`` as ``features.views.purchase_history`` gives them)."""
+    from training.value import holdout_purchases
+
+    bought = holdout_purchases(purchases, pd.Timestamp(day), horizon)["purchases"]
+    return (~pd.Index([str(i) for i in ids]).isin(bought.index[bought > 0])).astype(int)
+
+
+def value_month_figures(actual: np.ndarray, predicted: np.ndarray, ordered: np.ndarray, p_alive: np.ndarray
+                        ) -> dict:
+    """A value arm's figures in a month: monitoring's live figures (WAPE, MAE, P(alive) calibration) and the
+    ranking figures (Spearman, the top 20%'s share of the realised value)."""
+    from monitoring.live import value_figures
+    from training.value import spearman, top_share
+
+    actual, predicted = np.asarray(actual, dtype=float), np.asarray(predicted, dtype=float)
+    out = value_figures(actual, predicted, ordered, p_alive)
+    if len(actual) > 1:
+        out |= {"spearman": spearman(actual, predicted), "top20_capture": top_share(actual, predicted, 0.2)}
+    return out
+
+
+def segment_month_figures(labels: pd.Series, truth: pd.Series, previous: pd.Series | None) -> dict:
+    """A segmentation arm's figures in a month: the adjusted Rand index against the true segments (unassigned
+    accounts count as one group), against the same arm's assignment a month before on the accounts in both
+    (``stability_ari``), the number of segments and the unassigned share.
+
+    Args:
+        labels: segment per account (``-1`` unassigned), indexed by account.
+        truth: the true segment per account.
+        previous: the arm's labels of the month before, or ``None``.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    known = truth.reindex(labels.index)
+    mask = known.notna().to_numpy()
+    out = {"labelled": int(mask.sum()), "segments": int(labels[labels >= 0].nunique()),
+           "noise_share": float((labels == -1).mean()) if len(labels) else None}
+    if mask.sum() > 1:
+        out["ari"] = float(adjusted_rand_score(known[mask].astype(str), labels[mask].astype(int)))
+    if previous is not None:
+        both = labels.index.intersection(previous.index)
+        if len(both) > 1:
+            out["stability_ari"] = float(adjusted_rand_score(previous.loc[both].astype(int),
+                                                             labels.loc[both].astype(int)))
+    return out
 
 
 def risk_month_figures(y: np.ndarray, p: np.ndarray) -> dict:
@@ -261,9 +325,9 @@ def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | 
     from features.sources.simulator import SimulationConfig, simulate_organisation
     from training.registry import UnknownTaskError, get_task
 
-    unknown = [t for t in config.tasks if t not in (*RISK_TASKS, *DEMAND_TASKS)]
+    unknown = [t for t in config.tasks if t not in BACKTEST_TASKS]
     if unknown or not config.tasks:
-        raise BacktestError(f"the backtest covers {', '.join((*RISK_TASKS, *DEMAND_TASKS))}; not "
+        raise BacktestError(f"the backtest covers {', '.join(BACKTEST_TASKS)}; not "
                             f"{', '.join(unknown) or 'no task'}")
     try:
         for task in config.tasks:
@@ -286,7 +350,8 @@ def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | 
     say(f"simulating {config.accounts} accounts from {origin} ({simulation.months} months, scenarios: "
         f"{', '.join(config.scenarios) or 'none'})")
     org = simulate_organisation(simulation)
-    report = BacktestReport(config=config.model_dump(mode="json"))
+    report = BacktestReport(config=config.model_dump(mode="json"),
+                            kinds={t: get_task(t).kind for t in config.tasks})
     state = _State(settings, config, org, Path(configs) if configs else None, policy_path, say)
     ends = config.month_ends()
     for k, day in enumerate(ends):
@@ -336,6 +401,9 @@ class _State:
         self.static: dict[str, str] = {}
         self.risk_scores: dict[str, list[pd.DataFrame]] = {}
         self.forecasts: dict[str, list[pd.DataFrame]] = {}
+        self.value_scores: dict[str, list[pd.DataFrame]] = {}
+        self.segment_scores: dict[str, list[pd.DataFrame]] = {}
+        self.purchases: pd.DataFrame | None = None
         self.horizons: dict[str, int] = {}
         self.thresholds: dict[str, float] = {}
         self.models: dict[tuple[str, str], object] = {}
@@ -465,11 +533,12 @@ class _State:
 
     def score(self, day: date) -> None:
         """Every arm scores what is open at the end of ``day``; the loop's champion logs it as the service would."""
+        from training.registry import get_task
+
+        scorers = {"risk": self.score_risk, "demand": self.score_demand, "value": self.score_value,
+                   "segments": self.score_segments}
         for task in self.config.tasks:
-            if task in RISK_TASKS:
-                self.score_risk(task, day)
-            else:
-                self.score_demand(task, day)
+            scorers[get_task(task).kind](task, day)
 
     def score_risk(self, task: str, day: date) -> None:
         from experiments.tracking import configure_mlflow
@@ -488,17 +557,19 @@ class _State:
         rows = open_rows(self.settings, task, day, horizon)
         if not len(rows):
             return
-        id_column = get_task(task).data.id_column
+        data = get_task(task).data
         loop = replay_risk(self.settings, task, day, rows=rows)
         baseline = self.stage_baseline(task, day, horizon)
-        frame = pd.DataFrame({"opportunity_id": rows[id_column].astype(str).to_numpy(), "day": day,
+        column = BASELINE_COLUMNS[data.name]
+        frame = pd.DataFrame({data.id_column: rows[data.id_column].astype(str).to_numpy(), "day": day,
                               "loop": loop["probability"], "static": static.predict_proba(rows),
-                              "baseline": baseline.predict_proba(rows), "loop_version": loop["version"]})
+                              "baseline": baseline.predict_proba(rows.assign(stage=rows[column])),
+                              "loop_version": loop["version"]})
         self.risk_scores.setdefault(task, []).append(frame)
 
     def stage_baseline(self, task: str, day: date, horizon: int):
-        """The no-model arm: each stage's loss rate over the deals open at the last six month ends whose outcome
-        (within the horizon) is known by ``day``."""
+        """The no-model arm of a risk task: the outcome rate of each stage (``BASELINE_COLUMNS``) over the
+        entities open at the last six month ends whose outcome (within the horizon) is known by ``day``."""
         from features.pipeline import build_view
         from features.store import FeatureStore
         from features.views import ViewConfig
@@ -513,7 +584,99 @@ class _State:
                                threads=self.settings.threads).frame
         label = data.label.format(h=horizon)
         frame = frame[frame[label].notna()]
-        return StageBaseline().fit(frame["stage"], frame[label].to_numpy(dtype=float))
+        return StageBaseline().fit(frame[BASELINE_COLUMNS[data.name]], frame[label].to_numpy(dtype=float))
+
+    def truth_purchases(self) -> pd.DataFrame:
+        """Every completed order the simulator made, to its window's end (the value and churn ground truth)."""
+        if self.purchases is None:
+            import ibis
+
+            from features.views import purchase_history
+
+            tables = {name: ibis.memtable(self.org.tables[name]) for name in ("orders", "order_lines")}
+            last = pd.to_datetime(self.org.tables["orders"]["order_date"]).max().date()
+            self.purchases = purchase_history(tables, last).execute()
+        return self.purchases
+
+    def score_value(self, task: str, day: date) -> None:
+        """The value arms on the accounts active at ``day``: each version's fitted model applied to the accounts'
+        purchases as of ``day`` (what the version serves once its summaries are refreshed), and last year's
+        spend carried forward as no model. The loop's figures are logged as the service logs them."""
+        from features.pipeline import load_purchases
+        from features.production import write_log_part
+        from features.store import FeatureStore
+        from monitoring.replay import open_rows, value_log_columns
+        from training.registry import get_task
+        from training.value import ID, SUMMARY_COLUMNS, summarise_purchases
+
+        definition = get_task(task)
+        static = self.model(task, self.static[task])
+        horizon = self.horizons.setdefault(task, int(static.horizon_days))
+        rows = open_rows(self.settings, task, day, horizon)
+        if not len(rows):
+            return
+        with FeatureStore.from_settings(self.settings, read_only=True) as store:
+            purchases = load_purchases(store, day)
+        ids = rows[ID].astype(str)
+        summaries = summarise_purchases(purchases, pd.Timestamp(day), unit_days=static.clv.unit_days).reindex(ids)
+        rows = rows.assign(**{c: summaries[c].to_numpy() for c in SUMMARY_COLUMNS})
+        champion = self.champions()[task]
+        frame = pd.DataFrame({ID: ids.to_numpy(), "day": day, "loop_version": champion})
+        for arm, version in (("loop", champion), ("static", self.static[task])):
+            model = self.model(task, version)
+            fitted = model.clv.predict(horizon, rows[list(SUMMARY_COLUMNS)])
+            expected = np.nan_to_num(model.predict_rows(rows, horizon), nan=0.0)
+            p_alive = np.nan_to_num(fitted["p_alive"].to_numpy(dtype=float), nan=0.0)
+            frame[arm], frame[f"{arm}_p_alive"] = expected, p_alive
+            if arm == "loop":
+                ltv = np.nan_to_num(fitted["ltv"].to_numpy(dtype=float), nan=0.0)
+                at = datetime.combine(day, datetime.min.time()) + timedelta(hours=18)
+                write_log_part(self.settings.logs_dir, task, f"{day}", value_log_columns(
+                    task, definition.model_name, version, pd.DataFrame({
+                        ID: ids.to_numpy(), "expected_value": expected, "ltv": ltv, "p_alive": p_alive,
+                        "value_band": model.band(ltv)}), at, day, horizon))
+        spend = pd.to_numeric(rows["value_365d"], errors="coerce").fillna(0.0).to_numpy()
+        frame["baseline"] = spend * horizon / 365.0
+        frame["baseline_p_alive"] = (spend > 0).astype(float)
+        self.value_scores.setdefault(task, []).append(frame)
+
+    def score_segments(self, task: str, day: date) -> None:
+        """The segmentation arms on the accounts active at ``day``: the loop's and the static champion assign
+        them (HDBSCAN's approximate prediction), no model is KMeans on recency, frequency and value refitted each
+        month with as many segments as the static champion has. The loop's assignments are logged."""
+        from features.production import write_log_part
+        from features.store import FeatureStore
+        from monitoring.loop import CONFIGS, task_config
+        from monitoring.replay import segments_log_columns
+        from training.registry import get_task
+        from training.segments import ID, SegmentScaler, load_segments_data
+
+        definition = get_task(task)
+        config = task_config(definition, self.configs or CONFIGS, threads=self.settings.threads).model_copy(
+            update={"as_of": day, "ground_truth": None})
+        with FeatureStore.from_settings(self.settings) as store:
+            current = load_segments_data(store, task, config).current
+        if not len(current):
+            return
+        ids = current[ID].astype(str).to_numpy()
+        champion = self.champions()[task]
+        frame = pd.DataFrame({ID: ids, "day": day, "loop_version": champion})
+        for arm, version in (("loop", champion), ("static", self.static[task])):
+            assigned = self.model(task, version).assign(current)
+            frame[arm] = assigned["segment"].to_numpy(dtype=int)
+            if arm == "loop":
+                at = datetime.combine(day, datetime.min.time()) + timedelta(hours=18)
+                write_log_part(self.settings.logs_dir, task, f"{day}", segments_log_columns(
+                    task, definition.model_name, version, assigned.assign(**{ID: ids}), at))
+        from sklearn.cluster import KMeans
+
+        static = self.model(task, self.static[task])
+        rfm = [c for c in config.rfm_features if c in current.columns]
+        x = SegmentScaler.fit(current, rfm, [c for c in rfm if c in config.log_features]).transform(current)
+        trained = static.assignments["segment"]
+        k = min(max(2, int(trained[trained >= 0].nunique())), len(current))
+        frame["baseline"] = KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(x)
+        self.segment_scores.setdefault(task, []).append(frame)
 
     def score_demand(self, task: str, day: date) -> None:
         from features.production import write_log_part
@@ -559,21 +722,36 @@ class _State:
         regions = self.org.tables["accounts"].set_index("account_id")["region"]
         entry = [s for s in self.org.config.scenarios if s.kind == "competitor_entry"]
         for task, parts in self.risk_scores.items():
+            from training.registry import get_task
+
+            definition = get_task(task)
+            id_column, horizon = definition.data.id_column, self.horizons[task]
             scores = pd.concat(parts, ignore_index=True)
             deals = self.org.tables["opportunities"]
             truth = self.org.ground_truth["opportunity_outcomes"]
-            region = deals.set_index("opportunity_id")["account_id"].map(regions)
+            if id_column == "opportunity_id":
+                region = deals.set_index("opportunity_id")["account_id"].map(regions)
+            else:
+                region = regions.rename(index=str)
             rows = []
-            oracle = self.org.ground_truth["opportunity_loss_probability"]
-            oracle = oracle.assign(day=pd.to_datetime(oracle["month_end"]).dt.date).set_index(
-                ["opportunity_id", "day"])["p_loss_90d"]
+            oracle = None
+            if horizon == ORACLE_HORIZON and definition.oracle is not None:
+                spec = definition.oracle
+                table = self.org.ground_truth.get(Path(spec.file).stem)
+                if table is not None:
+                    oracle = table.assign(day=pd.to_datetime(table["month_end"]).dt.date, _id=table[
+                        spec.id_column].astype(str)).set_index(["_id", "day"])[spec.column]
             for day, g in scores.groupby("day"):
-                y = risk_labels(deals, truth, g["opportunity_id"], day, self.horizons[task])
-                where = region.reindex(g["opportunity_id"]).to_numpy()
+                ids = g[id_column]
+                if id_column == "opportunity_id":
+                    y = risk_labels(deals, truth, ids, day, horizon)
+                else:
+                    y = churn_labels(self.truth_purchases(), ids, day, horizon)
+                where = region.reindex(ids).to_numpy()
                 arms_here = list(ARMS)
-                if self.horizons[task] == ORACLE_HORIZON:
-                    g = g.assign(oracle=oracle.reindex(pd.MultiIndex.from_arrays(
-                        [g["opportunity_id"], [day] * len(g)])).to_numpy())
+                if oracle is not None:
+                    g = g.assign(oracle=oracle.reindex(pd.MultiIndex.from_arrays([ids.astype(str),
+                                                                                   [day] * len(g)])).to_numpy())
                     arms_here.append("oracle")
                 for arm in arms_here:
                     p = g[arm].to_numpy(float)
@@ -587,9 +765,37 @@ class _State:
                             rows.append({"month": month_of[f"{day}"], "arm": arm, "region": name,
                                          **risk_month_figures(y[mask & known], p[mask & known])})
             arms[task] = rows
+            if id_column != "opportunity_id":
+                notes.append(f"{task}: no ROI figure (the ROI counts deals flagged before they were lost)")
+                continue
             threshold = self.thresholds[task]
             roi[task] = {arm: caught_deals(scores.rename(columns={arm: "probability"}), deals, truth, threshold,
                                            self.config.lead_days, first, last) for arm in ARMS}
+        for task, parts in self.value_scores.items():
+            from training.value import holdout_purchases
+
+            rows = []
+            for day, g in pd.concat(parts, ignore_index=True).groupby("day"):
+                actual = holdout_purchases(self.truth_purchases(), pd.Timestamp(day), self.horizons[task]).reindex(
+                    g["account_id"], fill_value=0.0)
+                for arm in ARMS:
+                    rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None, **value_month_figures(
+                        actual["value"].to_numpy(), g[arm].to_numpy(), (actual["purchases"] > 0).to_numpy(float),
+                        g[f"{arm}_p_alive"].to_numpy())})
+            arms[task] = rows
+            notes.append(f"{task}: each version's fitted model scores the accounts' purchases as of the month end; "
+                         f"no model carries last year's spend forward over the {self.horizons[task]} days")
+        for task, parts in self.segment_scores.items():
+            truth = self.org.ground_truth["account_segments"]
+            truth = truth.assign(account_id=truth["account_id"].astype(str)).set_index("account_id")["segment"]
+            rows, previous = [], {}
+            for day, g in pd.concat(parts, ignore_index=True).groupby("day"):
+                for arm in ARMS:
+                    labels = g.set_index("account_id")[arm]
+                    rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None,
+                                 **segment_month_figures(labels, truth, previous.get(arm))})
+                    previous[arm] = labels
+            arms[task] = rows
         for task, parts in self.forecasts.items():
             from training.demand import wape
 
@@ -704,7 +910,7 @@ def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
              " A month's figures are the scores made at the end of the month before, against the simulator's ground "
              "truth. Dotted lines mark the scenario's month and the months with monitoring alerts.</p>"]
     for task, rows in report.arms.items():
-        metrics = ("roc_auc", "calibration_error") if task in RISK_TASKS else ("wape",)
+        metrics = HEADLINE_METRICS[report.kinds.get(task, "risk")]
         regions = sorted({r["region"] for r in rows if r["region"] is not None}, key=str)
         for metric in metrics:
             for region in [None, *regions]:
@@ -739,7 +945,7 @@ def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
         head = "".join(f"<th>{html.escape(ARM_LABELS[a])}</th>" for a in by_arm)
         body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_cell(by_arm[a].get(k))}</td>"
                                                                     for a in by_arm) + "</tr>" for k in keys)
-        if task in RISK_TASKS:
+        if report.kinds.get(task) == "risk":
             chart = _bars(f"{task}: value of the deals truly lost", {a: {
                 "caught (flagged 30+ days ahead)": f["caught_value"], "missed": f["missed_value"],
                 "false alarms": f["false_alarm_value"]} for a, f in by_arm.items()}, "deal value")

@@ -138,3 +138,37 @@ def demand_log_columns(task: str, model_name: str, version: str, forecast: pd.Da
     return {"time": [at] * n, "task": [task] * n, "kind": ["demand"] * n, "principal": [principal] * n,
             "model": [model_name] * n, "version": [str(version)] * n, "inputs": inputs,
             "prediction": [float(x) for x in forecast["p50"]], "outputs": outputs}
+
+
+def value_log_columns(task: str, model_name: str, version: str, values: pd.DataFrame, at: datetime, as_of: date,
+                      horizon_days: int, principal: str = REPLAY_PRINCIPAL) -> dict[str, list]:
+    """The inference-log columns of a value model's answers (``values``: ``account_id``, ``expected_value``,
+    ``ltv``, ``p_alive``, ``value_band``), as the service logs them: the horizon starts at ``as_of``, the day the
+    answers are as of, which monitoring labels them from (pure)."""
+    n = len(values)
+    inputs, outputs = [], []
+    for account, expected, ltv, p_alive, band in zip(values["account_id"], values["expected_value"], values["ltv"],
+                                                     values["p_alive"], values["value_band"], strict=True):
+        inputs.append(json.dumps({"account_id": str(account), "horizon_days": int(horizon_days),
+                                  "as_of": f"{as_of:%Y-%m-%d}"}))
+        outputs.append(json.dumps({"account_id": str(account), "expected_value": _plain(expected),
+                                   "ltv": _plain(ltv), "p_alive": _plain(p_alive), "value_band": str(band)}))
+    return {"time": [at] * n, "task": [task] * n, "kind": ["value"] * n, "principal": [principal] * n,
+            "model": [model_name] * n, "version": [str(version)] * n, "inputs": inputs,
+            "prediction": [float(x) for x in values["expected_value"]], "outputs": outputs}
+
+
+def segments_log_columns(task: str, model_name: str, version: str, assigned: pd.DataFrame, at: datetime,
+                         principal: str = REPLAY_PRINCIPAL) -> dict[str, list]:
+    """The inference-log columns of a segmentation's assignments (``assigned``: ``account_id``, ``segment``,
+    ``name``, ``strength``), as the service logs an assignment of records it was given (pure)."""
+    n = len(assigned)
+    inputs, outputs = [], []
+    for account, segment, name, strength in zip(assigned["account_id"], assigned["segment"], assigned["name"],
+                                                assigned["strength"], strict=True):
+        inputs.append(json.dumps({"account_id": str(account), "source": "request"}))
+        outputs.append(json.dumps({"account_id": str(account), "segment": int(segment), "name": str(name),
+                                   "strength": _plain(strength), "source": "request"}))
+    return {"time": [at] * n, "task": [task] * n, "kind": ["segments"] * n, "principal": [principal] * n,
+            "model": [model_name] * n, "version": [str(version)] * n, "inputs": inputs,
+            "prediction": [float(x) for x in assigned["segment"]], "outputs": outputs}

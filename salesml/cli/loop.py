@@ -214,7 +214,9 @@ def backtest(
     history: Annotated[int, typer.Option(min=4, help="Months of history before --from that the first (static) "
                                                      "champion trains on.")] = 12,
     seed: Annotated[int, typer.Option(help="Simulator seed.")] = 7,
-    tasks: Annotated[str, typer.Option(help="Comma-separated tasks.")] = "opportunity_loss,product_demand",
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated tasks (default: every task the simulator feeds: "
+                                                   "opportunity_loss, customer_churn, product_demand, "
+                                                   "customer_value, customer_segments).")] = None,
     trials: Annotated[int | None, typer.Option(min=1, help="Optuna trials per retraining (default: the configs').")
                       ] = None,
     configs: Annotated[Path | None, typer.Option(help="Folder of training configs <task>.yaml (default: "
@@ -228,12 +230,13 @@ def backtest(
     """Replay the monthly loop on a simulated organisation: each month's data delivered at its end, then
     monitoring, retraining, the gate and a scripted validator; the loop, a static champion and no model side by
     side against the simulator's ground truth, with the ROI, in a self-contained HTML report."""
-    from monitoring.backtest import BacktestConfig, run_backtest
+    from monitoring.backtest import BACKTEST_TASKS, HEADLINE_METRICS, BacktestConfig, run_backtest
 
     settings = get_settings()
     with failures(as_json):
         config = BacktestConfig(start=start, months=months, history_months=history, accounts=accounts, seed=seed,
-                                scenarios=list(scenario or []), tasks=task_names(tasks) or [], trials=trials)
+                                scenarios=list(scenario or []), tasks=task_names(tasks) or list(BACKTEST_TASKS),
+                                trials=trials)
         folder = out or settings.home / "backtests" / (f"{config.start:%Y-%m}-{months}m-"
                                                       f"{datetime.now(UTC):%Y%m%dT%H%M%S}")
         home = get_settings(home=folder.resolve())
@@ -243,7 +246,7 @@ def backtest(
 
     def render(r: dict) -> None:
         for task, rows in r["arms"].items():
-            metric = "roc_auc" if any("roc_auc" in x for x in rows) else "wape"
+            metric = HEADLINE_METRICS[r["kinds"].get(task, "risk")][0]
             rich = new_table("month", *(a for a in ("loop", "static", "baseline")), title=f"{task}: {metric}")
             by = {(x["month"], x["arm"]): x.get(metric) for x in rows if x.get("region") is None}
             for m in [m for m in r["months"] if m["backtested"]]:

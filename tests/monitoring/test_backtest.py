@@ -128,7 +128,7 @@ def test_a_backtest_needs_a_fresh_home_and_known_tasks_and_scenarios(entry, tmp_
         run_backtest(entry["settings"], BACKTEST)
     fresh = get_settings(home=tmp_path / "fresh")
     with pytest.raises(BacktestError, match="covers opportunity_loss"):
-        run_backtest(fresh, BACKTEST.model_copy(update={"tasks": ["customer_value"]}))
+        run_backtest(fresh, BACKTEST.model_copy(update={"tasks": ["sales_periods"]}))
     with pytest.raises(BacktestError, match="invalid scenario"):
         run_backtest(fresh, BACKTEST.model_copy(update={"scenarios": ["meteor@2025-01"]}))
 

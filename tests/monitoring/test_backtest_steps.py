@@ -12,9 +12,12 @@ import pytest
 from monitoring.backtest import (
     BacktestConfig,
     caught_deals,
+    churn_labels,
     inventory_cost,
     risk_labels,
     seasonal_naive,
+    segment_month_figures,
+    value_month_figures,
 )
 
 DEALS = pd.DataFrame({
@@ -30,6 +33,38 @@ def test_labels_come_from_the_true_outcome_within_the_horizon():
     y = risk_labels(DEALS, TRUTH, ["A", "B", "C", "D"], date(2025, 1, 31), horizon=30)
     assert y.tolist() == [1, 1, 0, 0]  # C closes 74 days later; D never closes
     assert risk_labels(DEALS, TRUTH, ["C"], date(2025, 1, 31), horizon=90).tolist() == [1]
+
+
+def test_an_account_churns_when_it_completes_no_order_within_the_horizon():
+    purchases = pd.DataFrame({"account_id": ["a", "a", "b", "c"], "order_value": [10.0, 5.0, 7.0, 3.0],
+                              "order_date": pd.to_datetime(["2025-01-20", "2025-02-15", "2025-04-20", "2025-01-31"])})
+    # a orders 15 days later; b 79 days later; c only on the day scored, which is not after it; d never.
+    y = churn_labels(purchases, ["a", "b", "c", "d"], date(2025, 1, 31), horizon=30)
+    assert y.tolist() == [0, 1, 1, 1]
+    assert churn_labels(purchases, ["b"], date(2025, 1, 31), horizon=90).tolist() == [0]
+
+
+def test_value_figures_add_the_ranking_to_monitorings_live_figures():
+    actual, predicted = np.array([0.0, 10.0, 30.0, 60.0, 100.0]), np.array([1.0, 5.0, 40.0, 50.0, 90.0])
+    out = value_month_figures(actual, predicted, (actual > 0).astype(float), np.array([0.1, 0.9, 0.9, 1.0, 1.0]))
+    assert np.isclose(out["wape"], (1 + 5 + 10 + 10 + 10) / 200.0)
+    assert np.isclose(out["spearman"], 1.0)  # the same order
+    assert np.isclose(out["top20_capture"], 0.5)  # the top account by prediction holds 100 of 200
+    assert out["labelled"] == 5
+
+
+def test_segment_figures_are_label_invariant_and_count_the_unassigned():
+    truth = pd.Series(["x", "x", "y", "y", "z", "z"], index=list("abcdef"))
+    labels = pd.Series([3, 3, 7, 7, -1, -1], index=list("abcdef"))  # z's accounts unassigned: still one group
+    out = segment_month_figures(labels, truth, previous=None)
+    assert np.isclose(out["ari"], 1.0) and out["segments"] == 2 and np.isclose(out["noise_share"], 1 / 3)
+    assert "stability_ari" not in out
+    moved = pd.Series([3, 7, 7, 7, -1, -1], index=list("abcdef"))
+    again = segment_month_figures(moved, truth, previous=labels.rename(index=str))
+    assert again["ari"] < 1.0 and again["stability_ari"] < 1.0
+    renamed = segment_month_figures(labels.replace({3: 0, 7: 1}), truth, previous=labels)
+    assert np.isclose(renamed["stability_ari"], 1.0)  # new ids for the same groups: no migration
+    assert segment_month_figures(labels.iloc[:0], truth, None)["labelled"] == 0
 
 
 def test_a_lost_deal_counts_as_caught_only_when_flagged_early_enough():
