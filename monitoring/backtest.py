@@ -63,6 +63,8 @@ BACKTEST_TASKS = ("opportunity_loss", "customer_churn", "product_demand", "custo
 #: The no-model arm of a risk task: the outcome rate of each value of this column of its view, refitted monthly
 #: (the pipeline stage for deals, the lifecycle stage for customers).
 BASELINE_COLUMNS = {"opportunity": "stage", "customer": "lifecycle_stage"}
+#: Segments of the no-model KMeans when no segmentation was ever promoted (else as many as the first one found).
+BASELINE_SEGMENTS = 5
 #: The figures per arm and month that the report plots, by kind.
 HEADLINE_METRICS = {"risk": ("roc_auc", "calibration_error"), "demand": ("wape",),
                     "value": ("wape", "spearman", "p_alive_calibration_error"),
@@ -361,10 +363,11 @@ def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | 
         if k == 0:
             month["retrain"] = state.retrain(day, {}, "initial champion")
             state.static = dict(state.champions())
-            if set(state.static) != set(config.tasks):
-                missing = sorted(set(config.tasks) - set(state.static))
-                raise BacktestError(f"no first champion for {', '.join(missing)} at {day}: "
-                                    + "; ".join(t["message"] for t in month["retrain"] if t["task"] in missing))
+            for task in sorted(set(config.tasks) - set(state.static)):
+                why = "; ".join(t["message"] for t in month["retrain"] if t["task"] == task)
+                state.notes.append(f"{task}: no static champion (the first candidate, at {day}, was not promoted: "
+                                   f"{why}); its loop arm scores from the month it first has a champion")
+                say(f"{task}: no first champion at {day}; the backtest goes on without a static arm for it")
         else:
             month["monitoring"] = state.monitor(day)
             alerts = {t["task"]: t["alerts"] for t in month["monitoring"]["tasks"] if t["alerts"]}
@@ -404,6 +407,8 @@ class _State:
         self.value_scores: dict[str, list[pd.DataFrame]] = {}
         self.segment_scores: dict[str, list[pd.DataFrame]] = {}
         self.purchases: pd.DataFrame | None = None
+        self.notes: list[str] = []
+        self.segment_counts: dict[str, int] = {}
         self.horizons: dict[str, int] = {}
         self.thresholds: dict[str, float] = {}
         self.models: dict[tuple[str, str], object] = {}
@@ -529,6 +534,29 @@ class _State:
             self.models[key] = load_version_model(client, get_task(task).model_name, version)[0]
         return self.models[key]
 
+    def arm_versions(self, task: str) -> dict[str, str]:
+        """The versions the model arms score with now: the loop's champion and the static champion, each only
+        when there is one (a gate may block a task's first candidates)."""
+        versions = {"loop": self.champions().get(task), "static": self.static.get(task)}
+        return {arm: v for arm, v in versions.items() if v is not None}
+
+    def horizon(self, task: str, version: str | None) -> int:
+        """A task's label horizon: its first scored version's run's, else its training config's."""
+        if task not in self.horizons:
+            from experiments.tracking import configure_mlflow
+            from monitoring.loop import CONFIGS, task_config
+            from monitoring.replay import champion_horizon
+            from training.registry import get_task
+
+            definition = get_task(task)
+            if version is not None:
+                client = configure_mlflow(self.settings)
+                self.horizons[task] = champion_horizon(client, client.get_model_version(definition.model_name,
+                                                                                        version))
+            else:
+                self.horizons[task] = int(task_config(definition, self.configs or CONFIGS).horizon_days)
+        return self.horizons[task]
+
     # -------------------------------------------------------------------- scoring the arms
 
     def score(self, day: date) -> None:
@@ -541,30 +569,28 @@ class _State:
             scorers[get_task(task).kind](task, day)
 
     def score_risk(self, task: str, day: date) -> None:
-        from experiments.tracking import configure_mlflow
-        from monitoring.replay import champion_horizon, open_rows, replay_risk
+        from monitoring.replay import open_rows, replay_risk
         from training.models import alert_thresholds
         from training.registry import get_task
 
-        client = configure_mlflow(self.settings)
-        static = self.model(task, self.static[task])
-        if task not in self.horizons:
-            version = client.get_model_version(get_task(task).model_name, self.static[task])
-            self.horizons[task] = champion_horizon(client, version)
-            self.thresholds[task] = self.config.flag_threshold or float(alert_thresholds(static, pd.DataFrame(
-                index=[0]))[0])
-        horizon = self.horizons[task]
+        versions = self.arm_versions(task)
+        first = versions.get("static", versions.get("loop"))
+        horizon = self.horizon(task, first)
+        if task not in self.thresholds and first is not None:
+            self.thresholds[task] = self.config.flag_threshold or float(alert_thresholds(
+                self.model(task, first), pd.DataFrame(index=[0]))[0])
         rows = open_rows(self.settings, task, day, horizon)
         if not len(rows):
             return
         data = get_task(task).data
-        loop = replay_risk(self.settings, task, day, rows=rows)
         baseline = self.stage_baseline(task, day, horizon)
-        column = BASELINE_COLUMNS[data.name]
         frame = pd.DataFrame({data.id_column: rows[data.id_column].astype(str).to_numpy(), "day": day,
-                              "loop": loop["probability"], "static": static.predict_proba(rows),
-                              "baseline": baseline.predict_proba(rows.assign(stage=rows[column])),
-                              "loop_version": loop["version"]})
+                              "loop": np.nan, "static": np.nan, "loop_version": versions.get("loop"),
+                              "baseline": baseline.predict_proba(rows.assign(stage=rows[BASELINE_COLUMNS[data.name]]))})
+        if "loop" in versions:
+            frame["loop"] = replay_risk(self.settings, task, day, rows=rows)["probability"]
+        if "static" in versions:
+            frame["static"] = self.model(task, versions["static"]).predict_proba(rows)
         self.risk_scores.setdefault(task, []).append(frame)
 
     def stage_baseline(self, task: str, day: date, horizon: int):
@@ -605,24 +631,27 @@ class _State:
         from features.pipeline import load_purchases
         from features.production import write_log_part
         from features.store import FeatureStore
+        from monitoring.loop import CONFIGS, task_config
         from monitoring.replay import open_rows, value_log_columns
         from training.registry import get_task
         from training.value import ID, SUMMARY_COLUMNS, summarise_purchases
 
         definition = get_task(task)
-        static = self.model(task, self.static[task])
-        horizon = self.horizons.setdefault(task, int(static.horizon_days))
+        config = task_config(definition, self.configs or CONFIGS)
+        versions = self.arm_versions(task)
+        first = versions.get("static", versions.get("loop"))
+        horizon = self.horizons.setdefault(task, int(self.model(task, first).horizon_days) if first
+                                           else int(config.horizon_days))
         rows = open_rows(self.settings, task, day, horizon)
         if not len(rows):
             return
         with FeatureStore.from_settings(self.settings, read_only=True) as store:
             purchases = load_purchases(store, day)
         ids = rows[ID].astype(str)
-        summaries = summarise_purchases(purchases, pd.Timestamp(day), unit_days=static.clv.unit_days).reindex(ids)
+        summaries = summarise_purchases(purchases, pd.Timestamp(day), unit_days=config.time_unit_days).reindex(ids)
         rows = rows.assign(**{c: summaries[c].to_numpy() for c in SUMMARY_COLUMNS})
-        champion = self.champions()[task]
-        frame = pd.DataFrame({ID: ids.to_numpy(), "day": day, "loop_version": champion})
-        for arm, version in (("loop", champion), ("static", self.static[task])):
+        frame = pd.DataFrame({ID: ids.to_numpy(), "day": day, "loop_version": versions.get("loop")})
+        for arm, version in versions.items():
             model = self.model(task, version)
             fitted = model.clv.predict(horizon, rows[list(SUMMARY_COLUMNS)])
             expected = np.nan_to_num(model.predict_rows(rows, horizon), nan=0.0)
@@ -659,9 +688,9 @@ class _State:
         if not len(current):
             return
         ids = current[ID].astype(str).to_numpy()
-        champion = self.champions()[task]
-        frame = pd.DataFrame({ID: ids, "day": day, "loop_version": champion})
-        for arm, version in (("loop", champion), ("static", self.static[task])):
+        versions = self.arm_versions(task)
+        frame = pd.DataFrame({ID: ids, "day": day, "loop_version": versions.get("loop")})
+        for arm, version in versions.items():
             assigned = self.model(task, version).assign(current)
             frame[arm] = assigned["segment"].to_numpy(dtype=int)
             if arm == "loop":
@@ -670,11 +699,13 @@ class _State:
                     task, definition.model_name, version, assigned.assign(**{ID: ids}), at))
         from sklearn.cluster import KMeans
 
-        static = self.model(task, self.static[task])
         rfm = [c for c in config.rfm_features if c in current.columns]
         x = SegmentScaler.fit(current, rfm, [c for c in rfm if c in config.log_features]).transform(current)
-        trained = static.assignments["segment"]
-        k = min(max(2, int(trained[trained >= 0].nunique())), len(current))
+        if task not in self.segment_counts:
+            first = versions.get("static", versions.get("loop"))
+            trained = self.model(task, first).assignments["segment"] if first else None
+            self.segment_counts[task] = max(2, int(trained[trained >= 0].nunique())) if first else BASELINE_SEGMENTS
+        k = min(self.segment_counts[task], len(current))
         frame["baseline"] = KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(x)
         self.segment_scores.setdefault(task, []).append(frame)
 
@@ -693,9 +724,8 @@ class _State:
             series = load_demand_data(store, task, config).series
         history = series.frame
         weeks = self.config.forecast_weeks
-        champion = self.champions()[task]
         parts = {}
-        for arm, version in (("loop", champion), ("static", self.static[task])):
+        for arm, version in self.arm_versions(task).items():
             model = self.model(task, version)
             known = history[history["unique_id"].isin(set(model.history_["unique_id"]))]
             forecast = model.forecast(min(weeks, model.max_horizon), history=known)
@@ -715,7 +745,7 @@ class _State:
         """Per task, arm and month the figures; the ROI; notes on what could not be computed."""
         arms: dict[str, list[dict]] = {}
         roi: dict[str, dict] = {}
-        notes: list[str] = []
+        notes: list[str] = list(self.notes)
         backtested = [m for m in months if m["backtested"]]
         month_of = {m["scored_at"]: m["month"] for m in backtested}
         first, last = date.fromisoformat(backtested[0]["scored_at"]), date.fromisoformat(backtested[-1]["day"])
@@ -757,6 +787,8 @@ class _State:
                     p = g[arm].to_numpy(float)
                     # The ground truth misses the deals created in a month's last days: the ceiling leaves them out.
                     known = ~np.isnan(p)
+                    if not known.any():  # no version of this arm yet
+                        continue
                     rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None,
                                  **risk_month_figures(y[known], p[known])})
                     for s in entry:
@@ -768,9 +800,13 @@ class _State:
             if id_column != "opportunity_id":
                 notes.append(f"{task}: no ROI figure (the ROI counts deals flagged before they were lost)")
                 continue
+            if task not in self.thresholds:
+                notes.append(f"{task}: no ROI figure (no version was ever promoted, so no alert threshold)")
+                continue
             threshold = self.thresholds[task]
-            roi[task] = {arm: caught_deals(scores.rename(columns={arm: "probability"}), deals, truth, threshold,
-                                           self.config.lead_days, first, last) for arm in ARMS}
+            roi[task] = {arm: caught_deals(scores.dropna(subset=[arm]).rename(columns={arm: "probability"}), deals,
+                                           truth, threshold, self.config.lead_days, first, last)
+                         for arm in ARMS if scores[arm].notna().any()}
         for task, parts in self.value_scores.items():
             from training.value import holdout_purchases
 
@@ -778,7 +814,7 @@ class _State:
             for day, g in pd.concat(parts, ignore_index=True).groupby("day"):
                 actual = holdout_purchases(self.truth_purchases(), pd.Timestamp(day), self.horizons[task]).reindex(
                     g["account_id"], fill_value=0.0)
-                for arm in ARMS:
+                for arm in [a for a in ARMS if a in g and g[a].notna().any()]:
                     rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None, **value_month_figures(
                         actual["value"].to_numpy(), g[arm].to_numpy(), (actual["purchases"] > 0).to_numpy(float),
                         g[f"{arm}_p_alive"].to_numpy())})
@@ -790,8 +826,8 @@ class _State:
             truth = truth.assign(account_id=truth["account_id"].astype(str)).set_index("account_id")["segment"]
             rows, previous = [], {}
             for day, g in pd.concat(parts, ignore_index=True).groupby("day"):
-                for arm in ARMS:
-                    labels = g.set_index("account_id")[arm]
+                for arm in [a for a in ARMS if a in g and g[a].notna().any()]:
+                    labels = g.set_index("account_id")[arm].astype(int)
                     rows.append({"month": month_of[f"{day}"], "arm": arm, "region": None,
                                  **segment_month_figures(labels, truth, previous.get(arm))})
                     previous[arm] = labels
@@ -815,7 +851,8 @@ class _State:
             arms[task] = rows
             prices = self.org.tables["products"].set_index("product_id")["list_price"]
             roi[task] = {arm: inventory_cost(forecast[forecast["arm"] == arm], demand, prices,
-                                             self.config.stockout_cost, self.config.holding_cost) for arm in ARMS}
+                                             self.config.stockout_cost, self.config.holding_cost)
+                         for arm in ARMS if (forecast["arm"] == arm).any()}
         if not any(t in self.config.tasks for t in ("price_optimisation", "pricing")):
             notes.append("pricing uplift: not computed (the pricing engine is not built yet)")
         return arms, roi, notes
@@ -941,6 +978,8 @@ def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
                  f"<th>gate</th><th>outcome</th><th>failed checks</th></tr>{''.join(rows)}</table>")
     parts.append("<h2>Return on investment</h2>")
     for task, by_arm in report.roi.items():
+        if not by_arm:
+            continue
         keys = [k for k in next(iter(by_arm.values())) if k != "how"]
         head = "".join(f"<th>{html.escape(ARM_LABELS[a])}</th>" for a in by_arm)
         body = "".join(f"<tr><td>{html.escape(k)}</td>" + "".join(f"<td>{_cell(by_arm[a].get(k))}</td>"
