@@ -36,6 +36,7 @@ import io
 import resource
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -359,7 +360,9 @@ def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | 
     for k, day in enumerate(ends):
         tick = time.perf_counter()
         month = {"month": f"{day:%Y-%m}", "day": f"{day}", "backtested": k > 0}
-        month["delivered"] = state.deliver(day)
+        state.seconds = {}
+        with state.timed("deliver"):
+            month["delivered"] = state.deliver(day)
         if k == 0:
             month["retrain"] = state.retrain(day, {}, "initial champion")
             state.static = dict(state.champions())
@@ -369,13 +372,15 @@ def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | 
                                    f"{why}); its loop arm scores from the month it first has a champion")
                 say(f"{task}: no first champion at {day}; the backtest goes on without a static arm for it")
         else:
-            month["monitoring"] = state.monitor(day)
+            with state.timed("monitor"):
+                month["monitoring"] = state.monitor(day)
             alerts = {t["task"]: t["alerts"] for t in month["monitoring"]["tasks"] if t["alerts"]}
             month["retrain"] = state.retrain(day, alerts, "scheduled")
         month["champions"] = state.champions()
         if k < len(ends) - 1:
             state.score(day)
         month["seconds"] = round(time.perf_counter() - tick, 1)
+        month["step_seconds"] = {k: round(v, 1) for k, v in state.seconds.items()}
         say(f"{day:%Y-%m}: done in {month['seconds']:.0f} s (champions "
             + ", ".join(f"{t} v{v}" for t, v in month["champions"].items()) + ")")
         report.months.append(month)
@@ -385,6 +390,8 @@ def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | 
     report.arms, report.roi, report.notes = state.figures(report.months)
     report.timings = {"total_seconds": round(time.perf_counter() - started, 1),
                       "per_month_seconds": [m["seconds"] for m in report.months],
+                      "step_seconds": {k: round(sum(m["step_seconds"].get(k, 0.0) for m in report.months), 1)
+                                       for k in dict.fromkeys(k for m in report.months for k in m["step_seconds"])},
                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
     report.report = str(write_backtest_report(settings, report))
     from monitoring.loop import write_json_atomically
@@ -408,6 +415,7 @@ class _State:
         self.segment_scores: dict[str, list[pd.DataFrame]] = {}
         self.purchases: pd.DataFrame | None = None
         self.notes: list[str] = []
+        self.seconds: dict[str, float] = {}
         self.segment_counts: dict[str, int] = {}
         self.horizons: dict[str, int] = {}
         self.thresholds: dict[str, float] = {}
@@ -420,6 +428,15 @@ class _State:
             from features.sources.simulator import unbiased_tables
 
             self.unbiased = unbiased_tables(org)
+
+    @contextmanager
+    def timed(self, step: str):
+        """Add the wall time of the block to the month's ``step``."""
+        tick = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - tick
 
     # -------------------------------------------------------------------- the loop's steps
 
@@ -476,13 +493,15 @@ class _State:
         for task in self.config.tasks:
             reason = ("alert: " + "; ".join(f"{a['alert']} ({a['message']})" for a in alerts[task]))[:500] \
                 if task in alerts else default_reason
-            done = retrain(self.settings, day, [task], reason=reason, trainer="backtest:loop",
-                           policy_path=self.policy_path, trials=self.config.trials, configs=self.configs,
-                           say=self.say)
+            with self.timed(f"retrain {task}"):
+                done = retrain(self.settings, day, [task], reason=reason, trainer="backtest:loop",
+                               policy_path=self.policy_path, trials=self.config.trials, configs=self.configs,
+                               say=self.say)
             for t in done.tasks:
                 t = dict(t)
                 if t["status"] == "awaiting_review":
-                    t.update(self.validate(t))
+                    with self.timed(f"retrain {task}"):
+                        t.update(self.validate(t))
                 out.append({k: t.get(k) for k in ("task", "version", "gate", "status", "message", "reason",
                                                   "champion_before", "champion_after", "versus_champion")}
                            | {"failed_checks": [c["name"] for c in t.get("checks", []) if c["status"] == "fail"]})
@@ -566,7 +585,8 @@ class _State:
         scorers = {"risk": self.score_risk, "demand": self.score_demand, "value": self.score_value,
                    "segments": self.score_segments}
         for task in self.config.tasks:
-            scorers[get_task(task).kind](task, day)
+            with self.timed(f"score {task}"):
+                scorers[get_task(task).kind](task, day)
 
     def score_risk(self, task: str, day: date) -> None:
         from monitoring.replay import open_rows, replay_risk

@@ -160,3 +160,33 @@ def test_a_fairness_failure_the_champion_shares_at_least_as_badly_asks_for_revie
     assert fairness_against_champion(candidate, passing).status == "fail"
     assert fairness_against_champion(candidate, None) is candidate
     assert fairness_against_champion(passing, worse_champion) is passing
+
+
+# ------------------------------------------------------------------------------------------------ drift
+
+
+@pytest.mark.parametrize("rows", [300, 5000])  # below and above the 1,000 rows where Evidently changes its tests
+def test_column_drift_is_evidently_drift_preset_figure_for_figure(rows):
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    from monitoring.audits import column_drift
+
+    rng = np.random.default_rng(0)
+    reference = pd.DataFrame({"a": rng.normal(size=rows), "b": rng.poisson(3, rows).astype(float),
+                              "c": rng.choice(list("xyz"), rows), "d": rng.choice(list("pq"), rows)})
+    current = pd.DataFrame({"a": rng.normal(0.1, size=rows // 2), "b": rng.poisson(3.3, rows // 2).astype(float),
+                            "c": rng.choice(list("xyzw"), rows // 2), "d": rng.choice(list("pq"), rows // 2,
+                                                                                     p=[0.6, 0.4])})
+    current.loc[:5, "a"] = np.nan
+    definition = DataDefinition(numerical_columns=["a", "b"], categorical_columns=["c", "d"])
+    snapshot = Report([DataDriftPreset()]).run(
+        current_data=Dataset.from_pandas(current, data_definition=definition),
+        reference_data=Dataset.from_pandas(reference, data_definition=definition)).dict()
+    preset = {m["config"]["column"]: m for m in snapshot["metrics"] if m["config"].get("type", "").endswith("ValueDrift")}
+    assert set(preset) == set("abcd")
+    for column in "abcd":
+        method, score, threshold, _ = column_drift(reference[column], current[column], column in "cd")
+        config = preset[column]["config"]
+        assert (method, threshold) == (config["method"], float(config["threshold"])), column
+        assert score == pytest.approx(float(preset[column]["value"]), rel=1e-12), column
