@@ -481,6 +481,8 @@ class _State:
                           "live": {k: latest.get(k) for k in ("month", t["metric"], "calibration_error", "coverage",
                                                                "labelled") if k in latest} if latest else None,
                           "drifted_share": (t.get("drift") or {}).get("drifted_share"),
+                          "early": {k: (t.get("early") or {}).get(k) for k in ("scored_at", "elapsed_days", "segments")}
+                          if t.get("early") else None,
                           "alerts": [{k: a.get(k) for k in ("alert", "month", "value", "threshold", "message")}
                                      for a in t["alerts"]]})
         return {"tasks": tasks, "report": done.get("report")}

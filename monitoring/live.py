@@ -117,6 +117,38 @@ def segment_figures(current: pd.DataFrame, previous: pd.DataFrame | None, id_col
     return out
 
 
+def early_loss_ratios(frame: pd.DataFrame, segment: str, min_expected: float = 5.0) -> list[dict]:
+    """Each segment's early losses against its share of the predicted risk, for scores whose horizon has not passed
+    (``frame``: ``actual``, 1 when the entity was already lost; ``prediction``; the ``segment`` column).
+
+    Under a champion that still fits every segment alike, a segment's share of the losses landed so far follows
+    its share of the predicted risk: given ``losses`` in all, its count is binomial with that share. The ratio is
+    (its losses / its predicted risk) over (all losses / all predicted risk); the p-value is the binomial
+    probability of at least its count (one-sided: more losses than predicted). A change confined to one segment,
+    such as a competitor entering one region, shows here weeks before the horizon lets the live metrics judge it.
+
+    Returns:
+        Per segment value with at least ``min_expected`` expected losses: ``value``, ``rows``, ``losses``,
+        ``expected`` (its share of all losses), ``ratio`` and ``p_value``.
+    """
+    from scipy.stats import binom
+
+    data = frame.dropna(subset=[segment, "actual", "prediction"])
+    losses, risk = float(data["actual"].sum()), float(data["prediction"].sum())
+    if losses == 0 or risk <= 0:
+        return []
+    out = []
+    for value, part in data.groupby(segment, sort=True):
+        share = float(part["prediction"].sum()) / risk
+        expected = losses * share
+        if expected < min_expected or share >= 1:
+            continue
+        count = int(part["actual"].sum())
+        out.append({"value": str(value), "rows": int(len(part)), "losses": count, "expected": expected,
+                    "ratio": count / expected, "p_value": float(binom.sf(count - 1, int(losses), share))})
+    return out
+
+
 def by_month(kind: str, frame: pd.DataFrame, id_column: str = "account_id") -> list[dict]:
     """A kind's live figures per month of scoring, oldest first (``frame`` as ``label_scores`` returns it, or for
     segments the logged assignments with ``month``)."""
@@ -141,7 +173,8 @@ def by_month(kind: str, frame: pd.DataFrame, id_column: str = "account_id") -> l
     return out
 
 
-def judge(task: str, kind: str, months: list[dict], training: dict, drift: dict | None, policy) -> list[dict]:
+def judge(task: str, kind: str, months: list[dict], training: dict, drift: dict | None, policy,
+          early: dict | None = None) -> list[dict]:
     """The alerts of a task: each monitoring threshold of the policy its newest judged month or its drift crosses.
 
     Args:
@@ -150,6 +183,8 @@ def judge(task: str, kind: str, months: list[dict], training: dict, drift: dict 
         months: ``by_month``'s figures.
         training: the champion's training-time figures (same names).
         drift: ``{"drifted_share", "drifted_features", "prediction_drifted", "segments"}`` of the window, or
+            ``None``.
+        early: the early outcomes of risk scores whose horizon has not passed (``monitor.early_outcomes``), or
             ``None``.
         policy: the task's ``MonitoringPolicy``.
 
@@ -207,4 +242,15 @@ def judge(task: str, kind: str, months: list[dict], training: dict, drift: dict 
         if drift.get("prediction_drifted"):
             alert("prediction_drift", 1.0, 0.0, "the champion's predictions drifted from those on its training "
                   "reference", drift.get("month"))
+    if early is not None:
+        parts = early.get("segments") or []
+        for part in parts:
+            # Bonferroni over the segments judged: one region in five standing out by chance is not an alert.
+            if part["ratio"] > policy.max_early_loss_ratio and part["p_value"] * len(parts) < \
+                    policy.early_outcome_significance:
+                alert("early_outcomes", part["ratio"], policy.max_early_loss_ratio,
+                      f"{part['losses']} of the {part['rows']} scores of {part['column']} {part['value']} made on "
+                      f"{early['scored_at']} were lost within {early['elapsed_days']} days, {part['ratio']:.1f} "
+                      f"times their share of the predicted risk ({part['expected']:.0f} expected; p="
+                      f"{part['p_value'] * len(parts):.2g} for {len(parts)} segments)", early.get("month"))
     return alerts

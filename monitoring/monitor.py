@@ -13,6 +13,11 @@ feature store as of the monitoring day, by the definitions the models were train
   whether the customer ordered at all (for P(alive));
 - segments: the logged assignments themselves, month against month.
 
+Risk scores whose horizon has not passed are not left waiting: the newest day scored at least
+``early_outcome_days`` ago is judged on the losses landed since, segment by segment (``drift_segments``): a
+segment losing more than its share of the predicted risk says, weeks before the horizon ends, that the champion no
+longer fits it (``early_outcomes``).
+
 Drift compares the champion's training reference with the rows of the last ``window_days`` days: the logged
 inputs for risk (the features the service scored), the store's newest view rows for the other kinds; prediction
 drift compares the champion's test-time predictions with those it served in the window.
@@ -59,6 +64,7 @@ class TaskMonitoring:
     training_by_version: dict[str, dict] = field(default_factory=dict)
     months: list[dict] = field(default_factory=list)
     drift: dict | None = None
+    early: dict | None = None
     alerts: list[dict] = field(default_factory=list)
     logged: int = 0
     notes: list[str] = field(default_factory=list)
@@ -246,13 +252,16 @@ def monitor_task(settings: Settings, definition, as_of: date, window_days: int, 
         if note:
             out.notes.append(note)
         out.months = by_month(kind, labelled, definition.data.id_column)
+        if kind == "risk":
+            out.early = early_outcomes(settings, definition, logged, as_of, run, policy)
     try:
         out.drift = window_drift(settings, client, champion, definition, logged, as_of, window_days,
                                  policy.drift_reference, policy.drift_segments, policy.min_segment_rows,
                                  test["probability"].to_numpy(float) if test is not None else None)
     except RegistryError as exc:
         out.notes.append(f"no drift: {exc}")
-    out.alerts = judge(definition.name, kind, out.months, _judged_against(client, out, policy), out.drift, policy)
+    out.alerts = judge(definition.name, kind, out.months, _judged_against(client, out, policy), out.drift, policy,
+                       out.early)
     return out
 
 
@@ -351,6 +360,51 @@ def label_logged(settings: Settings, definition, logged: pd.DataFrame, as_of: da
             return _label_value(store, data, logged, as_of, horizon, settings.threads)
     except FeatureError as exc:
         return logged.iloc[:0].assign(actual=[], month=[]), f"no outcomes: {exc}"
+
+
+def early_outcomes(settings: Settings, definition, logged: pd.DataFrame, as_of: date, run, policy) -> dict | None:
+    """The losses landed so far among a risk task's newest scores whose horizon has not passed, by segment.
+
+    The day judged is the newest logged day at least ``policy.early_outcome_days`` before the store's data ends and
+    less than the horizon before it; its scores are labelled by the task's view built at that day with the days
+    elapsed as the horizon (lost so far, or not), and each value of each ``drift_segments`` column the view holds
+    gets ``live.early_loss_ratios``. ``None`` when no day qualifies or the store holds no data.
+    """
+    from features.pipeline import FeatureError, build_view
+    from features.store import FeatureStore
+    from features.views import ViewConfig
+    from monitoring.live import early_loss_ratios
+
+    data = definition.data
+    if not policy.drift_segments or not len(logged) or not settings.feature_store_path.exists():
+        return None
+    horizon = run_horizon(run)
+    try:
+        with FeatureStore.from_settings(settings, read_only=True) as store:
+            known = min(as_of, data_known_until(store, data.events))
+            days = sorted({d for d in pd.to_datetime(logged["time"]).dt.date
+                           if policy.early_outcome_days <= (known - d).days < horizon})
+            if not days:
+                return None
+            day = days[-1]
+            elapsed = (known - day).days
+            frame = build_view(store, data.name, known, cutoffs=[day], config=ViewConfig(horizon_days=elapsed),
+                               threads=settings.threads).frame
+    except FeatureError:
+        return None
+    scored = logged[pd.to_datetime(logged["time"]).dt.date == day]
+    labelled = label_scores(scored, frame, data.id_column, data.label.format(h=elapsed))
+    columns = [c for c in policy.drift_segments if c in frame.columns]
+    lookup = frame.assign(**{data.id_column: frame[data.id_column].astype(str)}).drop_duplicates(
+        data.id_column).set_index(data.id_column)
+    ids = labelled[data.id_column].astype(str)
+    parts = []
+    for column in columns:
+        rows = labelled.drop(columns=[column], errors="ignore").assign(**{column: ids.map(lookup[column]).to_numpy()})
+        parts += [{"column": column, **r} for r in early_loss_ratios(rows, column)]
+    return {"scored_at": f"{day}", "month": f"{day:%Y-%m}", "elapsed_days": int(elapsed),
+            "labelled": int(len(labelled)), "losses": int(labelled["actual"].sum()) if len(labelled) else 0,
+            "predicted": float(labelled["prediction"].sum()) if len(labelled) else 0.0, "segments": parts}
 
 
 def data_known_until(store, events) -> date:
@@ -564,12 +618,21 @@ def write_monitoring_report(settings: Settings, report: MonitorReport) -> Path:
         drift = (f"{t.drift['drifted_share']:.0%} of {t.drift['features']} features drifted "
                  f"({html.escape(t.drift['source'])})" if t.drift else "not computed")
         notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
+        early = ""
+        if t.early and t.early.get("segments"):
+            cells = "".join(f"<tr><td>{html.escape(p['column'])} {html.escape(p['value'])}</td><td>{p['rows']}</td>"
+                            f"<td>{p['losses']}</td><td>{p['expected']:.1f}</td><td>{p['ratio']:.2f}</td>"
+                            f"<td>{p['p_value']:.2g}</td></tr>" for p in t.early["segments"])
+            early = (f"<h3>Early outcomes</h3><p>scores of {html.escape(t.early['scored_at'])}, "
+                     f"{t.early['elapsed_days']} days on: losses so far against each segment's share of the "
+                     "predicted risk</p><table><tr><th>segment</th><th>scores</th><th>lost so far</th>"
+                     f"<th>expected</th><th>ratio</th><th>p</th></tr>{cells}</table>")
         sections.append(
             f"<h2>{html.escape(t.task)} ({html.escape(t.model)} version {html.escape(str(t.champion))})</h2>"
             f"<p>training-time {html.escape(t.metric)}: {_number(t.training.get(t.metric))}; drift: {drift}</p>"
             f"<h3>Alerts</h3><ul>{alerts}</ul>{f'<ul>{notes}</ul>' if notes else ''}"
             f"<table><tr><th>month</th><th>versions</th><th>labelled</th><th>live {html.escape(t.metric)}</th>"
-            f"<th>calibration / coverage</th></tr>{rows}</table>")
+            f"<th>calibration / coverage</th></tr>{rows}</table>{early}")
     body = (f"<h1>Monitoring as of {html.escape(report.as_of)}</h1><p class=\"meta\">drift window "
             f"{report.window_days} days; {len(report.alerts)} alert(s)</p>{''.join(sections)}")
     path.write_text(render_page(f"Monitoring as of {report.as_of}", body))

@@ -226,6 +226,13 @@ class MonitoringPolicy(BaseModel):
                                       "even when it moves too few rows to shift the whole population.")
     min_segment_rows: int = Field(100, ge=10, description="A segment's drift is computed when both sides hold at "
                                   "least this many rows.")
+    early_outcome_days: int = Field(21, ge=1, description="Risk: scores at least this many days old whose horizon "
+                                    "has not passed are judged on the losses landed so far, by segment "
+                                    "(drift_segments).")
+    max_early_loss_ratio: float = Field(1.5, gt=1, description="Risk: a segment whose early losses exceed its "
+                                        "share of the predicted risk by this factor alerts (early_outcomes) ...")
+    early_outcome_significance: float = Field(0.01, gt=0, lt=1, description="... when so many losses are this "
+                                              "unlikely by chance (binomial, Bonferroni over the segments).")
     retrain_on_alert: bool = Field(True, description="Retrain the task at once (reason: the alerts) when an alert "
                                    "fires, instead of waiting for the month's run.")
 

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 #: Roles that may see the monitoring page and its data.
 MONITORING_ROLES = ("sales_manager", "executive", "model_validator")
 #: Every alert monitoring raises; each has a gauge per task, 1 while it fires.
-ALERTS = ("live_metric", "calibration", "intervals", "drift", "segment_drift", "prediction_drift")
+ALERTS = ("live_metric", "calibration", "intervals", "drift", "segment_drift", "prediction_drift", "early_outcomes")
 
 
 def read_json(path: Path) -> dict | None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.live import by_month, demand_figures, judge, label_scores, segment_figures
+from monitoring.live import by_month, demand_figures, early_loss_ratios, judge, label_scores, segment_figures
 from monitoring.policy import MonitoringPolicy
 from training.evaluate import calibration_error
 
@@ -70,3 +70,33 @@ def test_segment_migration_counts_accounts_whose_segment_changed_since_the_month
     alerts = judge("s", "segments", [{"month": "2024-02", **figures}], {}, None,
                    MonitoringPolicy(min_outcomes=1, max_migration_share=0.2))
     assert [a["alert"] for a in alerts] == ["live_metric"]
+
+
+def _early(losses_per_region: dict[str, int], rows: int = 400, p: float = 0.1) -> pd.DataFrame:
+    """``rows`` scores of risk ``p`` per region, of which the first ``losses`` were already lost."""
+    parts = [pd.DataFrame({"region": region, "prediction": p, "actual": (np.arange(rows) < lost).astype(int)})
+             for region, lost in losses_per_region.items()]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_early_losses_follow_each_regions_share_of_the_predicted_risk():
+    even = {r["value"]: r for r in early_loss_ratios(_early({"A": 12, "B": 12, "C": 12, "D": 12}), "region")}
+    assert set(even) == set("ABCD") and all(r["ratio"] == pytest.approx(1.0) for r in even.values())
+    assert all(r["expected"] == pytest.approx(12.0) and r["p_value"] > 0.4 for r in even.values())
+    hit = {r["value"]: r for r in early_loss_ratios(_early({"A": 40, "B": 12, "C": 12, "D": 12}), "region")}
+    # 76 losses, a quarter of the predicted risk each: A's 40 are 2.1 times its 19 expected, and very unlikely.
+    assert hit["A"]["ratio"] == pytest.approx(40 / 19) and hit["A"]["p_value"] < 1e-5
+    assert hit["B"]["ratio"] < 1 and hit["B"]["p_value"] > 0.9
+    # A region with too little predicted risk to expect 5 losses is not judged.
+    small = early_loss_ratios(_early({"A": 3, "B": 3}, rows=20), "region")
+    assert small == []
+
+
+def test_a_region_losing_far_more_than_its_share_alerts_and_a_chance_excess_does_not():
+    policy = MonitoringPolicy()
+    for losses, alerts in (({"A": 40, "B": 12, "C": 12, "D": 12}, 1), ({"A": 19, "B": 12, "C": 12, "D": 12}, 0)):
+        parts = [{"column": "region", **r} for r in early_loss_ratios(_early(losses), "region")]
+        early = {"scored_at": "2025-05-31", "month": "2025-05", "elapsed_days": 30, "segments": parts}
+        found = [a for a in judge("t", "risk", [], {}, None, policy, early) if a["alert"] == "early_outcomes"]
+        assert len(found) == alerts, (losses, found)
+        assert all("region A" in a["message"] and a["value"] > policy.max_early_loss_ratio for a in found)
