@@ -59,7 +59,7 @@ def main() -> None:
         report = run_backtest(get_settings(home=home), config,
                               say=lambda text: print(text, file=sys.stderr, flush=True))
         figures = {}
-        for task, rows in report.arms.items():
+        for task in report.arms:
             metrics = HEADLINE_METRICS[report.kinds[task]]
             figures[task] = {arm: {m: _mean(report.arm_series(task, arm, m)) for m in metrics} for arm in ARMS}
         print(json.dumps({"accounts": args.accounts, "months": args.months, "trials": args.trials,
