@@ -561,8 +561,14 @@ class _State:
         versions = {"loop": self.champions().get(task), "static": self.static.get(task)}
         return {arm: v for arm, v in versions.items() if v is not None}
 
-    def horizon(self, task: str, version: str | None) -> int:
-        """A task's label horizon: its first scored version's run's, else its training config's."""
+    def first_version(self, task: str) -> str | None:
+        """The version a task's fixed settings (horizon, flag threshold, segment count) come from: the static
+        champion, else the loop's first champion; ``None`` while the task has none."""
+        versions = self.arm_versions(task)
+        return versions.get("static", versions.get("loop"))
+
+    def horizon(self, task: str) -> int:
+        """A task's label horizon: its first version's run's, else its training config's."""
         if task not in self.horizons:
             from experiments.tracking import configure_mlflow
             from monitoring.loop import CONFIGS, task_config
@@ -570,6 +576,7 @@ class _State:
             from training.registry import get_task
 
             definition = get_task(task)
+            version = self.first_version(task)
             if version is not None:
                 client = configure_mlflow(self.settings)
                 self.horizons[task] = champion_horizon(client, client.get_model_version(definition.model_name,
@@ -596,8 +603,8 @@ class _State:
         from training.registry import get_task
 
         versions = self.arm_versions(task)
-        first = versions.get("static", versions.get("loop"))
-        horizon = self.horizon(task, first)
+        first = self.first_version(task)
+        horizon = self.horizon(task)
         if task not in self.thresholds and first is not None:
             self.thresholds[task] = self.config.flag_threshold or float(alert_thresholds(
                 self.model(task, first), pd.DataFrame(index=[0]))[0])
@@ -661,9 +668,7 @@ class _State:
         definition = get_task(task)
         config = task_config(definition, self.configs or CONFIGS)
         versions = self.arm_versions(task)
-        first = versions.get("static", versions.get("loop"))
-        horizon = self.horizons.setdefault(task, int(self.model(task, first).horizon_days) if first
-                                           else int(config.horizon_days))
+        horizon = self.horizon(task)
         rows = open_rows(self.settings, task, day, horizon)
         if not len(rows):
             return
@@ -724,9 +729,11 @@ class _State:
         rfm = [c for c in config.rfm_features if c in current.columns]
         x = SegmentScaler.fit(current, rfm, [c for c in rfm if c in config.log_features]).transform(current)
         if task not in self.segment_counts:
-            first = versions.get("static", versions.get("loop"))
-            trained = self.model(task, first).assignments["segment"] if first else None
-            self.segment_counts[task] = max(2, int(trained[trained >= 0].nunique())) if first else BASELINE_SEGMENTS
+            first = self.first_version(task)
+            self.segment_counts[task] = BASELINE_SEGMENTS
+            if first is not None:
+                trained = self.model(task, first).assignments["segment"]
+                self.segment_counts[task] = max(2, int(trained[trained >= 0].nunique()))
         k = min(self.segment_counts[task], len(current))
         frame["baseline"] = KMeans(n_clusters=k, n_init=10, random_state=config.seed).fit_predict(x)
         self.segment_scores.setdefault(task, []).append(frame)
