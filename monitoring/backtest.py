@@ -377,6 +377,7 @@ def run_backtest(settings: Settings, config: BacktestConfig, *, configs: Path | 
             alerts = {t["task"]: t["alerts"] for t in month["monitoring"]["tasks"] if t["alerts"]}
             month["retrain"] = state.retrain(day, alerts, "scheduled")
         month["champions"] = state.champions()
+        month["trained_on"] = state.trained_on(month["champions"])
         if k < len(ends) - 1:
             state.score(day)
         month["seconds"] = round(time.perf_counter() - tick, 1)
@@ -420,6 +421,7 @@ class _State:
         self.horizons: dict[str, int] = {}
         self.thresholds: dict[str, float] = {}
         self.models: dict[tuple[str, str], object] = {}
+        self.windows: dict[tuple[str, str], dict] = {}
         # biased_history@YYYY-MM: the CRM held the true outcomes until that month's export rewrote them.
         self.bias_month = next((s.month for s in org.config.scenarios if s.kind == "biased_history" and s.month),
                                None)
@@ -541,6 +543,31 @@ class _State:
                 champion = get_alias(client, name, CHAMPION)
                 if champion is not None:
                     out[task] = str(champion.version)
+        return out
+
+    def trained_on(self, champions: dict[str, str]) -> dict[str, dict]:
+        """The data each champion learnt from: its run's labelled window (``salesml.data_window``) and, for a
+        timed split, the cutoff months it was trained, validated (calibrated) and tested on. A retraining at a
+        month end can only learn from outcomes inside these windows, which lag the month by the label horizon
+        and the held-out windows."""
+        import mlflow
+
+        from experiments.registry import TAG_WINDOW
+        from experiments.tracking import configure_mlflow
+        from training.registry import get_task
+
+        client = configure_mlflow(self.settings)
+        out = {}
+        for task, version in champions.items():
+            key = (task, version)
+            if key not in self.windows:
+                run_id = client.get_model_version(get_task(task).model_name, version).run_id
+                windows = {"data_window": client.get_run(run_id).data.tags.get(TAG_WINDOW)}
+                if any(a.path == "split.json" for a in client.list_artifacts(run_id)):
+                    split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split.json")
+                    windows |= {k: split[k] for k in ("train", "validation", "test") if k in split}
+                self.windows[key] = windows
+            out[task] = self.windows[key]
         return out
 
     def model(self, task: str, version: str):
@@ -952,6 +979,17 @@ def _cell(value) -> str:
     return html.escape("-" if value is None else str(value))
 
 
+def _windows(windows: dict | None) -> str:
+    """A champion's data windows for the report: "train .., validated .., tested .." for a timed split, else its
+    labelled window."""
+    if not windows:
+        return "-"
+    if "train" in windows:
+        return (f"trained {windows['train']}, validated {windows.get('validation', '-')}, "
+                f"tested {windows.get('test', '-')}")
+    return windows.get("data_window") or "-"
+
+
 def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
     """Write the backtest's self-contained HTML report (plots inline as SVG) under
     ``SALESML_HOME/reports/backtest``."""
@@ -997,13 +1035,14 @@ def write_backtest_report(settings: Settings, report: BacktestReport) -> Path:
         for t in m.get("retrain", []):
             live = (mon.get(t["task"]) or {}).get("live") or {}
             rows.append("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in (
-                m["month"], t["task"], m["champions"].get(t["task"]), live.get((mon.get(t["task"]) or {}).get("metric")),
+                m["month"], t["task"], m["champions"].get(t["task"]), _windows((m.get("trained_on") or {}).get(t["task"])),
+                live.get((mon.get(t["task"]) or {}).get("metric")),
                 (mon.get(t["task"]) or {}).get("drifted_share"),
                 "; ".join(a["alert"] for a in (mon.get(t["task"]) or {}).get("alerts", [])) or "-",
                 t.get("version"), t.get("gate"), t.get("status"), ", ".join(t.get("failed_checks") or []) or "-"))
                 + "</tr>")
     parts.append("<h2>Month by month</h2><table id=\"months\"><tr><th>month</th><th>task</th><th>champion</th>"
-                 "<th>live metric (monitoring)</th><th>drifted share</th><th>alerts</th><th>candidate</th>"
+                 "<th>champion learnt from</th><th>live metric (monitoring)</th><th>drifted share</th><th>alerts</th><th>candidate</th>"
                  f"<th>gate</th><th>outcome</th><th>failed checks</th></tr>{''.join(rows)}</table>")
     parts.append("<h2>Return on investment</h2>")
     for task, by_arm in report.roi.items():
