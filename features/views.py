@@ -11,6 +11,7 @@ sorts them whichever backend ran.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -616,62 +617,87 @@ def _grouped(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.
     return np.asarray(uniques, dtype=object), np.split(values[order], bounds)
 
 
+#: Per-cutoff affinities computed in this process, by the digest of the cutoff's basket items, the accounts asked
+#: for and the mining settings. A monthly backtest rebuilds every past cutoff of the customer view each month, and
+#: mining took most of that view's time; rules mined on the same baskets are the same, and a changed basket (a
+#: late order, an order's status) changes the digest. Bounded: the oldest entries go first.
+_AFFINITY_MEMO: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+_AFFINITY_MEMO_SIZE = 1024
+
+
 def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: ViewConfig) -> pd.DataFrame:
     """Fill ``assoc_top_lift`` and ``assoc_rules`` with mlxtend fpgrowth rules mined per cutoff.
 
     For each cutoff, rules are mined on the baskets (orders) of the long window before it; an account's
     affinity is the highest lift of a rule whose antecedent it bought in that window and whose consequent it
-    has not.
+    has not. A cutoff whose baskets and accounts were already seen in this process reuses its result.
     """
+    view = view.copy()
+    view["assoc_top_lift"] = 0.0
+    view["assoc_rules"] = 0
+    settings = repr((config.assoc_min_support, config.assoc_max_len, config.assoc_min_confidence)).encode()
+    for cutoff, group in items.groupby("cutoff"):
+        rows = view.index[view["cutoff"] == cutoff]
+        accounts = view.loc[rows, "account_id"]
+        group = group.sort_values(["order_id", "product_id"], kind="stable")
+        digest = hashlib.blake2b(settings, digest_size=20)
+        digest.update(pd.util.hash_pandas_object(group[["order_id", "account_id", "product_id"]],
+                                                 index=False).to_numpy().tobytes())
+        digest.update(pd.util.hash_pandas_object(accounts.astype(str), index=False).to_numpy().tobytes())
+        key = digest.digest()
+        if key not in _AFFINITY_MEMO:
+            if len(_AFFINITY_MEMO) >= _AFFINITY_MEMO_SIZE:
+                del _AFFINITY_MEMO[next(iter(_AFFINITY_MEMO))]
+            _AFFINITY_MEMO[key] = _cutoff_affinity(group, accounts, config)
+        best, count = _AFFINITY_MEMO[key]
+        view.loc[rows, "assoc_top_lift"] = best
+        view.loc[rows, "assoc_rules"] = count
+    view["assoc_top_lift"] = view["assoc_top_lift"].astype(float).round(9)
+    view["assoc_rules"] = view["assoc_rules"].astype("int64")
+    return view
+
+
+def _cutoff_affinity(group: pd.DataFrame, accounts: pd.Series, config: ViewConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One cutoff's highest lift and rule count for each of ``accounts``, from rules mined on ``group``'s baskets
+    (zeros when there are too few baskets or no rule)."""
     # mlxtend turns every DeprecationWarning of every library on at import (simplefilter("always")); keep the
     # caller's filters, or a CLI run prints dozens of other libraries' warnings.
     with warnings.catch_warnings():
         from mlxtend.frequent_patterns import association_rules, fpgrowth
         from mlxtend.preprocessing import TransactionEncoder
 
-    view = view.copy()
-    view["assoc_top_lift"] = 0.0
-    view["assoc_rules"] = 0
-    for cutoff, group in items.groupby("cutoff"):
-        products = group["product_id"].to_numpy(dtype=object)
-        baskets = _grouped(group["order_id"].to_numpy(dtype=object), products)[1]
-        if len(baskets) < 10:
-            continue
-        encoder = TransactionEncoder().fit(baskets)
-        if len(baskets) * len(encoder.columns_) <= 50_000_000:
-            frame = pd.DataFrame(encoder.transform(baskets), columns=encoder.columns_)
-        else:
-            onehot = encoder.transform(baskets, sparse=True)
-            # A boolean matrix would give a sparse frame whose fill value (0) is no boolean (a pandas FutureWarning).
-            frame = pd.DataFrame.sparse.from_spmatrix(onehot.astype(np.uint8), columns=encoder.columns_).astype(
-                pd.SparseDtype(bool, False))
-        itemsets = fpgrowth(frame, min_support=config.assoc_min_support, use_colnames=True,
-                            max_len=config.assoc_max_len)
-        if itemsets.empty or itemsets["itemsets"].map(len).max() < 2:
-            continue
-        rules = association_rules(itemsets, metric="confidence", min_threshold=config.assoc_min_confidence)
-        if rules.empty:
-            continue
-        accounts, held = _grouped(group["account_id"].to_numpy(dtype=object), products)
-        bought = pd.Series([set(h) for h in held], index=accounts, dtype=object)
-        rows = view.index[view["cutoff"] == cutoff]
-        owned = view.loc[rows, "account_id"].map(bought)
-        best = []
-        count = []
-        antecedents = [frozenset(a) for a in rules["antecedents"]]
-        consequents = [frozenset(c) for c in rules["consequents"]]
-        lifts = rules["lift"].to_numpy()
-        for items_bought in owned:
-            s = items_bought if isinstance(items_bought, set) else set()
-            hits = [lift for a, c, lift in zip(antecedents, consequents, lifts, strict=True)
-                    if a <= s and not c <= s]
-            best.append(max(hits) if hits else 0.0)
-            count.append(len(hits))
-        view.loc[rows, "assoc_top_lift"] = best
-        view.loc[rows, "assoc_rules"] = count
-    view["assoc_top_lift"] = view["assoc_top_lift"].astype(float).round(9)
-    view["assoc_rules"] = view["assoc_rules"].astype("int64")
-    return view
+    none = (np.zeros(len(accounts)), np.zeros(len(accounts), dtype=np.int64))
+    products = group["product_id"].to_numpy(dtype=object)
+    baskets = _grouped(group["order_id"].to_numpy(dtype=object), products)[1]
+    if len(baskets) < 10:
+        return none
+    encoder = TransactionEncoder().fit(baskets)
+    if len(baskets) * len(encoder.columns_) <= 50_000_000:
+        frame = pd.DataFrame(encoder.transform(baskets), columns=encoder.columns_)
+    else:
+        onehot = encoder.transform(baskets, sparse=True)
+        # A boolean matrix would give a sparse frame whose fill value (0) is no boolean (a pandas FutureWarning).
+        frame = pd.DataFrame.sparse.from_spmatrix(onehot.astype(np.uint8), columns=encoder.columns_).astype(
+            pd.SparseDtype(bool, False))
+    itemsets = fpgrowth(frame, min_support=config.assoc_min_support, use_colnames=True,
+                        max_len=config.assoc_max_len)
+    if itemsets.empty or itemsets["itemsets"].map(len).max() < 2:
+        return none
+    rules = association_rules(itemsets, metric="confidence", min_threshold=config.assoc_min_confidence)
+    if rules.empty:
+        return none
+    holders, held = _grouped(group["account_id"].to_numpy(dtype=object), products)
+    bought = pd.Series([set(h) for h in held], index=holders, dtype=object)
+    antecedents = [frozenset(a) for a in rules["antecedents"]]
+    consequents = [frozenset(c) for c in rules["consequents"]]
+    lifts = rules["lift"].to_numpy()
+    best, count = [], []
+    for items_bought in accounts.map(bought):
+        s = items_bought if isinstance(items_bought, set) else set()
+        hits = [lift for a, c, lift in zip(antecedents, consequents, lifts, strict=True) if a <= s and not c <= s]
+        best.append(max(hits) if hits else 0.0)
+        count.append(len(hits))
+    return np.asarray(best, dtype=float), np.asarray(count, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ product-week

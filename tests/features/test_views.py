@@ -299,3 +299,37 @@ print(warnings.filters == before)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+def _baskets() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Ten accounts, four orders each, at one cutoff: most baskets hold P1 and P2, account A0's only P1."""
+    cutoff = pd.Timestamp("2025-01-31")
+    rows = []
+    for a in range(10):
+        for o in range(4):
+            basket = ["P1"] if a == 0 else (["P1", "P2"] if o < 3 else ["P3"])
+            rows += [{"cutoff": cutoff, "account_id": f"A{a}", "order_id": f"O{a}-{o}", "product_id": p}
+                     for p in basket]
+    view = pd.DataFrame({"account_id": [f"A{a}" for a in range(10)], "cutoff": cutoff})
+    return view, pd.DataFrame(rows)
+
+
+def test_association_affinity_reuses_a_cutoff_whose_baskets_it_has_seen_and_only_then():
+    from features import views
+    from features.views import ViewConfig, add_association_affinity
+
+    view, items = _baskets()
+    views._AFFINITY_MEMO.clear()
+    first = add_association_affinity(view, items, ViewConfig())
+    assert first.loc[0, "assoc_top_lift"] > 1 and first.loc[0, "assoc_rules"] >= 1  # A0 lacks P2
+    seen = len(views._AFFINITY_MEMO)
+    again = add_association_affinity(view, items.sample(frac=1, random_state=0), ViewConfig())  # rows reordered
+    pd.testing.assert_frame_equal(first, again)
+    assert len(views._AFFINITY_MEMO) == seen
+    # A late order gives A0 a P2: a new digest, and the result a fresh mining gives, not the remembered one.
+    late = pd.concat([items, items.iloc[[0]].assign(order_id="O0-9", product_id="P2")], ignore_index=True)
+    changed = add_association_affinity(view, late, ViewConfig())
+    assert len(views._AFFINITY_MEMO) == seen + 1
+    views._AFFINITY_MEMO.clear()
+    pd.testing.assert_frame_equal(changed, add_association_affinity(view, late, ViewConfig()))
+    assert changed.loc[0, "assoc_rules"] < first.loc[0, "assoc_rules"]
