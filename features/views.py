@@ -617,11 +617,11 @@ def _grouped(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.
     return np.asarray(uniques, dtype=object), np.split(values[order], bounds)
 
 
-#: Per-cutoff affinities computed in this process, by the digest of the cutoff's basket items, the accounts asked
-#: for and the mining settings. A monthly backtest rebuilds every past cutoff of the customer view each month, and
-#: mining took most of that view's time; rules mined on the same baskets are the same, and a changed basket (a
-#: late order, an order's status) changes the digest. Bounded: the oldest entries go first.
-_AFFINITY_MEMO: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+#: Per-cutoff affinities computed in this process, by the digest of the cutoff's basket items and the mining
+#: settings. A monthly backtest rebuilds every past cutoff of the customer view each month, and mining took most of
+#: that view's time; rules mined on the same baskets are the same, and a changed basket (a late order, an order's
+#: status) changes the digest. Bounded: the oldest entries go first.
+_AFFINITY_MEMO: dict[bytes, tuple[pd.Series, pd.Series]] = {}
 _AFFINITY_MEMO_SIZE = 1024
 
 
@@ -630,43 +630,44 @@ def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: Vi
 
     For each cutoff, rules are mined on the baskets (orders) of the long window before it; an account's
     affinity is the highest lift of a rule whose antecedent it bought in that window and whose consequent it
-    has not. A cutoff whose baskets and accounts were already seen in this process reuses its result.
+    has not. A cutoff whose baskets were already mined in this process reuses its result.
     """
     view = view.copy()
     view["assoc_top_lift"] = 0.0
     view["assoc_rules"] = 0
     settings = repr((config.assoc_min_support, config.assoc_max_len, config.assoc_min_confidence)).encode()
     for cutoff, group in items.groupby("cutoff"):
-        rows = view.index[view["cutoff"] == cutoff]
-        accounts = view.loc[rows, "account_id"]
+        # The store returns rows in no fixed order: the digest is of the sorted items.
         group = group.sort_values(["order_id", "product_id"], kind="stable")
         digest = hashlib.blake2b(settings, digest_size=20)
         digest.update(pd.util.hash_pandas_object(group[["order_id", "account_id", "product_id"]],
                                                  index=False).to_numpy().tobytes())
-        digest.update(pd.util.hash_pandas_object(accounts.astype(str), index=False).to_numpy().tobytes())
         key = digest.digest()
         if key not in _AFFINITY_MEMO:
             if len(_AFFINITY_MEMO) >= _AFFINITY_MEMO_SIZE:
                 del _AFFINITY_MEMO[next(iter(_AFFINITY_MEMO))]
-            _AFFINITY_MEMO[key] = _cutoff_affinity(group, accounts, config)
+            _AFFINITY_MEMO[key] = _cutoff_affinity(group, config)
         best, count = _AFFINITY_MEMO[key]
-        view.loc[rows, "assoc_top_lift"] = best
-        view.loc[rows, "assoc_rules"] = count
+        rows = view.index[view["cutoff"] == cutoff]
+        accounts = view.loc[rows, "account_id"].astype(str)
+        view.loc[rows, "assoc_top_lift"] = accounts.map(best).fillna(0.0).to_numpy(dtype=float)
+        view.loc[rows, "assoc_rules"] = accounts.map(count).fillna(0).to_numpy(dtype=np.int64)
     view["assoc_top_lift"] = view["assoc_top_lift"].astype(float).round(9)
     view["assoc_rules"] = view["assoc_rules"].astype("int64")
     return view
 
 
-def _cutoff_affinity(group: pd.DataFrame, accounts: pd.Series, config: ViewConfig) -> tuple[np.ndarray, np.ndarray]:
-    """One cutoff's highest lift and rule count for each of ``accounts``, from rules mined on ``group``'s baskets
-    (zeros when there are too few baskets or no rule)."""
+def _cutoff_affinity(group: pd.DataFrame, config: ViewConfig) -> tuple[pd.Series, pd.Series]:
+    """One cutoff's highest lift and rule count per account that bought in its window (by account id; an account
+    absent bought nothing, so no rule applies), from rules mined on ``group``'s baskets (empty when there are too
+    few baskets or no rule)."""
     # mlxtend turns every DeprecationWarning of every library on at import (simplefilter("always")); keep the
     # caller's filters, or a CLI run prints dozens of other libraries' warnings.
     with warnings.catch_warnings():
         from mlxtend.frequent_patterns import association_rules, fpgrowth
         from mlxtend.preprocessing import TransactionEncoder
 
-    none = (np.zeros(len(accounts)), np.zeros(len(accounts), dtype=np.int64))
+    none = (pd.Series(dtype=float), pd.Series(dtype=np.int64))
     products = group["product_id"].to_numpy(dtype=object)
     baskets = _grouped(group["order_id"].to_numpy(dtype=object), products)[1]
     if len(baskets) < 10:
@@ -687,17 +688,17 @@ def _cutoff_affinity(group: pd.DataFrame, accounts: pd.Series, config: ViewConfi
     if rules.empty:
         return none
     holders, held = _grouped(group["account_id"].to_numpy(dtype=object), products)
-    bought = pd.Series([set(h) for h in held], index=holders, dtype=object)
     antecedents = [frozenset(a) for a in rules["antecedents"]]
     consequents = [frozenset(c) for c in rules["consequents"]]
     lifts = rules["lift"].to_numpy()
     best, count = [], []
-    for items_bought in accounts.map(bought):
-        s = items_bought if isinstance(items_bought, set) else set()
+    for h in held:
+        s = set(h)
         hits = [lift for a, c, lift in zip(antecedents, consequents, lifts, strict=True) if a <= s and not c <= s]
         best.append(max(hits) if hits else 0.0)
         count.append(len(hits))
-    return np.asarray(best, dtype=float), np.asarray(count, dtype=np.int64)
+    index = pd.Index(holders.astype(str))
+    return pd.Series(best, index=index, dtype=float), pd.Series(count, index=index, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ product-week

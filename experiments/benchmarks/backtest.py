@@ -5,7 +5,8 @@ delivered at its end, monitoring, retraining of every task the backtest covers (
 product demand, customer value and customer segments) with the shipped configs (``--trials`` per retraining unless told otherwise), the gate and the scripted
 validator, and the three arms scored against the simulator's ground truth.
 
-Prints one JSON object: wall time per month and in all, peak RSS, and per task and arm the mean of each month's
+Prints one JSON object: wall time per month, per step (delivery, monitoring, retraining per task, scoring) and in
+all, peak RSS, and per task and arm the mean of each month's
 figure (ROC AUC and calibration error for risk, WAPE for demand, WAPE, Spearman and P(alive) calibration for value,
 ARI against the true segments and month-to-month for segments) with the ROI. Target: within 20 minutes.
 
@@ -65,6 +66,7 @@ def main() -> None:
         print(json.dumps({"accounts": args.accounts, "months": args.months, "trials": args.trials,
                           "scenarios": args.scenario, "total_seconds": report.timings["total_seconds"],
                           "per_month_seconds": report.timings["per_month_seconds"],
+                          "step_seconds": report.timings["step_seconds"],
                           "peak_rss_mb": report.timings["peak_rss_mb"], "mean_by_arm": figures,
                           "roi": {t: {a: {k: v for k, v in f.items() if k != "how"} for a, f in by.items()}
                                   for t, by in report.roi.items()},
