@@ -620,9 +620,10 @@ def _grouped(keys: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, list[np.
 #: Per-cutoff affinities computed in this process, by the digest of the cutoff's basket items and the mining
 #: settings. A monthly backtest rebuilds every past cutoff of the customer view each month, and mining took most of
 #: that view's time; rules mined on the same baskets are the same, and a changed basket (a late order, an order's
-#: status) changes the digest. Bounded: the oldest entries go first.
+#: status) changes the digest. Bounded by the accounts it holds in all (about 75 bytes each): the oldest entries go
+#: first.
 _AFFINITY_MEMO: dict[bytes, tuple[pd.Series, pd.Series]] = {}
-_AFFINITY_MEMO_SIZE = 1024
+_AFFINITY_MEMO_ACCOUNTS = 2_000_000
 
 
 def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: ViewConfig) -> pd.DataFrame:
@@ -644,9 +645,9 @@ def add_association_affinity(view: pd.DataFrame, items: pd.DataFrame, config: Vi
                                                  index=False).to_numpy().tobytes())
         key = digest.digest()
         if key not in _AFFINITY_MEMO:
-            if len(_AFFINITY_MEMO) >= _AFFINITY_MEMO_SIZE:
-                del _AFFINITY_MEMO[next(iter(_AFFINITY_MEMO))]
             _AFFINITY_MEMO[key] = _cutoff_affinity(group, config)
+            while len(_AFFINITY_MEMO) > 1 and sum(len(b) for b, _ in _AFFINITY_MEMO.values()) > _AFFINITY_MEMO_ACCOUNTS:
+                del _AFFINITY_MEMO[next(iter(_AFFINITY_MEMO))]
         best, count = _AFFINITY_MEMO[key]
         rows = view.index[view["cutoff"] == cutoff]
         accounts = view.loc[rows, "account_id"].astype(str)

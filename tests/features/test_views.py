@@ -333,3 +333,17 @@ def test_association_affinity_reuses_a_cutoff_whose_baskets_it_has_seen_and_only
     views._AFFINITY_MEMO.clear()
     pd.testing.assert_frame_equal(changed, add_association_affinity(view, late, ViewConfig()))
     assert changed.loc[0, "assoc_rules"] < first.loc[0, "assoc_rules"]
+
+
+def test_the_affinity_memo_forgets_its_oldest_cutoffs_beyond_its_bound(monkeypatch):
+    from features import views
+    from features.views import ViewConfig, add_association_affinity
+
+    view, items = _baskets()
+    views._AFFINITY_MEMO.clear()
+    monkeypatch.setattr(views, "_AFFINITY_MEMO_ACCOUNTS", 15)  # one cutoff's ten accounts fit, two do not
+    add_association_affinity(view, items, ViewConfig())
+    (oldest,) = views._AFFINITY_MEMO
+    late = pd.concat([items, items.iloc[[0]].assign(order_id="O0-9", product_id="P2")], ignore_index=True)
+    add_association_affinity(view, late, ViewConfig())
+    assert len(views._AFFINITY_MEMO) == 1 and oldest not in views._AFFINITY_MEMO
