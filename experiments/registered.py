@@ -130,6 +130,18 @@ def load_champion(client: MlflowClient, task: str) -> tuple[RiskModel, ModelVers
     return load_version_model(client, name, str(champion.version))
 
 
+def load_split(client: MlflowClient, run_id: str) -> dict:
+    """The description of the split a training run logged (``split.json``: for a timed split its ``train``,
+    ``validation`` and ``test`` months), or ``{}`` when the run logged none."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="salesml-split-") as scratch:
+        try:
+            return json.loads(Path(client.download_artifacts(run_id, "split.json", scratch)).read_text())
+        except (MlflowException, OSError):
+            return {}
+
+
 def load_evaluation(client: MlflowClient, info: ModelVersion) -> dict:
     """The evaluation data a version's training run logged (read-only: nothing is rebuilt or stored).
 
@@ -155,11 +167,7 @@ def load_evaluation(client: MlflowClient, info: ModelVersion) -> dict:
             local = folder / path.name
             frames[key] = pd.read_parquet(local) if local.is_file() else None
         frames["documents"] = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
-        try:
-            frames["split"] = json.loads(Path(client.download_artifacts(info.run_id, "split.json", scratch))
-                                         .read_text())
-        except (MlflowException, OSError):
-            frames["split"] = {}
+    frames["split"] = load_split(client, info.run_id)
     if frames["window"] is None or frames["reference"] is None:
         raise RegistryError(f"{info.name} version {info.version} has no evaluation data in its run (it was "
                             "registered before training runs logged it): train a new version to audit")

@@ -550,8 +550,7 @@ class _State:
         timed split, the cutoff months it was trained, validated (calibrated) and tested on. A retraining at a
         month end can only learn from outcomes inside these windows, which lag the month by the label horizon
         and the held-out windows."""
-        import mlflow
-
+        from experiments.registered import load_split
         from experiments.registry import TAG_WINDOW
         from experiments.tracking import configure_mlflow
         from training.registry import get_task
@@ -562,11 +561,9 @@ class _State:
             key = (task, version)
             if key not in self.windows:
                 run_id = client.get_model_version(get_task(task).model_name, version).run_id
-                windows = {"data_window": client.get_run(run_id).data.tags.get(TAG_WINDOW)}
-                if any(a.path == "split.json" for a in client.list_artifacts(run_id)):
-                    split = mlflow.artifacts.load_dict(f"runs:/{run_id}/split.json")
-                    windows |= {k: split[k] for k in ("train", "validation", "test") if k in split}
-                self.windows[key] = windows
+                split = load_split(client, run_id)
+                self.windows[key] = {"data_window": client.get_run(run_id).data.tags.get(TAG_WINDOW),
+                                     **{k: split[k] for k in ("train", "validation", "test") if k in split}}
             out[task] = self.windows[key]
         return out
 
